@@ -1,0 +1,78 @@
+"""The webhook channel: Standard Webhooks signing and one HTTP attempt."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from base64 import b64encode
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from urllib.parse import urlsplit
+
+import httpx
+from standardwebhooks import Webhook
+
+from services.notify import domain
+
+
+def new_secret() -> str:
+    return "whsec_" + b64encode(secrets.token_bytes(32)).decode()
+
+
+def signed_headers(secret: str, delivery_id: str, body: str, at: datetime) -> dict[str, str]:
+    return {
+        "webhook-id": delivery_id,
+        "webhook-timestamp": str(int(at.timestamp())),
+        "webhook-signature": Webhook(secret).sign(delivery_id, at, body),
+        "content-type": "application/json",
+    }
+
+
+async def resolve(url: str) -> list[str]:
+    host = urlsplit(url).hostname or ""
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, None)
+    except OSError:
+        return []
+    return sorted({str(info[4][0]) for info in infos})
+
+
+@dataclass(frozen=True)
+class AttemptResult:
+    ok: bool
+    retryable: bool
+    status: int | None
+    error: str
+    latency_ms: float
+    retry_after: float | None = None
+
+
+def _retry_after(resp: httpx.Response) -> float | None:
+    value = resp.headers.get("retry-after", "")
+    return float(value) if value.isdigit() else None
+
+
+async def post(
+    client: httpx.AsyncClient, url: str, headers: dict[str, str], body: str
+) -> AttemptResult:
+    started = time.perf_counter()
+    try:
+        resp = await client.post(url, content=body, headers=headers)
+    except httpx.HTTPError as exc:
+        elapsed = (time.perf_counter() - started) * 1000
+        return AttemptResult(False, True, None, type(exc).__name__, elapsed)
+    elapsed = (time.perf_counter() - started) * 1000
+    ok = 200 <= resp.status_code < 300
+    return AttemptResult(
+        ok,
+        not ok and domain.retryable_status(resp.status_code),
+        resp.status_code,
+        "" if ok else f"HTTP {resp.status_code}",
+        elapsed,
+        _retry_after(resp),
+    )
+
+
+def now() -> datetime:
+    return datetime.now(UTC)

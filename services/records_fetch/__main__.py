@@ -1,0 +1,5 @@
+"""`python -m services.records_fetch` runs the records_fetch service."""
+
+from services.records_fetch.app import service
+
+service.run()

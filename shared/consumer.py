@@ -1,0 +1,159 @@
+"""Consuming a topic with the delivery rules of design.md §4.
+
+`EventConsumer.on(Model)` registers a handler ``async (event, meta) -> None``
+for the model's topic. Around it:
+
+* the offset is committed (manual ack) only after the handler returned, so a
+  crash mid-handler means a redelivery, which the handler's idempotency guard
+  (shared.store.apply_once) skips;
+* a message that can never be processed — not a CloudEvent, an unknown
+  ``ce_type``/version, a body that fails the model, a tenant mismatch, a
+  `PermanentError` from the handler — goes to ``<topic>.dlq`` with the reason,
+  and the partition moves on;
+* a transient failure (`shared.errors.is_retryable`) is retried with capped
+  exponential backoff and never skips the message;
+* an unexpected exception (a bug) is retried a few times, then dead-lettered,
+  so one bad message cannot wedge a partition in a crash loop.
+
+Reasons never quote the payload: pydantic errors are reduced to location and
+message, without the input value, because the input may be PHI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from faststream import AckPolicy
+from faststream.kafka import KafkaBroker
+from faststream.kafka.annotations import KafkaMessage
+from pydantic import BaseModel, ValidationError
+
+from shared.envelope import EventMeta
+from shared.errors import PermanentError, UnknownEventType, is_retryable
+from shared.events import dead_letter_topic
+from shared.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+M = TypeVar("M", bound=BaseModel)
+Handler = Callable[[M, EventMeta], Awaitable[None]]
+
+BUG_ATTEMPTS = 3
+MAX_BACKOFF_SECONDS = 10.0
+
+
+def validation_reason(exc: ValidationError) -> str:
+    """A PHI-free summary of a validation error: where and what, never the value."""
+    parts = [
+        f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}"
+        for e in exc.errors(include_input=False, include_url=False)
+    ]
+    return "schema validation failed: " + "; ".join(parts[:20])
+
+
+def decode_event(model: type[M], meta: EventMeta, body: bytes) -> M:
+    """Check the type/version header and validate the body, or raise PermanentError."""
+    expected = model.ce_type()  # type: ignore[attr-defined]
+    if meta.ce_type != expected:
+        raise UnknownEventType(f"ce_type {meta.ce_type!r} is not {expected!r}")
+    try:
+        event = model.model_validate_json(body)
+    except ValidationError as exc:
+        raise PermanentError(validation_reason(exc)) from None
+    tenant = getattr(event, "tenant_id", None)
+    if meta.tenant_id and tenant != meta.tenant_id:
+        raise PermanentError("ce_tenantid header does not match the body's tenant_id")
+    return event
+
+
+class EventConsumer:
+    """Registers topic handlers on a broker with dead-lettering and retries."""
+
+    def __init__(self, broker: KafkaBroker, settings: ServiceSettings) -> None:
+        self.broker = broker
+        self.settings = settings
+        self.dead_lettered = 0
+
+    def on(self, model: type[M]) -> Callable[[Handler[M]], Handler[M]]:
+        topic: str = model.topic  # type: ignore[attr-defined]
+
+        def register(handler: Handler[M]) -> Handler[M]:
+            async def consume(message: KafkaMessage) -> None:
+                await self._process(model, handler, message)
+                await message.ack()
+
+            consume.__name__ = f"on_{topic.replace('.', '_')}"
+            self.broker.subscriber(
+                topic,
+                group_id=f"{self.settings.consumer_group}.{topic}",
+                auto_offset_reset="earliest",
+                ack_policy=AckPolicy.MANUAL,
+                session_timeout_ms=self.settings.kafka_session_timeout_ms,
+                heartbeat_interval_ms=self.settings.kafka_heartbeat_interval_ms,
+                title=f"{self.settings.service_name}:{topic}",
+                description=(model.__doc__ or "").strip(),
+            )(consume)
+            return handler
+
+        return register
+
+    async def _process(self, model: type[M], handler: Handler[M], message: Any) -> None:
+        try:
+            meta = EventMeta.from_headers(dict(message.headers))
+            event = decode_event(model, meta, message.body)
+        except PermanentError as exc:
+            await self.dead_letter(message, exc.detail)
+            return
+        await self._call_with_retries(handler, event, meta, message)
+
+    async def _call_with_retries(
+        self, handler: Handler[M], event: M, meta: EventMeta, message: Any
+    ) -> None:
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                await handler(event, meta)
+                return
+            except PermanentError as exc:
+                await self.dead_letter(message, exc.detail)
+                return
+            except Exception as exc:
+                if not is_retryable(exc) and attempt >= BUG_ATTEMPTS:
+                    await self.dead_letter(message, f"handler failed: {type(exc).__name__}")
+                    return
+                delay = min(MAX_BACKOFF_SECONDS, 0.2 * 2 ** min(attempt, 10))
+                log.warning(
+                    "handler %s attempt %d failed (%s); retrying in %.1fs",
+                    handler.__name__,
+                    attempt,
+                    type(exc).__name__,
+                    delay,
+                    exc_info=not is_retryable(exc),
+                )
+                await asyncio.sleep(delay)
+
+    async def dead_letter(self, message: Any, reason: str) -> None:
+        """Publish the original bytes to `<topic>.dlq` with why it could not be processed."""
+        raw = message.raw_message
+        headers = {
+            k: v.decode() if isinstance(v, bytes) else str(v) for k, v in message.headers.items()
+        }
+        headers.update(
+            {
+                "dlq_reason": reason[:1000],
+                "dlq_source_topic": raw.topic,
+                "dlq_partition": str(raw.partition),
+                "dlq_offset": str(raw.offset),
+                "dlq_service": self.settings.service_name,
+            }
+        )
+        await self.broker.publish(
+            raw.value or b"", topic=dead_letter_topic(raw.topic), key=raw.key, headers=headers
+        )
+        self.dead_lettered += 1
+        log.warning(
+            "dead-lettered %s[%s]@%s: %s", raw.topic, raw.partition, raw.offset, reason[:300]
+        )

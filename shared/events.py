@@ -1,0 +1,319 @@
+"""One versioned pydantic model per Kafka topic: the published contract.
+
+Every topic is keyed by ``case_id`` so one case's events stay ordered on one
+partition. Each model's ``ce_type`` names the topic and the schema version; a
+consumer refuses (dead-letters) a version it does not know. New fields are
+added with defaults so older consumers keep working (conventions.md §3).
+
+PHI travels only in the event bodies that need it (intake → records_fetch needs
+patient identifiers at the provider); it never goes into keys, headers, logs or
+span attributes.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Urgency(StrEnum):
+    ROUTINE = "routine"
+    PRIORITY = "priority"
+    URGENT = "urgent"
+
+
+class ServiceTier(StrEnum):
+    """What the partner bought; it sets the review deadline (assignment/domain)."""
+
+    IMAGING_REREAD = "imaging_reread"
+    PATHOLOGY_REREVIEW = "pathology_rereview"
+    SPECIALIST_OPINION = "specialist_opinion"
+    MULTI_SPECIALIST = "multi_specialist"
+
+
+class RecordKind(StrEnum):
+    IMAGING = "imaging"
+    PATHOLOGY = "pathology"
+    NOTES = "notes"
+    REPORTS = "reports"
+    LABS = "labs"
+    TREATMENTS = "treatments"
+
+
+class Concordance(StrEnum):
+    CONFIRMED = "confirmed"
+    REFINED = "refined"
+    CHANGED = "changed_diagnosis"
+
+
+class Event(BaseModel):
+    """Base of every topic payload."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    topic: ClassVar[str]
+    version: ClassVar[int] = 1
+
+    case_id: str = Field(min_length=1, max_length=64)
+    tenant_id: str = Field(min_length=1, max_length=64)
+
+    @classmethod
+    def ce_type(cls) -> str:
+        return f"org.secondopinion.{cls.topic}.v{cls.version}"
+
+
+# ---------------------------------------------------------------- shared parts
+
+
+class PatientIdentifier(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    system: str = Field(min_length=1, max_length=200)
+    value: str = Field(min_length=1, max_length=100)
+
+
+class ProviderRecords(BaseModel):
+    """Where one provider holds records, and the patient's release for it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    provider_id: str = Field(min_length=1, max_length=64)
+    patient_id: str = Field(min_length=1, max_length=100, description="Patient id at provider")
+    kinds: list[RecordKind] = Field(min_length=1)
+    authorized: bool = Field(description="Release authorization on file for this provider")
+
+
+class FirstOpinionSource(BaseModel):
+    """Who gave the first opinion: what an independent reviewer must not share."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    clinician_id: str = ""
+    institution: str = ""
+    affiliations: list[str] = []
+
+
+class RoutingContext(BaseModel):
+    """What every downstream stage needs to route the case; carried forward in each
+    event so that no service has to read another's data or rely on cross-topic order."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    subspecialties: list[str] = Field(min_length=1)
+    urgency: Urgency = Urgency.ROUTINE
+    service_tier: ServiceTier = ServiceTier.SPECIALIST_OPINION
+    jurisdiction: str = Field(min_length=2, max_length=16)
+    first_opinion: FirstOpinionSource = FirstOpinionSource()
+
+
+# ---------------------------------------------------------------- intake
+
+
+class CaseSubmittedPatient(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str = Field(min_length=1, max_length=200)
+    birth_date: str = Field(pattern=r"^\d{4}-\d{2}-\d{2}$")
+    sex: str = Field(default="unknown", pattern=r"^(female|male|other|unknown)$")
+    jurisdiction: str = Field(min_length=2, max_length=16, description="e.g. US-CA")
+    identifiers: list[PatientIdentifier] = []
+
+
+class CaseSubmittedFirstOpinion(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    diagnosis: str = Field(min_length=1, max_length=2000)
+    treatment_plan: str = Field(default="", max_length=4000)
+    report_text: str = Field(default="", max_length=20000)
+    clinician_id: str = Field(default="", max_length=64)
+    clinician_name: str = Field(default="", max_length=200)
+    institution: str = Field(default="", max_length=200)
+    affiliations: list[str] = []
+
+
+class CaseSubmission(BaseModel):
+    """A case as an integrator sends it (native JSON), over HTTP or Kafka."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    external_id: str = Field(
+        min_length=1, max_length=128, description="The integrator's own reference; idempotency key"
+    )
+    patient: CaseSubmittedPatient
+    question: str = Field(min_length=10, max_length=4000)
+    first_opinion: CaseSubmittedFirstOpinion
+    urgency: Urgency = Urgency.ROUTINE
+    service_tier: ServiceTier = ServiceTier.SPECIALIST_OPINION
+    records: list[ProviderRecords] = Field(min_length=1)
+    treating_clinician_email: str = Field(default="", max_length=200)
+
+
+class CaseSubmitted(BaseModel):
+    """`case.submitted`: keyed by the integrator's external_id (no case_id yet)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    topic: ClassVar[str] = "case.submitted"
+    version: ClassVar[int] = 1
+    tenant_id: str = Field(min_length=1, max_length=64)
+    submission: CaseSubmission
+
+    @classmethod
+    def ce_type(cls) -> str:
+        return f"org.secondopinion.{cls.topic}.v{cls.version}"
+
+
+class CaseAccepted(Event):
+    topic: ClassVar[str] = "case.accepted"
+    external_id: str
+    routing: RoutingContext
+    records: list[ProviderRecords]
+    triage_signals: list[str] = []
+
+
+class FieldError(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    loc: str
+    msg: str
+    type: str
+
+
+class CaseRejected(Event):
+    topic: ClassVar[str] = "case.rejected"
+    external_id: str
+    errors: list[FieldError]
+
+
+# ---------------------------------------------------------------- records_fetch
+
+
+class RecordsRequested(Event):
+    topic: ClassVar[str] = "records.requested"
+    provider_id: str
+    kinds: list[RecordKind]
+
+
+class RecordsProgress(Event):
+    topic: ClassVar[str] = "records.progress"
+    provider_id: str
+    kind: RecordKind
+    state: str = Field(pattern=r"^(requested|in_progress|received|failed)$")
+    expected: int = 0
+    received: int = 0
+    reason: str = ""
+
+
+class ManifestItem(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    kind: RecordKind
+    present: bool
+    count: int = 0
+    detail: str = ""
+
+
+class RecordsComplete(Event):
+    topic: ClassVar[str] = "records.complete"
+    routing: RoutingContext
+    manifest: list[ManifestItem]
+    completed_at: datetime
+    override_reason: str = ""
+
+
+# ---------------------------------------------------------------- assignment
+
+
+class CaseAssigned(Event):
+    topic: ClassVar[str] = "case.assigned"
+    assignment_id: str
+    reviewer_id: str
+    subspecialty: str
+    due_at: datetime
+    reason: str
+
+
+class CaseReassigned(Event):
+    topic: ClassVar[str] = "case.reassigned"
+    assignment_id: str
+    from_reviewer_id: str
+    to_reviewer_id: str = ""
+    reason: str
+
+
+class SlaWarning(Event):
+    topic: ClassVar[str] = "sla.warning"
+    assignment_id: str
+    due_at: datetime
+    fraction_elapsed: float
+
+
+class SlaBreached(Event):
+    topic: ClassVar[str] = "sla.breached"
+    assignment_id: str
+    due_at: datetime
+    escalation_level: int = 0
+
+
+# ---------------------------------------------------------------- reporting
+
+
+class ReportSubmitted(Event):
+    topic: ClassVar[str] = "report.submitted"
+    report_id: str
+    reviewer_id: str
+    assignment_id: str = ""
+    concordance: Concordance
+
+
+class ReportLinks(BaseModel):
+    """Where an authorised partner fetches the report (paths on the reporting API)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    report: str
+    fhir: str = ""
+    pdf: str = ""
+    signature: str = ""
+
+
+class ReportReady(Event):
+    """`report.ready`: links to fetch the signed report, not the PHI payload itself."""
+
+    topic: ClassVar[str] = "report.ready"
+    report_id: str
+    reviewer_id: str
+    concordance: Concordance
+    signed_at: datetime
+    content_sha256: str
+    links: ReportLinks
+
+
+# ---------------------------------------------------------------- notify
+
+
+class NotificationDelivered(Event):
+    topic: ClassVar[str] = "notification.delivered"
+    delivery_id: str
+    event_type: str
+    channel: str
+    subscription_id: str = ""
+    status: str = Field(pattern=r"^(delivered|dead_letter)$")
+
+
+TOPIC_MODELS: dict[str, type[BaseModel]] = {
+    m.topic: m
+    for m in (
+        CaseSubmitted,
+        CaseAccepted,
+        CaseRejected,
+        RecordsRequested,
+        RecordsProgress,
+        RecordsComplete,
+        CaseAssigned,
+        CaseReassigned,
+        SlaWarning,
+        SlaBreached,
+        ReportSubmitted,
+        ReportReady,
+        NotificationDelivered,
+    )
+}
+
+
+def dead_letter_topic(topic: str) -> str:
+    return f"{topic}.dlq"
+
+
+ALL_TOPICS: list[str] = [*TOPIC_MODELS, *(dead_letter_topic(t) for t in TOPIC_MODELS)]

@@ -1,0 +1,155 @@
+"""Wiring one service process: settings, telemetry, the Kafka broker with its
+middlewares, the service's own database, the outbox relay and the HTTP API,
+started and stopped together by the API's lifespan and served by uvicorn.
+
+A service module builds a `Service`, registers its subscribers on
+`service.consumer`, its routes on `service.api` and its start-up steps, then
+calls `service.run()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager, suppress
+from typing import Any
+
+import uvicorn
+from faststream import FastStream
+from faststream.kafka import KafkaBroker
+from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
+from faststream.kafka.prometheus import KafkaPrometheusMiddleware
+from faststream.specification import AsyncAPI
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+from prometheus_client import REGISTRY
+from pymongo.asynchronous.collection import AsyncCollection
+
+from shared.auth import Credentials
+from shared.consumer import EventConsumer
+from shared.envelope import OutboxEntry
+from shared.events import ALL_TOPICS
+from shared.http import create_api
+from shared.settings import ServiceSettings
+from shared.store import Doc, OutboxRelay, connect
+from shared.telemetry import setup_telemetry
+
+log = logging.getLogger(__name__)
+Hook = Callable[[], Coroutine[Any, Any, Any]]
+
+
+async def ensure_topics(bootstrap: str, topics: list[str], partitions: int) -> None:
+    """Create the router's topics if missing (production clusters pre-create them
+    from deploy/; this keeps a fresh local broker usable)."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.errors import TopicAlreadyExistsError
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [t for t in topics if t not in existing]
+        if missing:
+            new = [NewTopic(t, num_partitions=partitions, replication_factor=1) for t in missing]
+            with suppress(TopicAlreadyExistsError):
+                await admin.create_topics(new)
+    finally:
+        await admin.close()
+
+
+class Service:
+    """One running service: broker, database, outbox relay and HTTP API."""
+
+    def __init__(self, settings: ServiceSettings, *, title: str, description: str) -> None:
+        self.settings = settings
+        self.tracer_provider = setup_telemetry(settings.service_name, settings.trace_dir)
+        self.broker = KafkaBroker(
+            settings.kafka_bootstrap,
+            acks="all",
+            enable_idempotence=settings.kafka_idempotent_producer,
+            middlewares=[
+                KafkaTelemetryMiddleware(tracer_provider=self.tracer_provider),
+                KafkaPrometheusMiddleware(registry=REGISTRY, app_name=settings.service_name),
+            ],
+            description=description,
+        )
+        self.asyncapi = FastStream(
+            self.broker, specification=AsyncAPI(title=title, description=description)
+        )
+        self.consumer = EventConsumer(self.broker, settings)
+        self.client, self.db = connect(settings.mongo_uri, settings.mongo_database)
+        self.credentials = Credentials.load(settings.credentials_file)
+        self.api = create_api(title, description, self.ready)
+        self.api.router.lifespan_context = self._lifespan
+        FastAPIInstrumentor.instrument_app(self.api, tracer_provider=self.tracer_provider)
+        self._outbox_collections: list[AsyncCollection[Doc]] = []
+        self._startup: list[Hook] = []
+        self._background: list[Hook] = []
+        self.relay = OutboxRelay(
+            self.broker,
+            f"/router/{settings.service_name}",
+            self._outbox_collections,
+            settings.outbox_sweep_seconds,
+        )
+
+    def collection(self, name: str, *, outbox: bool = False) -> AsyncCollection[Doc]:
+        """One of this service's own collections; `outbox=True` lets it emit events."""
+        coll = self.db[name]
+        if outbox:
+            self._outbox_collections.append(coll)
+        return coll
+
+    def on_startup(self, hook: Hook) -> Hook:
+        self._startup.append(hook)
+        return hook
+
+    def background(self, hook: Hook) -> Hook:
+        self._background.append(hook)
+        return hook
+
+    def emitted(self, entries: list[OutboxEntry]) -> None:
+        """Tell the relay that entries were just written, so it publishes now."""
+        if entries:
+            self.relay.wake()
+
+    async def ready(self) -> bool:
+        try:
+            await self.client.admin.command("ping")
+        except Exception:
+            return False
+        return bool(self.broker._connection)  # started and connected
+
+    @asynccontextmanager
+    async def _lifespan(self, _: Any) -> AsyncIterator[None]:
+        for coll in self._outbox_collections:
+            await coll.create_index("has_outbox")
+        for hook in self._startup:
+            await hook()
+        await ensure_topics(
+            self.settings.kafka_bootstrap, ALL_TOPICS, self.settings.topic_partitions
+        )
+        await self.broker.start()
+        tasks = [asyncio.create_task(self.relay.run(), name="outbox-relay")]
+        tasks += [asyncio.create_task(h(), name=h.__name__) for h in self._background]
+        log.info("%s started", self.settings.service_name)
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self.broker.stop()
+            await self.client.close()
+            self.tracer_provider.shutdown()
+
+    def run(self) -> None:
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s"
+        )
+        uvicorn.run(
+            self.api,
+            host=self.settings.http_host,
+            port=self.settings.http_port,
+            log_level="info",
+            access_log=False,
+        )

@@ -1,0 +1,149 @@
+"""Store helpers every service uses on its own database.
+
+`apply_once` is the idempotency guard and the outbox of design.md §4 in one
+single-document write: the state change, the id of the event being applied and
+the events to emit land atomically, so a redelivered message is skipped and an
+emitted event is never lost. `OutboxRelay` publishes pending outbox entries and
+removes them once the broker has them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from pymongo import AsyncMongoClient, WriteConcern
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
+
+from shared.aio import sleep_until_woken
+from shared.envelope import OutboxEntry, ce_headers
+from shared.telemetry import attach_traceparent, detach
+
+log = logging.getLogger(__name__)
+
+# How many applied event ids a document remembers; redeliveries come soon after
+# the original, so a bounded window is enough and keeps documents small.
+APPLIED_WINDOW = 200
+Doc = dict[str, Any]
+
+
+def connect(uri: str, database: str) -> tuple[AsyncMongoClient[Doc], AsyncDatabase[Doc]]:
+    """A client whose writes are acknowledged by a majority and journaled:
+    a SIGKILLed server must not forget a write we already acted upon."""
+    client: AsyncMongoClient[Doc] = AsyncMongoClient(
+        uri, w="majority", journal=True, serverSelectionTimeoutMS=5000, tz_aware=True
+    )
+    db = client.get_database(database, write_concern=WriteConcern(w="majority", j=True))
+    return client, db
+
+
+def _with_guard(update: Doc, event_id: str | None, outbox: Sequence[OutboxEntry]) -> Doc:
+    """`update` plus the applied-id record and the outbox push."""
+    merged = {op: dict(fields) for op, fields in update.items()}
+    push = merged.setdefault("$push", {})
+    if event_id:
+        push["applied"] = {"$each": [event_id], "$slice": -APPLIED_WINDOW}
+    if outbox:
+        push["outbox"] = {"$each": [e.model_dump(mode="python") for e in outbox]}
+        merged.setdefault("$set", {})["has_outbox"] = True
+    if not push:
+        del merged["$push"]
+    return merged
+
+
+async def apply_once(
+    coll: AsyncCollection[Doc],
+    doc_id: str,
+    event_id: str | None,
+    update: Doc,
+    outbox: Sequence[OutboxEntry] = (),
+    *,
+    upsert: bool = True,
+) -> Doc | None:
+    """Apply `update` to document `doc_id` unless `event_id` was already applied.
+
+    Returns the document after the update, or None when the event was a
+    redelivery (or, with upsert=False, the document does not exist).
+    """
+    query: Doc = {"_id": doc_id}
+    if event_id:
+        query["applied"] = {"$ne": event_id}
+    try:
+        return await coll.find_one_and_update(
+            query, _with_guard(update, event_id, outbox), upsert=upsert, return_document=True
+        )
+    except DuplicateKeyError:
+        # The document exists and already holds event_id: the upsert's insert collided.
+        return None
+
+
+class OutboxRelay:
+    """Publishes outbox entries from the given collections, in order per document."""
+
+    def __init__(
+        self,
+        broker: Any,
+        source: str,
+        collections: list[AsyncCollection[Doc]],
+        sweep_seconds: float = 2.0,
+    ) -> None:
+        self._broker = broker
+        self._source = source
+        # Shared with the owner, which appends the collections it declares later.
+        self._collections = collections
+        self._sweep = sweep_seconds
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Loop forever: publish on wake-up and every sweep interval (crash recovery)."""
+        while True:
+            try:
+                await self.flush()
+            except Exception as exc:  # broker or database down: try again next sweep
+                log.warning("outbox flush failed: %s", type(exc).__name__)
+            await sleep_until_woken(self._wake, self._sweep)
+
+    async def flush(self) -> int:
+        """Publish everything pending now; returns the number of events published."""
+        published = 0
+        for coll in self._collections:
+            async for doc in coll.find({"has_outbox": True}, {"outbox": 1}).limit(500):
+                published += await self._publish_doc(coll, doc)
+        return published
+
+    async def _publish_doc(self, coll: AsyncCollection[Doc], doc: Doc) -> int:
+        entries = [OutboxEntry.model_validate(e) for e in doc.get("outbox", [])]
+        for entry in entries:
+            await self.publish(entry)
+        ids = [e.id for e in entries]
+        await coll.update_one({"_id": doc["_id"]}, {"$pull": {"outbox": {"id": {"$in": ids}}}})
+        await coll.update_one(
+            {"_id": doc["_id"], "outbox": {"$size": 0}}, {"$set": {"has_outbox": False}}
+        )
+        return len(entries)
+
+    async def publish(self, entry: OutboxEntry) -> None:
+        """Publish one entry under the trace it was emitted in."""
+        token = attach_traceparent(entry.traceparent)
+        try:
+            await self._broker.publish(
+                entry.body,
+                topic=entry.topic,
+                key=entry.key.encode(),
+                headers=ce_headers(
+                    event_id=entry.id,
+                    ce_type=entry.ce_type,
+                    source=self._source,
+                    tenant_id=entry.tenant_id,
+                    time=entry.created_at,
+                ),
+            )
+        finally:
+            detach(token)
