@@ -68,6 +68,12 @@ def decode_event(model: type[M], meta: EventMeta, body: bytes) -> M:
     return event
 
 
+async def raw_body(message: Any) -> bytes:
+    """Skip faststream's JSON decoding: undecodable bytes must reach `_process`
+    (and the dead-letter topic), not fail before the handler and be skipped."""
+    return bytes(message.body)
+
+
 class EventConsumer:
     """Registers topic handlers on a broker with dead-lettering and retries."""
 
@@ -90,6 +96,7 @@ class EventConsumer:
                 group_id=f"{self.settings.consumer_group}.{topic}",
                 auto_offset_reset="earliest",
                 ack_policy=AckPolicy.MANUAL,
+                decoder=raw_body,
                 session_timeout_ms=self.settings.kafka_session_timeout_ms,
                 heartbeat_interval_ms=self.settings.kafka_heartbeat_interval_ms,
                 title=f"{self.settings.service_name}:{topic}",

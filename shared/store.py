@@ -21,7 +21,7 @@ from pymongo.errors import DuplicateKeyError
 
 from shared.aio import sleep_until_woken
 from shared.envelope import OutboxEntry, ce_headers
-from shared.telemetry import attach_traceparent, detach
+from shared.telemetry import attach_traceparent, detach, quiet
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,9 @@ class OutboxRelay:
         """Publish everything pending now; returns the number of events published."""
         published = 0
         for coll in self._collections:
-            async for doc in coll.find({"has_outbox": True}, {"outbox": 1}).limit(500):
+            with quiet():
+                pending = await coll.find({"has_outbox": True}, {"outbox": 1}).to_list(500)
+            for doc in pending:
                 published += await self._publish_doc(coll, doc)
         return published
 

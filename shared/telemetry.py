@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -35,6 +36,8 @@ def redact_attributes(attrs: Mapping[str, Any]) -> dict[str, Any]:
     for key, value in attrs.items():
         if key in _DROP_KEYS:
             continue
+        if isinstance(value, bytes):  # faststream records the Kafka key (the case id) as bytes
+            value = value.decode(errors="replace")
         if key in _URL_KEYS and isinstance(value, str):
             if key == "url.query":
                 continue
@@ -93,6 +96,14 @@ def setup_telemetry(service_name: str, trace_dir: Path) -> TracerProvider:
     PymongoInstrumentor().instrument(tracer_provider=provider)
     HTTPXClientInstrumentor().instrument(tracer_provider=provider)
     return provider
+
+
+def quiet() -> AbstractContextManager[None]:
+    """No spans inside: for background polls (outbox sweep, dispatcher) that would
+    otherwise fill the traces with one-span traces every few seconds."""
+    from opentelemetry.instrumentation.utils import suppress_instrumentation
+
+    return suppress_instrumentation()
 
 
 def current_traceparent() -> str:

@@ -18,7 +18,7 @@ from shared.envelope import EventMeta, outbox_entry
 from shared.errors import UnregisteredEndpoint
 from shared.events import NotificationDelivered
 from shared.store import Doc
-from shared.telemetry import attach_traceparent, current_traceparent, detach
+from shared.telemetry import attach_traceparent, current_traceparent, detach, quiet
 
 
 async def validate_url(url: str, settings: NotifySettings) -> None:
@@ -105,7 +105,8 @@ async def dispatch_one(
     store: NotifyStore, settings: NotifySettings, client: httpx.AsyncClient
 ) -> bool:
     """Send one due delivery, if any; returns whether there was one."""
-    delivery = await store.claim_due(settings.webhook_timeout_seconds + 5)
+    with quiet():
+        delivery = await store.claim_due(settings.webhook_timeout_seconds + 5)
     if delivery is None:
         return False
     sub = await store.subscriptions.find_one({"_id": delivery["subscription_id"]})

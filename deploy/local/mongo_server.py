@@ -1,0 +1,74 @@
+"""Run SecantusDB (a MongoDB-wire server) as the local Mongo of the stack.
+
+Started by ``deploy/local/infra.py`` in its own process group. It uses the
+Python API instead of the ``secantusd-py`` CLI because only the API honours
+``ttl_sweep_seconds`` (the CLI ignores it) and because the CLI auto-discovers a
+``secantusd.toml`` in the working directory or home, which would make the
+local stack depend on stray files.
+
+SecantusDB is GPL-2.0: it runs as a separate server process, never imported
+into the project's services.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+
+from secantus import SecantusDBServer
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=27017)
+    parser.add_argument("--storage-path", required=True)
+    # A capped oplog keeps long local runs from growing the store without
+    # bound; change streams only need recent entries.
+    parser.add_argument("--oplog-max-entries", type=int, default=20_000)
+    parser.add_argument("--oplog-retention-seconds", type=float, default=3600.0)
+    parser.add_argument("--log-level", default="INFO")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    server = SecantusDBServer(
+        host=args.host,
+        port=args.port,
+        storage_path=args.storage_path,
+        # Expire TTL-indexed documents within about a second, like tests expect.
+        ttl_sweep_seconds=1,
+        # configureFailPoint lets any client that reaches the port break
+        # every connection: keep it off, as mongod does.
+        enable_test_commands=False,
+        # Plain w=1 lost acknowledged writes on SIGKILL; fsync the journal on
+        # every commit so an acknowledged write is a durable write.
+        sync_on_commit=True,
+        durable=True,
+        oplog_max_entries=args.oplog_max_entries,
+        oplog_retention_seconds=args.oplog_retention_seconds,
+    )
+
+    def handle_signal(signum: int, _frame: object) -> None:
+        logging.info("received signal %s, stopping", signum)
+        server.stop()
+        sys.exit(0)
+
+    signal.signal(signal.SIGTERM, handle_signal)
+    signal.signal(signal.SIGINT, handle_signal)
+
+    server.start()
+    logging.info("SecantusDB listening on %s", server.uri)
+    server.wait()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,272 @@
+"""Start, stop and inspect the whole local system: the embedded infrastructure
+(deploy/local/infra.py) and the five services as separate processes.
+
+    python -m deploy.local.stack up       # infra + services, waits until ready
+    python -m deploy.local.stack status
+    python -m deploy.local.stack down     # services, then infra; nothing left behind
+
+State (PID files, logs, traces, endpoints) lives in ``LOCAL_STATE_DIR``
+(default ``.run``). With ``LOCAL_PORTS=auto`` every port is picked free, so a
+test run can sit beside a running demo.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+SERVICES = ("intake", "records_fetch", "assignment", "reporting", "notify")
+DEFAULT_PORTS = {
+    "intake": 8001,
+    "records_fetch": 8002,
+    "assignment": 8003,
+    "reporting": 8004,
+    "notify": 8005,
+}
+PREFIX = {
+    "intake": "INTAKE",
+    "records_fetch": "RECORDS_FETCH",
+    "assignment": "ASSIGNMENT",
+    "reporting": "REPORTING",
+    "notify": "NOTIFY",
+}
+
+
+@dataclass(frozen=True)
+class Paths:
+    root: Path
+
+    @property
+    def infra(self) -> Path:
+        return self.root / "infra"
+
+    @property
+    def pids(self) -> Path:
+        return self.root / "services" / "pids"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "services" / "logs"
+
+    @property
+    def traces(self) -> Path:
+        return self.root / "traces"
+
+    @property
+    def stack_file(self) -> Path:
+        return self.root / "stack.json"
+
+
+def state_paths() -> Paths:
+    return Paths(Path(os.environ.get("LOCAL_STATE_DIR", REPO / ".run")).resolve())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def infra(command: str, paths: Paths) -> None:
+    env = {**os.environ, "LOCAL_STATE_DIR": str(paths.infra)}
+    subprocess.run(
+        [sys.executable, str(REPO / "deploy/local/infra.py"), command], env=env, check=True
+    )
+
+
+def infra_endpoints(paths: Paths) -> dict[str, str]:
+    return json.loads((paths.infra / "endpoints.json").read_text())
+
+
+def write_providers(paths: Paths, endpoints: dict[str, str]) -> Path:
+    """Register the local PACS and FHIR peer as the demo tenants' providers."""
+    provider = {"dicomweb_url": endpoints["dicomweb_url"], "fhir_url": endpoints["fhir_url"]}
+    registry = {
+        "demo-health": {"st-mary-imaging": provider, "st-mary-clinic": provider},
+        "other-clinic": {"riverside": provider},
+    }
+    path = paths.root / "providers.json"
+    path.write_text(json.dumps(registry, indent=1))
+    return path
+
+
+def service_env(paths: Paths, endpoints: dict[str, str], ports: dict[str, int]) -> dict[str, str]:
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP": endpoints["kafka_bootstrap"],
+        "MONGO_URI": endpoints["mongo_uri"],
+        "TRACE_DIR": str(paths.traces),
+        "RECORDS_FETCH_PROVIDERS_FILE": str(write_providers(paths, endpoints)),
+        "PYTHONUNBUFFERED": "1",
+    }
+    env.update({f"{PREFIX[name]}_HTTP_PORT": str(port) for name, port in ports.items()})
+    return env
+
+
+def pid_alive(pid: int) -> bool:
+    """True if `pid` runs (a zombie waiting for init to reap it has stopped)."""
+    try:
+        os.kill(pid, 0)
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (ProcessLookupError, FileNotFoundError):
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def read_pid(path: Path) -> int | None:
+    """The PID in a PID file (infra.py also records the process start time after it)."""
+    try:
+        return int(path.read_text().split()[0])
+    except (FileNotFoundError, ValueError, IndexError):
+        return None
+
+
+def start_service(name: str, paths: Paths, env: dict[str, str]) -> int:
+    pid_file = paths.pids / f"{name}.pid"
+    pid = read_pid(pid_file)
+    if pid and pid_alive(pid):
+        return pid
+    paths.pids.mkdir(parents=True, exist_ok=True)
+    paths.logs.mkdir(parents=True, exist_ok=True)
+    with (paths.logs / f"{name}.log").open("ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", f"services.{name}"],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    pid_file.write_text(str(proc.pid))
+    return proc.pid
+
+
+def wait_ready(url: str, name: str, log: Path, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+    raise SystemExit(f"{name} not ready after {timeout:.0f}s ({url}); log tail:\n{tail}")
+
+
+def choose_ports(paths: Paths) -> dict[str, int]:
+    if paths.stack_file.exists():
+        return {k: int(v) for k, v in json.loads(paths.stack_file.read_text())["ports"].items()}
+    if os.environ.get("LOCAL_PORTS") == "auto":
+        return {name: free_port() for name in SERVICES}
+    return dict(DEFAULT_PORTS)
+
+
+def up(paths: Paths) -> dict[str, object]:
+    """Start infra and services; returns what stack.json records."""
+    paths.root.mkdir(parents=True, exist_ok=True)
+    infra("start", paths)
+    endpoints = infra_endpoints(paths)
+    ports = choose_ports(paths)
+    env = service_env(paths, endpoints, ports)
+    for name in SERVICES:
+        start_service(name, paths, env)
+    urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+    stack = {"ports": ports, "urls": urls, "infra": endpoints, "traces": str(paths.traces)}
+    paths.stack_file.write_text(json.dumps(stack, indent=1))
+    record_started_pids(paths)
+    for name in SERVICES:
+        wait_ready(f"{urls[name]}/readyz", name, paths.logs / f"{name}.log")
+    return stack
+
+
+def record_started_pids(paths: Paths) -> None:
+    """Keep every PID this stack started (services and infra), so a test or a
+    person can check after `down` that none of them is left running."""
+    pid_files = [*paths.pids.glob("*.pid"), *(paths.infra / "pids").glob("*.pid")]
+    pids = {str(pid) for f in pid_files if (pid := read_pid(f))}
+    with (paths.root / "started-pids.txt").open("a") as out:
+        out.writelines(f"{pid}\n" for pid in sorted(pids))
+
+
+def stop_pid(pid: int, grace: float = 10.0) -> None:
+    """SIGTERM the process group we started, then SIGKILL after `grace` seconds."""
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and pid_alive(pid):
+        time.sleep(0.1)
+        reap(pid)
+    if pid_alive(pid):
+        os.killpg(pid, signal.SIGKILL)
+        time.sleep(0.2)
+        reap(pid)
+
+
+def reap(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def stop_services(paths: Paths) -> None:
+    for name in SERVICES:
+        pid_file = paths.pids / f"{name}.pid"
+        pid = read_pid(pid_file)
+        if pid:
+            stop_pid(pid)
+        pid_file.unlink(missing_ok=True)
+
+
+def down(paths: Paths) -> None:
+    stop_services(paths)
+    if (paths.infra / "pids").exists():
+        infra("stop", paths)
+    paths.stack_file.unlink(missing_ok=True)
+
+
+def status(paths: Paths) -> bool:
+    ok = True
+    for name in SERVICES:
+        pid = read_pid(paths.pids / f"{name}.pid")
+        alive = bool(pid and pid_alive(pid))
+        ok &= alive
+        print(f"{name:14} pid={pid or '-':<8} {'up' if alive else 'down'}")
+    try:
+        infra("status", paths)
+    except subprocess.CalledProcessError:
+        ok = False
+    return ok
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("command", choices=["up", "down", "status"])
+    args = parser.parse_args()
+    paths = state_paths()
+    if args.command == "up":
+        stack = up(paths)
+        print(json.dumps(stack["urls"], indent=1))
+    elif args.command == "down":
+        down(paths)
+    else:
+        sys.exit(0 if status(paths) else 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""Test fixtures shared by the tiers.
+
+Unit tests need nothing. Integration and end-to-end tests get the real parts
+from `infra`: a private stack of the embedded infrastructure (Tansu on
+SeaweedFS, SecantusDB, Orthanc, the FHIR peer) on free loopback ports, started
+once per test session by deploy/local/infra.py and stopped at the end. Set
+ROUTER_TEST_STATE to the state directory of an already running stack (started
+with LOCAL_STATE_DIR=... LOCAL_PORTS=auto) to reuse it across runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _infra(command: str, state: Path) -> None:
+    env = {**os.environ, "LOCAL_STATE_DIR": str(state), "LOCAL_PORTS": "auto"}
+    subprocess.run(
+        [sys.executable, str(REPO / "deploy/local/infra.py"), command], env=env, check=True
+    )
+
+
+@pytest.fixture(scope="session")
+def stack_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The state directory of the test stack (infra in ./infra, services beside)."""
+    reuse = os.environ.get("ROUTER_TEST_STATE")
+    return Path(reuse) if reuse else tmp_path_factory.mktemp("stack")
+
+
+@pytest.fixture(scope="session")
+def infra(stack_root: Path) -> Iterator[dict[str, Any]]:
+    """Endpoints of the running real infrastructure."""
+    state = stack_root / "infra"
+    reused = bool(os.environ.get("ROUTER_TEST_STATE")) and (state / "endpoints.json").exists()
+    if not reused:
+        _infra("start", state)
+    try:
+        yield json.loads((state / "endpoints.json").read_text())
+    finally:
+        if not reused:
+            _infra("stop", state)
+
+
+async def eventually(
+    check: Callable[[], Awaitable[Any]], within: float = 30.0, interval: float = 0.2
+) -> Any:
+    """Poll `check` until it returns a truthy value (bounded; no fixed sleeps)."""
+    deadline = time.monotonic() + within
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = await check()
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"condition not met within {within}s (last value: {last!r})")

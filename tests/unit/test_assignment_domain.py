@@ -1,0 +1,67 @@
+"""Matching: subspecialty, independence, licensure, then workload."""
+
+from datetime import UTC, datetime
+
+from services.assignment.domain import Reviewer, choose_reviewer, review_deadline
+from shared.events import FirstOpinionSource, RoutingContext, Urgency
+
+
+def reviewer(rid: str, **over: object) -> Reviewer:
+    base: dict[str, object] = {
+        "reviewer_id": rid,
+        "name": rid,
+        "subspecialties": ["neuroradiology"],
+        "licensed_jurisdictions": ["US-CA"],
+        "affiliations": [],
+        "capacity": 4,
+    }
+    base.update(over)
+    return Reviewer.model_validate(base)
+
+
+CTX = RoutingContext(
+    subspecialties=["neuroradiology"],
+    jurisdiction="US-CA",
+    first_opinion=FirstOpinionSource(institution="Lone Star Radiology", affiliations=["UT Health"]),
+)
+
+
+def test_conflict_of_interest_excluded() -> None:
+    roster = [reviewer("a", affiliations=["Lone Star Radiology"]), reviewer("b")]
+    d = choose_reviewer("neuroradiology", CTX, roster, {})
+    assert d.reviewer is not None and d.reviewer.reviewer_id == "b"
+    assert "not independent" in d.excluded["a"]
+
+
+def test_affiliation_match_is_case_insensitive() -> None:
+    d = choose_reviewer("neuroradiology", CTX, [reviewer("a", affiliations=["ut health"])], {})
+    assert d.reviewer is None and "not independent" in d.excluded["a"]
+
+
+def test_licensure_respected() -> None:
+    roster = [reviewer("a", licensed_jurisdictions=["US-TX"]), reviewer("b")]
+    d = choose_reviewer("neuroradiology", CTX, roster, {})
+    assert d.reviewer is not None and d.reviewer.reviewer_id == "b"
+    assert d.excluded["a"] == "not licensed in US-CA"
+
+
+def test_least_loaded_chosen_relative_to_capacity() -> None:
+    roster = [reviewer("a", capacity=4), reviewer("b", capacity=10)]
+    d = choose_reviewer("neuroradiology", CTX, roster, {"a": 2, "b": 3})
+    assert d.reviewer is not None and d.reviewer.reviewer_id == "b"  # 3/10 < 2/4
+
+
+def test_full_reviewers_and_wrong_subspecialty_leave_case_unassignable() -> None:
+    roster = [reviewer("a", capacity=1), reviewer("b", subspecialties=["body_imaging"])]
+    d = choose_reviewer("neuroradiology", CTX, roster, {"a": 1})
+    assert d.reviewer is None
+    assert d.excluded == {"a": "at capacity (1/1)", "b": "not a neuroradiology reviewer"}
+    assert "no eligible" in d.reason
+
+
+def test_urgent_deadline_is_shorter() -> None:
+    start = datetime(2026, 11, 20, 17, tzinfo=UTC)
+    routine = review_deadline(start, 48, Urgency.ROUTINE, 0.25)
+    urgent = review_deadline(start, 48, Urgency.URGENT, 0.25)
+    assert (routine - start).total_seconds() == 48 * 3600
+    assert (urgent - start).total_seconds() == 12 * 3600
