@@ -213,6 +213,17 @@ class RecordsComplete(Event):
     override_reason: str = ""
 
 
+class RecordsIncomplete(Event):
+    """`records.incomplete`: items still missing after a retrieval attempt; told to
+    the integrator (via notify) while records_fetch re-requests them with backoff."""
+
+    topic: ClassVar[str] = "records.incomplete"
+    missing: list[ManifestItem]
+    attempt: int = 1
+    next_retry_at: datetime | None = None
+    gave_up: bool = False
+
+
 # ---------------------------------------------------------------- assignment
 
 
@@ -231,6 +242,15 @@ class CaseReassigned(Event):
     from_reviewer_id: str
     to_reviewer_id: str = ""
     reason: str
+
+
+class CaseUnassignable(Event):
+    """`case.unassignable`: no eligible reviewer; an alert for operations."""
+
+    topic: ClassVar[str] = "case.unassignable"
+    subspecialty: str
+    reason: str
+    excluded: dict[str, str] = {}
 
 
 class SlaWarning(Event):
@@ -301,7 +321,9 @@ TOPIC_MODELS: dict[str, type[BaseModel]] = {
         RecordsRequested,
         RecordsProgress,
         RecordsComplete,
+        RecordsIncomplete,
         CaseAssigned,
+        CaseUnassignable,
         CaseReassigned,
         SlaWarning,
         SlaBreached,
