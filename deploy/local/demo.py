@@ -201,13 +201,40 @@ def play_reviewers(client: httpx.Client, reporting_url: str, done: set[str]) -> 
                 done.add(a["case_id"])
 
 
-def render(cases: list[dict[str, Any]], receiver: WebhookReceiver, urls: dict[str, str]) -> str:
+def records_progress(
+    client: httpx.Client, urls: dict[str, str], cases: list[dict[str, Any]]
+) -> dict[str, str]:
+    """'received/expected inst' per case from records_fetch (blank until it has the case)."""
+    out: dict[str, str] = {}
+    for c in cases:
+        r = client.get(
+            f"{urls['records_fetch']}/v1/cases/{c['case_id']}/progress", headers=auth("demo-int")
+        )
+        if r.status_code == 200:
+            inst = r.json()["instances"]
+            out[c["case_id"]] = f"{inst.get('received', 0)}/{inst.get('expected', 0)} inst"
+    return out
+
+
+def render(
+    cases: list[dict[str, Any]],
+    receiver: WebhookReceiver,
+    urls: dict[str, str],
+    records: dict[str, str] | None = None,
+) -> str:
     hooks = receiver.by_case()
-    lines = [f"{'external id':<24} {'case id':<26} {'subspecialty':<26} {'stage':<18} webhooks"]
+    records = records or {}
+    lines = [
+        f"{'external id':<24} {'case id':<26} {'subspecialty':<26} {'stage':<18} "
+        f"{'records':<11} webhooks"
+    ]
     for c in cases:
         subs = ",".join(s["name"] for s in c["subspecialties"])[:25]
         n = len(hooks.get(c["case_id"], []))
-        lines.append(f"{c['external_id']:<24} {c['case_id']:<26} {subs:<26} {c['stage']:<18} {n}")
+        rec = records.get(c["case_id"], "")
+        lines.append(
+            f"{c['external_id']:<24} {c['case_id']:<26} {subs:<26} {c['stage']:<18} {rec:<11} {n}"
+        )
     lines.append(
         f"API docs: {urls['intake']}/docs  {urls['reporting']}/docs  {urls['notify']}/docs"
     )
@@ -277,7 +304,7 @@ def watch(
             for c in client.get(f"{urls['intake']}/v1/cases", headers=auth("demo-int")).json()
             if c["external_id"] in expected
         ]
-        table = render(cases, receiver, urls)
+        table = render(cases, receiver, urls, records_progress(client, urls, cases))
         if table != last:
             print(f"\n[{time.strftime('%H:%M:%S')}]\n{table}", flush=True)
             last = table

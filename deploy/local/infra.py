@@ -29,17 +29,31 @@ Configuration (environment, with defaults)::
     S3_PORT             8333   SeaweedFS's other ports derive from it:
                                master +1, volume +2, filer +3, admin +4,
                                and each gRPC port is its HTTP port + 10000
+                               (auto ports keep that +10000 rule too)
     MONGO_PORT          27017
     ORTHANC_HTTP_PORT   8042
     ORTHANC_DICOM_PORT  4242
     FHIR_PORT           8103
     LOCAL_S3_ACCESS_KEY / LOCAL_S3_SECRET_KEY   local-only S3 credentials
     LOCAL_START_TIMEOUT seconds each part may take to become ready (60)
+    MONGO_OPLOG_MAX_ENTRIES  20000          SecantusDB oplog cap
+    ORTHANC_LOCAL_SCU_AET    LOCALSCU       the one AE title Orthanc accepts
+                                            DICOM from (from 127.0.0.1 only)
 
 ``start`` writes STATE/endpoints.json (client endpoints plus every port) and
 ``stop``/``status``/``endpoints`` read the ports back from it, so a stack
 started with ``--ports auto`` is managed without repeating the flag. Two
 stacks can run side by side with two state directories and auto ports.
+
+Kafka topics: Tansu creates a topic on first use (a producer's send or a
+consumer's subscribe) with 4 partitions; ``create-topics`` creates them
+up front with the partition count you want (default 3), idempotently.
+
+Quirks handled here: `weed mini` opens 10 ports (S3, master, volume, filer,
+admin, each with a gRPC port at +10000; its worker assumes that offset for
+the admin), leaves unix sockets in /tmp, and now and then hangs in shutdown
+(SIGKILL after the grace period; its data survived SIGKILL in tests).
+Orthanc has no bind address (see orthanc_config).
 
 The script uses the standard library only; it imports pymongo (readiness
 ping, optional) and aiokafka (``create-topics``) lazily.
@@ -55,6 +69,7 @@ import hmac
 import importlib.util
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -148,7 +163,8 @@ class State:
 
 # Every port a part listens on. The SeaweedFS ones are all set explicitly:
 # `weed mini` otherwise opens its defaults (9333, 9340, 8888, 23646, and each
-# +10000 for gRPC) and a second stack would collide with the first.
+# +10000 for gRPC; 8181/9101/7333 are switched off) and a second stack would
+# collide with the first.
 PORT_NAMES = [
     "kafka",
     "s3",
@@ -215,8 +231,45 @@ def free_ports(count: int) -> list[int]:
             sock.close()
 
 
+def port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_grpc_pairs(count: int) -> list[int]:
+    """`count` ports P, each with P + GRPC_OFFSET free as well.
+
+    weed's own worker dials the admin server's gRPC at admin port + 10000
+    whatever -admin.port.grpc says, so the SeaweedFS ports keep that
+    convention even when picked at random.
+    """
+    chosen: list[int] = []
+    rng = random.Random()
+    while len(chosen) < count:
+        port = rng.randrange(20_000, 32_000)  # below the usual ephemeral range
+        taken = {p for c in chosen for p in (c, c + GRPC_OFFSET)}
+        if {port, port + GRPC_OFFSET} & taken:
+            continue
+        if port_free(port) and port_free(port + GRPC_OFFSET):
+            chosen.append(port)
+    return chosen
+
+
 def auto_ports() -> dict[str, int]:
-    return dict(zip(PORT_NAMES, free_ports(len(PORT_NAMES)), strict=True))
+    weed_names = ["s3", "weed_master", "weed_volume", "weed_filer", "weed_admin"]
+    ports = dict(zip(weed_names, free_grpc_pairs(len(weed_names)), strict=True))
+    for name in weed_names:
+        ports[f"{name}_grpc"] = ports[name] + GRPC_OFFSET
+    others = [name for name in PORT_NAMES if name not in ports]
+    ports.update(zip(others, free_ports(len(others)), strict=True))
+    # Keep the chosen ports clear of each other (two separate allocations).
+    if len(set(ports.values())) != len(ports):
+        return auto_ports()
+    return {name: ports[name] for name in PORT_NAMES}
 
 
 def port_in_use(port: int) -> bool:
@@ -342,12 +395,32 @@ def s3_signed_headers(host: str, path: str) -> dict[str, str]:
     }
 
 
-def s3_ready(ports: dict[str, int]) -> bool:
+def s3_ready(state: State, ports: dict[str, int]) -> bool:
     # A signed bucket listing proves S3, the filer behind it, the credentials
     # and the bucket all work (the bucket is created shortly after start).
     host = f"{LOOPBACK}:{ports['s3']}"
     path = f"/{S3_BUCKET}"
-    return http_status(f"http://{host}{path}", headers=s3_signed_headers(host, path)) == 200
+    if http_status(f"http://{host}{path}", headers=s3_signed_headers(host, path)) != 200:
+        return False
+    # After a restart the listing answers before the volume server has told
+    # the master about its volumes; until then reads of existing objects fail
+    # ("volume 1 not found", seen for up to 5 s) and Tansu would stall on
+    # them. Wait until the master knows every volume on disk.
+    on_disk = len(list(state.data("s3").glob("*.dat")))
+    return on_disk <= weed_registered_volumes(ports)
+
+
+def weed_registered_volumes(ports: dict[str, int]) -> int:
+    try:
+        status = http_json(f"http://{LOOPBACK}:{ports['weed_master']}/dir/status")
+    except (OSError, ValueError):
+        return 0
+    return sum(
+        node.get("Volumes", 0)
+        for center in status.get("Topology", {}).get("DataCenters") or []
+        for rack in center.get("Racks") or []
+        for node in rack.get("DataNodes") or []
+    )
 
 
 def _recv_exact(sock: socket.socket, size: int) -> bytes:
@@ -374,7 +447,7 @@ def kafka_call(
     return payload[4:]
 
 
-def kafka_ready(ports: dict[str, int]) -> bool:
+def kafka_ready(_state: State, ports: dict[str, int]) -> bool:
     # ApiVersions proves the protocol; a Metadata request (v0, all topics)
     # makes Tansu read its storage, so S3 is wired up too. After this a
     # producer connects at once.
@@ -393,7 +466,7 @@ def kafka_ready(ports: dict[str, int]) -> bool:
         return False
 
 
-def mongo_ready(ports: dict[str, int]) -> bool:
+def mongo_ready(_state: State, ports: dict[str, int]) -> bool:
     if importlib.util.find_spec("pymongo") is None:
         return port_in_use(ports["mongo"])
     from pymongo import MongoClient  # lazily: the script itself is stdlib-only
@@ -414,7 +487,7 @@ def mongo_ready(ports: dict[str, int]) -> bool:
         client.close()
 
 
-def pacs_ready(ports: dict[str, int]) -> bool:
+def pacs_ready(_state: State, ports: dict[str, int]) -> bool:
     base = f"http://{LOOPBACK}:{ports['orthanc_http']}"
     if http_status(f"{base}/system") != 200:
         return False
@@ -428,7 +501,7 @@ def pacs_ready(ports: dict[str, int]) -> bool:
     return True
 
 
-def fhir_ready(ports: dict[str, int]) -> bool:
+def fhir_ready(_state: State, ports: dict[str, int]) -> bool:
     return http_status(f"http://{LOOPBACK}:{ports['fhir']}/metadata") == 200
 
 
@@ -448,7 +521,7 @@ class Launch:
 class Part:
     name: str
     launch: Callable[[State, dict[str, int]], Launch]
-    ready: Callable[[dict[str, int]], bool]
+    ready: Callable[[State, dict[str, int]], bool]
     port_names: list[str]  # every port it listens on (checked free before start)
     exe_hint: str  # must appear in /proc/PID/cmdline: guards against PID reuse
     endpoint_template: str
@@ -859,7 +932,7 @@ def wait_ready(
                 f"{part.name} exited with code {proc.returncode} during start-up; "
                 f"log {state.log_file(part.name)}:\n{log_tail(state.log_file(part.name))}"
             )
-        if part.ready(ports):
+        if part.ready(state, ports):
             return
         time.sleep(POLL_INTERVAL)
     raise InfraError(
@@ -910,9 +983,15 @@ def stop_parts(state: State, names: list[str]) -> None:
 def finish_stop(state: State, name: str, pid: int, started: float, forced: bool) -> None:
     state.pid_file(name).unlink(missing_ok=True)
     if name == "s3":
-        # weed leaves its S3 unix socket behind even on a clean exit.
-        for stale in state.data("s3").glob("*.sock"):
-            stale.unlink(missing_ok=True)
+        # weed leaves its S3 unix socket behind even on a clean exit ...
+        stale = list(state.data("s3").glob("*.sock"))
+        if forced:
+            # ... and, when killed, its gRPC sockets in $TMPDIR, named by port.
+            tmp = Path(os.environ.get("TMPDIR", "/tmp"))
+            for port in PARTS["s3"].ports(saved_or_fixed_ports(state)):
+                stale += tmp.glob(f"seaweedfs-*-{port}.sock")
+        for path in stale:
+            path.unlink(missing_ok=True)
     how = "killed (SIGKILL after SIGTERM timed out)" if forced else "stopped"
     print(f"{name:6} {how}, pid {pid}, after {time.monotonic() - started:.1f}s", flush=True)
 
@@ -1057,7 +1136,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             health = "down"
         else:
             try:
-                health = "up" if part.ready(ports) else "unhealthy"
+                health = "up" if part.ready(state, ports) else "unhealthy"
             except InfraError:
                 health = "unhealthy"
         all_up &= health == "up"

@@ -87,12 +87,15 @@ def _chart(patient_ref: str) -> list[dict[str, Any]]:
             "subject": subject,
             "medicationCodeableConcept": {"text": "Levetiracetam 500 mg twice daily"},
             "effectivePeriod": {"start": "2026-10-06"},
+            "dosage": [{"text": "500 mg orally twice daily"}],
         },
         {
             "resourceType": "Procedure",
             "status": "completed",
             "subject": subject,
             "code": {"text": "Stereotactic biopsy (planned, not performed)"},
+            "performedDateTime": "2026-10-07",
+            "outcome": {"text": "Deferred pending second opinion"},
         },
     ]
 
