@@ -127,6 +127,19 @@ class CaseSubmittedFirstOpinion(BaseModel):
     affiliations: list[str] = []
 
 
+class EarlierOpinion(BaseModel):
+    """An opinion already given on the same question (beyond the first opinion):
+    intake links it and flags a long chain of opinions."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    reference: str = Field(
+        min_length=1, max_length=128, description="Earlier case id here, or the issuer's reference"
+    )
+    diagnosis: str = Field(default="", max_length=2000)
+    institution: str = Field(default="", max_length=200)
+    given_on: str | None = Field(default=None, pattern=r"^\d{4}-\d{2}-\d{2}$")
+
+
 class CaseSubmission(BaseModel):
     """A case as an integrator sends it (native JSON), over HTTP or Kafka."""
 
@@ -141,6 +154,13 @@ class CaseSubmission(BaseModel):
     service_tier: ServiceTier = ServiceTier.SPECIALIST_OPINION
     records: list[ProviderRecords] = Field(min_length=1)
     treating_clinician_email: str = Field(default="", max_length=200)
+    earlier_opinions: list[EarlierOpinion] = Field(default=[], max_length=20)
+    treatment_start_date: str | None = Field(
+        default=None, pattern=r"^\d{4}-\d{2}-\d{2}$", description="Planned start of treatment"
+    )
+    symptoms_status: str = Field(
+        default="unknown", pattern=r"^(persistent|improving|resolved|unknown)$"
+    )
 
 
 class CaseSubmitted(BaseModel):
@@ -163,6 +183,12 @@ class CaseAccepted(Event):
     routing: RoutingContext
     records: list[ProviderRecords]
     triage_signals: list[str] = []
+    # Why intake routed it so (design.md §3 intake): signal/subspecialty name -> reason.
+    triage_reasons: dict[str, str] = {}
+    subspecialty_reasons: dict[str, str] = {}
+    urgency_reason: str = ""
+    earlier_case_ids: list[str] = []
+    treatment_start_date: str | None = None
 
 
 class FieldError(BaseModel):
@@ -234,6 +260,9 @@ class CaseAssigned(Event):
     subspecialty: str
     due_at: datetime
     reason: str
+    # Who the reviewer is, as the signed opinion names them (reporting does not own the roster).
+    reviewer_name: str = Field(default="", max_length=200)
+    reviewer_credentials: str = Field(default="", max_length=300, description="e.g. MD, ABR CAQ")
 
 
 class CaseReassigned(Event):
@@ -300,6 +329,19 @@ class ReportReady(Event):
     links: ReportLinks
 
 
+class ReportAddendum(Event):
+    """`report.addendum`: a signed answer to a follow-up question was appended to a
+    report (the report itself is never edited); links, not the PHI payload."""
+
+    topic: ClassVar[str] = "report.addendum"
+    report_id: str
+    addendum_id: str
+    reviewer_id: str
+    signed_at: datetime
+    content_sha256: str
+    links: ReportLinks
+
+
 # ---------------------------------------------------------------- notify
 
 
@@ -329,6 +371,7 @@ TOPIC_MODELS: dict[str, type[BaseModel]] = {
         SlaBreached,
         ReportSubmitted,
         ReportReady,
+        ReportAddendum,
         NotificationDelivered,
     )
 }

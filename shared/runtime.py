@@ -57,6 +57,20 @@ async def ensure_topics(bootstrap: str, topics: list[str], partitions: int) -> N
         await admin.close()
 
 
+async def start_broker(broker: KafkaBroker) -> None:
+    """`broker.start()`, but with the subscribers joining their groups at once.
+
+    faststream 0.7 starts subscribers one after another, and each group join
+    waits about half the session timeout (longer on Tansu after a restart), so
+    a service with six subscribers took ~19 s to start; joined concurrently, ~4 s.
+    Mirrors BrokerUsecase.start of the pinned faststream version."""
+    await broker.connect()
+    await asyncio.gather(*(sub.start() for sub in broker.subscribers))
+    for pub in broker.publishers:
+        await pub.start()
+    broker.running = True
+
+
 class Service:
     """One running service: broker, database, outbox relay and HTTP API."""
 
@@ -128,7 +142,7 @@ class Service:
         await ensure_topics(
             self.settings.kafka_bootstrap, ALL_TOPICS, self.settings.topic_partitions
         )
-        await self.broker.start()
+        await start_broker(self.broker)
         tasks = [asyncio.create_task(self.relay.run(), name="outbox-relay")]
         tasks += [asyncio.create_task(h(), name=h.__name__) for h in self._background]
         log.info("%s started", self.settings.service_name)

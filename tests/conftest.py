@@ -17,10 +17,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from deploy.local import stack
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -65,3 +68,33 @@ async def eventually(
             return last
         await asyncio.sleep(interval)
     raise AssertionError(f"condition not met within {within}s (last value: {last!r})")
+
+
+@dataclass
+class RunningStack:
+    paths: stack.Paths
+    info: dict[str, Any]
+
+    @property
+    def urls(self) -> dict[str, str]:
+        return dict(self.info["urls"])
+
+    @property
+    def infra(self) -> dict[str, str]:
+        return dict(self.info["infra"])
+
+    def env(self) -> dict[str, str]:
+        ports = {k: int(v) for k, v in self.info["ports"].items()}
+        return stack.service_env(self.paths, self.infra, ports)
+
+
+@pytest.fixture(scope="session")
+def running_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
+    root = tmp_path_factory.mktemp("faultstack")
+    os.environ["LOCAL_PORTS"] = "auto"
+    try:
+        paths = stack.Paths(Path(root))
+        yield RunningStack(paths, stack.up(paths))
+    finally:
+        stack.down(stack.Paths(Path(root)))
+        os.environ.pop("LOCAL_PORTS", None)

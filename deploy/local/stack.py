@@ -108,6 +108,11 @@ def service_env(paths: Paths, endpoints: dict[str, str], ports: dict[str, int]) 
         "MONGO_URI": endpoints["mongo_uri"],
         "TRACE_DIR": str(paths.traces),
         "RECORDS_FETCH_PROVIDERS_FILE": str(write_providers(paths, endpoints)),
+        # Retrieved DICOM files and reviewers' signing keys stay with this stack's state.
+        "RECORDS_FETCH_RECORDS_DIR": str(paths.root / "records"),
+        "REPORTING_KEY_DIR": str(paths.root / "keys"),
+        # Short group sessions: Tansu makes a restarted consumer wait ~2x this (infra.md).
+        "KAFKA_SESSION_TIMEOUT_MS": os.environ.get("KAFKA_SESSION_TIMEOUT_MS", "3000"),
         "PYTHONUNBUFFERED": "1",
     }
     env.update({f"{PREFIX[name]}_HTTP_PORT": str(port) for name, port in ports.items()})

@@ -1,5 +1,5 @@
 """`python -m services.intake` runs the intake service."""
 
-from services.intake.app import service
+from services.intake.app import create_service
 
-service.run()
+create_service().run()

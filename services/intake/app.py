@@ -1,19 +1,27 @@
-"""Intake's wiring: the HTTP API for integrators, the `case.submitted` subscriber
-and the subscribers that follow a case downstream for the status view."""
+"""Intake's wiring: the HTTP API for integrators (native JSON and FHIR R4 cases,
+release authorizations, status), the `case.submitted` subscriber, and the
+subscribers that follow a case downstream for the status view.
 
-from __future__ import annotations
+`create_service(settings)` builds one intake process; `python -m services.intake`
+runs it. The module names `service`, `api` and `app` (the AsyncAPI app for
+`faststream docs gen services.intake.app:app`) are built on first use, so tests
+can build their own service with their own settings.
+"""
+
+# No `from __future__ import annotations`: FastAPI resolves the routes' dependency
+# annotations at definition time, and they name closures of create_service.
 
 from typing import Annotated, Any, ClassVar
 
-from fastapi import Depends, Query, Request, Response
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from fastapi import Depends, FastAPI, Query, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
 
-from services.intake import handlers
+from services.intake import domain, fhir, handlers
 from services.intake.settings import IntakeSettings
 from services.intake.store import IntakeStore
 from shared.auth import Principal, require
 from shared.envelope import EventMeta
-from shared.errors import NotFound, PermanentError
+from shared.errors import PermanentError
 from shared.events import (
     CaseAssigned,
     CaseSubmission,
@@ -25,27 +33,35 @@ from shared.events import (
 from shared.http import problem
 from shared.runtime import Service
 
-settings = IntakeSettings()
-service = Service(
-    settings,
-    title="Second-opinion intake",
-    description="Front door for health-system integrators: submit a case, follow its status.",
-)
-store = IntakeStore(
-    service.collection("cases", outbox=True), service.collection("rejections", outbox=True)
-)
-service.on_startup(store.create_indexes)
-integrator = require(service.credentials, "integrator")
-api = service.api
-app = service.asyncapi
+JSON_TYPES = ("application/json", "application/fhir+json")
+
+
+class PayloadTooLarge(PermanentError):
+    status_code = 413
+    title = "Payload too large"
+
+
+class UnsupportedMediaType(PermanentError):
+    status_code = 415
+    title = "Unsupported media type"
 
 
 class CaseStatus(BaseModel):
+    """What an integrator sees of its case: the stage reached, what it waits for and why,
+    and how intake triaged and routed it."""
+
     case_id: str
     external_id: str
     stage: str
-    subspecialties: list[dict[str, str]] = []
+    waiting_reasons: list[str] = []
     waiting_on_authorization: list[str] = []
+    hold_reason: str = ""
+    urgency: str = "routine"
+    urgency_reason: str = ""
+    subspecialties: list[dict[str, str]] = []
+    triage: list[dict[str, str]] = []
+    second_opinion_value: str = "standard"
+    earlier_case_ids: list[str] = []
     history: list[dict[str, Any]] = []
 
 
@@ -55,80 +71,247 @@ class SubmitResponse(BaseModel):
     created: bool
 
 
-@api.middleware("http")
-async def limit_body_size(request: Request, call_next: Any) -> Response:
-    """Refuse oversize bodies before reading them (a case is JSON, not a DICOM upload)."""
-    length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > settings.max_body_bytes:
-        return problem(413, "Payload too large", f"body exceeds {settings.max_body_bytes} bytes")
-    response: Response = await call_next(request)
-    return response
+class ReleaseAuthorization(BaseModel):
+    """The patient's authorization to obtain records from one listed provider."""
+
+    model_config = ConfigDict(extra="forbid")
+    provider_id: str = Field(min_length=1, max_length=64)
+    reference: str = Field(
+        default="", max_length=200, description="Where the signed authorization is kept"
+    )
 
 
-@api.post("/v1/cases", response_model=SubmitResponse, status_code=201, tags=["cases"])
-async def submit_case(
-    submission: CaseSubmission,
-    response: Response,
-    principal: Annotated[Principal, Depends(integrator)],
-) -> SubmitResponse:
-    """Submit a case. Resubmitting the same `external_id` returns the same case (200)."""
-    result = await handlers.submit_case(store, principal.tenant_id, submission)
-    service.emitted(result.outbox)
-    if not result.created:
-        response.status_code = 200
-    return SubmitResponse(case_id=result.case_id, stage=result.stage, created=result.created)
+class HoldDecision(BaseModel):
+    """Operations' decision on a case held for human review."""
 
-
-@api.get("/v1/cases/{case_id}", response_model=CaseStatus, tags=["cases"])
-async def case_status(
-    case_id: str, principal: Annotated[Principal, Depends(integrator)]
-) -> CaseStatus:
-    doc = await store.get(case_id)
-    # Another tenant's case is reported as absent, not forbidden: no existence leak.
-    if doc is None or doc["tenant_id"] != principal.tenant_id:
-        raise NotFound(f"no case {case_id}")
-    return CaseStatus(case_id=doc["_id"], **doc)
-
-
-@api.get("/v1/cases", response_model=list[CaseStatus], tags=["cases"])
-async def list_cases(
-    principal: Annotated[Principal, Depends(integrator)],
-    limit: Annotated[int, Query(ge=1, le=500)] = 100,
-) -> list[CaseStatus]:
-    docs = await store.list_for_tenant(principal.tenant_id, limit)
-    return [CaseStatus(case_id=d["_id"], **d) for d in docs]
+    model_config = ConfigDict(extra="forbid")
+    release: bool
+    note: str = Field(default="", max_length=1000)
 
 
 class CaseSubmittedEnvelope(BaseModel):
-    """`case.submitted` as received: the submission is validated by the handler so
-    that a bad case becomes a `case.rejected` with field errors, not only a dead letter."""
+    """`case.submitted` as received: `submission` (native JSON) or `fhir` (a FHIR R4
+    Bundle or ServiceRequest). The case is validated by the handler so that a bad
+    case becomes a `case.rejected` with field errors, not only a dead letter."""
 
     model_config = ConfigDict(extra="forbid")
     topic: ClassVar[str] = "case.submitted"
     tenant_id: str = Field(min_length=1, max_length=64)
-    submission: dict[str, Any]
+    submission: dict[str, Any] | None = None
+    fhir: dict[str, Any] | None = None
 
     @classmethod
     def ce_type(cls) -> str:
         return "org.secondopinion.case.submitted.v1"
 
 
-@service.consumer.on(CaseSubmittedEnvelope)
-async def on_case_submitted(event: CaseSubmittedEnvelope, meta: EventMeta) -> None:
-    if not service.credentials.has_tenant(event.tenant_id):
-        raise PermanentError(f"unknown tenant {event.tenant_id!r}")
-    external_id = str(event.submission.get("external_id", ""))[:128]
-    try:
-        submission = CaseSubmission.model_validate(event.submission)
-    except ValidationError as exc:
-        errors = handlers.field_errors(exc, prefix="submission.")
-        outbox = await handlers.reject_submission(
-            store, meta.event_id, event.tenant_id, external_id, errors
+def status_of(doc: dict[str, Any]) -> CaseStatus:
+    fields = {k: v for k, v in doc.items() if k in CaseStatus.model_fields}
+    reasons = domain.waiting_reasons(doc.get("hold_reason", ""), doc["waiting_on_authorization"])
+    waiting = doc["stage"] in ("held_for_review", "awaiting_authorization")
+    return CaseStatus(
+        **{**fields, "case_id": doc["_id"], "waiting_reasons": reasons if waiting else []}
+    )
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused as soon as it passes `limit` (chunked bodies have no length)."""
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"body exceeds {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def media_type(request: Request, fhir_only: bool) -> str:
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    allowed = ("application/fhir+json", "application/json") if fhir_only else JSON_TYPES
+    if ctype not in allowed:
+        raise UnsupportedMediaType(f"content-type must be one of {', '.join(allowed)}")
+    return ctype
+
+
+def _document_bodies(api: FastAPI) -> None:
+    """The routes read their body themselves (size cap, one validation path for
+    native and FHIR); this puts the native schema back into the OpenAPI document."""
+    original = api.openapi
+
+    def openapi() -> dict[str, Any]:
+        if api.openapi_schema:
+            return api.openapi_schema
+        schema = original()
+        defs = CaseSubmission.model_json_schema(ref_template="#/components/schemas/{model}")
+        comps = schema.setdefault("components", {}).setdefault("schemas", {})
+        comps.update(defs.pop("$defs", {}))
+        comps["CaseSubmission"] = defs
+        return schema
+
+    api.openapi = openapi  # type: ignore[method-assign]
+
+
+NATIVE_OR_FHIR_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/CaseSubmission"}},
+            "application/fhir+json": {
+                "schema": {"type": "object", "description": "FHIR R4 Bundle or ServiceRequest"}
+            },
+        },
+    }
+}
+FHIR_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/fhir+json": {
+                "schema": {"type": "object", "description": "FHIR R4 Bundle or ServiceRequest"}
+            }
+        },
+    }
+}
+
+
+def create_service(settings: IntakeSettings | None = None) -> Service:
+    """One intake process: routes, subscribers and store on a new Service."""
+    settings = settings or IntakeSettings()
+    service = Service(
+        settings,
+        title="Second-opinion intake",
+        description="Front door for health-system integrators: submit a case, follow its status.",
+    )
+    store = IntakeStore(
+        service.collection("cases", outbox=True), service.collection("rejections", outbox=True)
+    )
+    service.on_startup(store.create_indexes)
+    _http_routes(service, store, settings)
+    _case_routes(service, store)
+    _subscribers(service, store)
+    _document_bodies(service.api)
+    return service
+
+
+def _http_routes(service: Service, store: IntakeStore, settings: IntakeSettings) -> None:
+    api = service.api
+    integrator = require(service.credentials, "integrator")
+
+    @api.middleware("http")
+    async def limit_body_size(request: Request, call_next: Any) -> Response:
+        """Refuse oversize bodies before reading them (a case is JSON, not a DICOM upload)."""
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > settings.max_body_bytes:
+            return problem(
+                413, "Payload too large", f"body exceeds {settings.max_body_bytes} bytes"
+            )
+        response: Response = await call_next(request)
+        return response
+
+    async def submit(
+        request: Request, principal: Principal, fhir_only: bool
+    ) -> handlers.SubmitResult:
+        external_id, channel = "", "http-fhir" if fhir_only else "http"
+        try:
+            ctype = media_type(request, fhir_only)
+            payload = handlers.decode_json(await read_body(request, settings.max_body_bytes))
+            if fhir_only or fhir.is_fhir_content_type(ctype):
+                channel = "http-fhir"
+                submission = handlers.validate_fhir(payload)
+            else:
+                if isinstance(payload, dict):
+                    external_id = str(payload.get("external_id", ""))
+                submission = handlers.validate_native(payload)
+            external_id = submission.external_id
+            result = await handlers.submit_case(store, principal.tenant_id, submission)
+        except PermanentError as exc:
+            await handlers.record_http_rejection(
+                store, principal.tenant_id, channel, external_id, exc
+            )
+            raise
+        service.emitted(result.outbox)
+        return result
+
+    def respond(result: handlers.SubmitResult, response: Response) -> SubmitResponse:
+        response.status_code = 201 if result.created else 200
+        response.headers["Location"] = f"/v1/cases/{result.case_id}"
+        return SubmitResponse(case_id=result.case_id, stage=result.stage, created=result.created)
+
+    @api.post(
+        "/v1/cases",
+        response_model=SubmitResponse,
+        status_code=201,
+        tags=["cases"],
+        openapi_extra=NATIVE_OR_FHIR_BODY,
+    )
+    async def submit_case(
+        request: Request, response: Response, principal: Annotated[Principal, Depends(integrator)]
+    ) -> SubmitResponse:
+        """Submit a case as native JSON (`application/json`) or as a FHIR R4 Bundle /
+        ServiceRequest (`application/fhir+json`). `external_id` (FHIR: the
+        ServiceRequest identifier) is the idempotency key: resubmitting the same case
+        returns it (200), the same key with different content is a 409."""
+        return respond(await submit(request, principal, fhir_only=False), response)
+
+    @api.post(
+        "/v1/fhir/ServiceRequest",
+        response_model=SubmitResponse,
+        status_code=201,
+        tags=["cases"],
+        openapi_extra=FHIR_BODY,
+    )
+    async def submit_fhir(
+        request: Request, response: Response, principal: Annotated[Principal, Depends(integrator)]
+    ) -> SubmitResponse:
+        """Submit a FHIR R4 ServiceRequest (alone with contained resources, or in a
+        Bundle with its Patient, Consents and supporting records)."""
+        return respond(await submit(request, principal, fhir_only=True), response)
+
+
+def _case_routes(service: Service, store: IntakeStore) -> None:
+    api = service.api
+    integrator = require(service.credentials, "integrator")
+    operations = require(service.credentials, "operations")
+
+    @api.get("/v1/cases/{case_id}", response_model=CaseStatus, tags=["cases"])
+    async def case_status(
+        case_id: str, principal: Annotated[Principal, Depends(integrator)]
+    ) -> CaseStatus:
+        """The stage the case reached (downstream too), and what it waits for and why."""
+        return status_of(await handlers.tenant_case(store, principal.tenant_id, case_id))
+
+    @api.get("/v1/cases", response_model=list[CaseStatus], tags=["cases"])
+    async def list_cases(
+        principal: Annotated[Principal, Depends(integrator)],
+        limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    ) -> list[CaseStatus]:
+        docs = await store.list_for_tenant(principal.tenant_id, limit)
+        return [status_of(d) for d in docs]
+
+    @api.post("/v1/cases/{case_id}/authorizations", response_model=CaseStatus, tags=["cases"])
+    async def authorize_release(
+        case_id: str,
+        body: ReleaseAuthorization,
+        principal: Annotated[Principal, Depends(integrator)],
+    ) -> CaseStatus:
+        """Record the patient's release for one provider. When every listed provider
+        is authorized the case is accepted (once, however often this is repeated)."""
+        doc, outbox = await handlers.authorize_release(
+            store, principal.tenant_id, case_id, body.provider_id, body.reference
         )
         service.emitted(outbox)
-        return
-    result = await handlers.submit_case(store, event.tenant_id, submission)
-    service.emitted(result.outbox)
+        return status_of(doc)
+
+    @api.post("/v1/cases/{case_id}/review", response_model=CaseStatus, tags=["operations"])
+    async def review_hold(
+        case_id: str, body: HoldDecision, principal: Annotated[Principal, Depends(operations)]
+    ) -> CaseStatus:
+        """Operations release a case held for human review, or decline it (case.rejected)."""
+        doc, outbox = await handlers.review_hold(
+            store, case_id, body.release, body.note, principal.subject
+        )
+        service.emitted(outbox)
+        return status_of(doc)
 
 
 STAGE_EVENTS: dict[type[BaseModel], str] = {
@@ -140,7 +323,21 @@ STAGE_EVENTS: dict[type[BaseModel], str] = {
 }
 
 
-def _follow(model: type[BaseModel], stage: str) -> None:
+def _subscribers(service: Service, store: IntakeStore) -> None:
+    @service.consumer.on(CaseSubmittedEnvelope)
+    async def on_case_submitted(event: CaseSubmittedEnvelope, meta: EventMeta) -> None:
+        if not service.credentials.has_tenant(event.tenant_id):
+            raise PermanentError(f"unknown tenant {event.tenant_id!r}")
+        outbox = await handlers.submit_from_kafka(
+            store, meta.event_id, event.tenant_id, event.submission, event.fhir
+        )
+        service.emitted(outbox)
+
+    for model, stage in STAGE_EVENTS.items():
+        _follow(service, store, model, stage)
+
+
+def _follow(service: Service, store: IntakeStore, model: type[BaseModel], stage: str) -> None:
     async def on_stage(event: Any, meta: EventMeta) -> None:
         await handlers.record_stage(store, event.case_id, meta.event_id, stage)
 
@@ -148,5 +345,22 @@ def _follow(model: type[BaseModel], stage: str) -> None:
     service.consumer.on(model)(on_stage)
 
 
-for _model, _stage in STAGE_EVENTS.items():
-    _follow(_model, _stage)
+_default: Service | None = None
+
+
+def default_service() -> Service:
+    """The process's service, built from the environment on first use."""
+    global _default
+    if _default is None:
+        _default = create_service()
+    return _default
+
+
+def __getattr__(name: str) -> Any:
+    if name == "service":
+        return default_service()
+    if name == "api":
+        return default_service().api
+    if name == "app":
+        return default_service().asyncapi
+    raise AttributeError(name)

@@ -1,20 +1,30 @@
 """Intake's handlers: a submission in → domain rules → the case stored with its
-first event in the outbox. Used by both the HTTP API and the Kafka subscriber."""
+first event in the outbox. Used by both the HTTP API and the Kafka subscriber,
+so a native or FHIR case, over HTTP or Kafka, takes one validation and one
+idempotency path."""
 
 from __future__ import annotations
 
+import json
+import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from pydantic import ValidationError
 
-from services.intake import domain
+from services.intake import domain, fhir
 from services.intake.store import IntakeStore
 from shared.envelope import OutboxEntry, outbox_entry
-from shared.errors import Conflict
-from shared.events import CaseAccepted, CaseRejected, CaseSubmission, FieldError
+from shared.errors import Conflict, InvalidInput, NotFound, PermanentError
+from shared.events import CaseRejected, CaseSubmission, FieldError
 from shared.telemetry import current_traceparent
+
+
+class MalformedInput(PermanentError):
+    """The body is not JSON at all (400), as opposed to JSON that fails the schema (422)."""
+
+    title = "Malformed JSON"
 
 
 @dataclass(frozen=True)
@@ -26,21 +36,56 @@ class SubmitResult:
 
 
 def field_errors(exc: ValidationError, prefix: str = "") -> list[FieldError]:
+    def loc(parts: tuple[int | str, ...]) -> str:
+        joined = ".".join(str(p) for p in parts)
+        return prefix + joined if joined else prefix.rstrip(".") or "body"
+
     return [
-        FieldError(loc=prefix + ".".join(str(p) for p in e["loc"]), msg=e["msg"], type=e["type"])
+        FieldError(loc=loc(e["loc"]), msg=e["msg"], type=e["type"])
         for e in exc.errors(include_input=False, include_url=False)
     ]
 
 
+def decode_json(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        where = getattr(exc, "pos", 0)
+        err = FieldError(loc="body", msg=f"not valid JSON (at byte {where})", type="json_invalid")
+        raise MalformedInput("the body is not valid JSON", errors=[err.model_dump()]) from None
+
+
+def validate_native(payload: Any, prefix: str = "") -> CaseSubmission:
+    """A native submission, or InvalidInput with field-level errors."""
+    try:
+        return CaseSubmission.model_validate(payload)
+    except ValidationError as exc:
+        errors = field_errors(exc, prefix)
+        raise InvalidInput("the case failed validation", errors=_dump(errors)) from None
+
+
+def validate_fhir(payload: Any) -> CaseSubmission:
+    """A FHIR case mapped, then validated like a native one; errors name the FHIR source."""
+    try:
+        mapped = fhir.to_submission(payload)
+    except fhir.FhirMappingError as exc:
+        raise InvalidInput("the FHIR case cannot be read", errors=_dump(exc.errors)) from None
+    try:
+        return CaseSubmission.model_validate(mapped)
+    except ValidationError as exc:
+        errors = [e.model_copy(update={"loc": fhir.native_loc(e.loc)}) for e in field_errors(exc)]
+        raise InvalidInput("the FHIR case failed validation", errors=_dump(errors)) from None
+
+
+def _dump(errors: list[FieldError]) -> list[dict[str, Any]]:
+    return [e.model_dump() for e in errors]
+
+
 def _new_case(
-    tenant_id: str, submission: CaseSubmission
+    tenant_id: str, submission: CaseSubmission, known: dict[str, str]
 ) -> tuple[dict[str, Any], list[OutboxEntry]]:
     case_id = domain.case_id_for(tenant_id, submission.external_id)
-    subs = domain.infer_subspecialties(
-        f"{submission.question}\n{submission.first_opinion.report_text}"
-    )
-    waiting_on = domain.missing_authorizations(submission)
-    stage = "awaiting_authorization" if waiting_on else "accepted"
+    a = domain.assess(submission, date.today(), known)
     now = datetime.now(UTC)
     doc = {
         "_id": case_id,
@@ -48,42 +93,73 @@ def _new_case(
         "external_id": submission.external_id,
         "fingerprint": domain.submission_fingerprint(submission),
         "submission": submission.model_dump(mode="json"),
-        "subspecialties": [{"name": f.name, "reason": f.reason} for f in subs],
-        "waiting_on_authorization": waiting_on,
-        "stage": stage,
-        "stage_rank": domain.stage_rank(stage),
-        "history": [{"stage": stage, "at": now}],
+        "subspecialties": domain.findings_doc(a.subspecialties),
+        "triage": domain.findings_doc(a.signals),
+        "second_opinion_value": domain.second_opinion_value(a.signals),
+        "urgency": a.urgency.value,
+        "urgency_reason": a.urgency_reason,
+        "earlier_case_ids": a.earlier_case_ids,
+        "hold_reason": a.hold.reason if a.hold else "",
+        "waiting_on_authorization": a.waiting_on,
+        "authorized_providers": [r.provider_id for r in submission.records if r.authorized],
+        "stage": a.stage,
+        "stage_rank": domain.stage_rank(a.stage),
+        "history": [{"stage": a.stage, "at": now}],
         "created_at": now,
         "updated_at": now,
     }
-    outbox: list[OutboxEntry] = []
-    if not waiting_on:
-        accepted = CaseAccepted(
-            case_id=case_id,
-            tenant_id=tenant_id,
-            external_id=submission.external_id,
-            routing=domain.routing_for(submission, [f.name for f in subs]),
-            records=submission.records,
-        )
-        outbox.append(outbox_entry(accepted, traceparent=current_traceparent()))
+    outbox = [_accepted_entry(doc)] if a.stage == "accepted" else []
     return doc, outbox
+
+
+def _accepted_entry(doc: dict[str, Any]) -> OutboxEntry:
+    return outbox_entry(domain.case_accepted(doc), traceparent=current_traceparent())
 
 
 async def submit_case(
     store: IntakeStore, tenant_id: str, submission: CaseSubmission
 ) -> SubmitResult:
     """Create the case once; a resubmission returns it, a changed one is a conflict."""
-    doc, outbox = _new_case(tenant_id, submission)
+    refs = [e.reference for e in submission.earlier_opinions]
+    doc, outbox = _new_case(tenant_id, submission, await store.known_references(tenant_id, refs))
     if await store.insert_case(doc, outbox):
         return SubmitResult(doc["_id"], doc["stage"], True, outbox)
     existing = await store.get(doc["_id"])
     if existing is None:  # pragma: no cover - inserted and vanished: treat as transient
         raise Conflict("case is being created concurrently; retry")
     if existing["fingerprint"] != doc["fingerprint"]:
+        err = FieldError(
+            loc="external_id", msg="already used for a different case", type="conflict"
+        )
         raise Conflict(
-            f"external_id {submission.external_id!r} was already used for a different submission"
+            f"external_id {submission.external_id!r} was already used for a different submission",
+            errors=[err.model_dump()],
         )
     return SubmitResult(existing["_id"], existing["stage"], False, [])
+
+
+def rejection_doc(
+    tenant_id: str, channel: str, external_id: str, status: int, errors: list[FieldError]
+) -> dict[str, Any]:
+    """What is kept of a refused submission: where and why, never the submitted values."""
+    return {
+        "tenant_id": tenant_id,
+        "channel": channel,
+        "external_id": external_id[:128],
+        "status": status,
+        "errors": _dump(errors),
+        "at": datetime.now(UTC),
+    }
+
+
+async def record_http_rejection(
+    store: IntakeStore, tenant_id: str, channel: str, external_id: str, exc: PermanentError
+) -> None:
+    errors = [FieldError.model_validate(e) for e in exc.errors] or [
+        FieldError(loc="body", msg=exc.detail, type=exc.title.lower().replace(" ", "_"))
+    ]
+    doc = rejection_doc(tenant_id, channel, external_id, exc.status_code, errors)
+    await store.record_rejection(f"http:{uuid.uuid4()}", doc, [])
 
 
 async def reject_submission(
@@ -95,15 +171,100 @@ async def reject_submission(
         case_id=case_id, tenant_id=tenant_id, external_id=external_id or "", errors=errors
     )
     outbox = [outbox_entry(rejected, traceparent=current_traceparent())]
-    doc = {
-        "tenant_id": tenant_id,
-        "external_id": external_id,
-        "case_id": case_id,
-        "errors": [e.model_dump() for e in errors],
-        "at": datetime.now(UTC),
-    }
+    doc = {"case_id": case_id, **rejection_doc(tenant_id, "kafka", external_id, 422, errors)}
     created = await store.record_rejection(f"event:{event_id}", doc, outbox)
     return outbox if created else []
+
+
+async def tenant_case(store: IntakeStore, tenant_id: str, case_id: str) -> dict[str, Any]:
+    doc = await store.get(case_id)
+    # Another tenant's case is reported as absent, not forbidden: no existence leak.
+    if doc is None or doc["tenant_id"] != tenant_id:
+        raise NotFound(f"no case {case_id}")
+    return doc
+
+
+async def authorize_release(
+    store: IntakeStore, tenant_id: str, case_id: str, provider_id: str, reference: str
+) -> tuple[dict[str, Any], list[OutboxEntry]]:
+    """Record the patient's release for one provider; accept the case once all are on file."""
+    doc = await tenant_case(store, tenant_id, case_id)
+    providers = [r["provider_id"] for r in doc["submission"]["records"]]
+    if provider_id not in providers:
+        err = FieldError(loc="provider_id", msg="not a provider of this case", type="unknown")
+        raise InvalidInput(f"provider {provider_id!r} is not listed", errors=[err.model_dump()])
+    entry = {"provider_id": provider_id, "reference": reference, "at": datetime.now(UTC)}
+    doc = await store.record_authorization(case_id, provider_id, entry) or doc
+    return await _accept_if_ready(store, doc)
+
+
+async def _accept_if_ready(
+    store: IntakeStore, doc: dict[str, Any]
+) -> tuple[dict[str, Any], list[OutboxEntry]]:
+    if doc["stage"] not in ("held_for_review", "awaiting_authorization"):
+        return doc, []
+    if doc.get("hold_reason") or doc["waiting_on_authorization"]:
+        return doc, []
+    outbox = [_accepted_entry(doc)]
+    if not await store.accept_if_ready(doc["_id"], domain.stage_rank("accepted"), outbox):
+        outbox = []  # someone else accepted it first: one case.accepted only
+    return await store.get(doc["_id"]) or doc, outbox
+
+
+async def review_hold(
+    store: IntakeStore, case_id: str, release: bool, note: str, reviewer: str
+) -> tuple[dict[str, Any], list[OutboxEntry]]:
+    """A human's decision on a held case: release it onward, or decline it."""
+    doc = await store.get(case_id)
+    if doc is None:
+        raise NotFound(f"no case {case_id}")
+    if doc["stage"] != "held_for_review":
+        raise Conflict(f"case is {doc['stage']}, not held for review")
+    review = {"by": reviewer, "release": release, "note": note, "at": datetime.now(UTC)}
+    if not release:
+        err = FieldError(
+            loc="question", msg=note or doc["hold_reason"], type="not_a_second_opinion"
+        )
+        rejected = CaseRejected(
+            case_id=case_id,
+            tenant_id=doc["tenant_id"],
+            external_id=doc["external_id"],
+            errors=[err],
+        )
+        outbox = [outbox_entry(rejected, traceparent=current_traceparent())]
+        if not await store.decline(case_id, review, outbox):
+            outbox = []
+        return await store.get(case_id) or doc, outbox
+    nxt = "awaiting_authorization"
+    await store.release_hold(case_id, review, nxt, domain.stage_rank(nxt))
+    return await _accept_if_ready(store, await store.get(case_id) or doc)
+
+
+def kafka_submission(submission: Any, fhir_payload: Any) -> CaseSubmission:
+    """The case carried by a `case.submitted` event: native or FHIR, exactly one."""
+    if (submission is None) == (fhir_payload is None):
+        err = FieldError(
+            loc="submission", msg="give exactly one of submission or fhir", type="one_of"
+        )
+        raise InvalidInput("exactly one of submission or fhir", errors=[err.model_dump()])
+    if fhir_payload is not None:
+        return validate_fhir(fhir_payload)
+    return validate_native(submission, prefix="submission.")
+
+
+async def submit_from_kafka(
+    store: IntakeStore, event_id: str, tenant_id: str, submission: Any, fhir_payload: Any
+) -> list[OutboxEntry]:
+    """A Kafka submission: the case (idempotent), or a recorded case.rejected."""
+    external_id = (
+        str((submission or {}).get("external_id", "")) if isinstance(submission, dict) else ""
+    )
+    try:
+        result = await submit_case(store, tenant_id, kafka_submission(submission, fhir_payload))
+    except (InvalidInput, Conflict) as exc:
+        errors = [FieldError.model_validate(e) for e in exc.errors]
+        return await reject_submission(store, event_id, tenant_id, external_id, errors)
+    return result.outbox
 
 
 async def record_stage(store: IntakeStore, case_id: str, event_id: str, stage: str) -> None:

@@ -1,5 +1,6 @@
-"""Intake's own collections: `cases` (the submitted case, its stage and outbox)
-and `rejections` (submissions refused, with their field errors)."""
+"""Intake's own collections: `cases` (the submitted case, its stage, what it waits
+for, and its outbox) and `rejections` (submissions refused, with their field
+errors but never the submitted values)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from pymongo.errors import DuplicateKeyError
 from shared.envelope import OutboxEntry
 from shared.store import Doc, apply_once
 
+WAITING = ["held_for_review", "awaiting_authorization"]
+
 
 class IntakeStore:
     def __init__(self, cases: AsyncCollection[Doc], rejections: AsyncCollection[Doc]) -> None:
@@ -21,6 +24,8 @@ class IntakeStore:
 
     async def create_indexes(self) -> None:
         await self.cases.create_index([("tenant_id", ASCENDING), ("created_at", ASCENDING)])
+        await self.cases.create_index([("tenant_id", ASCENDING), ("external_id", ASCENDING)])
+        await self.rejections.create_index([("tenant_id", ASCENDING), ("at", ASCENDING)])
 
     async def get(self, case_id: str) -> Doc | None:
         return await self.cases.find_one({"_id": case_id}, {"applied": 0, "outbox": 0})
@@ -34,6 +39,23 @@ class IntakeStore:
             return False
         return True
 
+    async def known_references(self, tenant_id: str, refs: list[str]) -> dict[str, str]:
+        """reference → case id, for the tenant's cases named by case id or external id."""
+        if not refs:
+            return {}
+        cursor = self.cases.find(
+            {
+                "tenant_id": tenant_id,
+                "$or": [{"_id": {"$in": refs}}, {"external_id": {"$in": refs}}],
+            },
+            {"external_id": 1},
+        )
+        found: dict[str, str] = {}
+        for d in await cursor.to_list():
+            found[d["_id"]] = d["_id"]
+            found[d["external_id"]] = d["_id"]
+        return {r: found[r] for r in refs if r in found}
+
     async def list_for_tenant(self, tenant_id: str, limit: int) -> list[Doc]:
         cursor = self.cases.find(
             {"tenant_id": tenant_id},
@@ -42,6 +64,83 @@ class IntakeStore:
             limit=limit,
         )
         return await cursor.to_list()
+
+    async def record_authorization(self, case_id: str, provider_id: str, entry: Doc) -> Doc | None:
+        """Record one provider's release once; the case after it, or None if already on file."""
+        return await self.cases.find_one_and_update(
+            {"_id": case_id, "authorized_providers": {"$ne": provider_id}},
+            {
+                "$addToSet": {"authorized_providers": provider_id},
+                "$pull": {"waiting_on_authorization": provider_id},
+                "$push": {"authorizations": entry},
+                "$set": {"updated_at": datetime.now(UTC)},
+            },
+            projection={"applied": 0, "outbox": 0},
+            return_document=True,
+        )
+
+    async def release_hold(self, case_id: str, review: Doc, next_stage: str, rank: int) -> bool:
+        """Clear the human-review hold once; the case then waits only on authorizations."""
+        now = datetime.now(UTC)
+        result = await self.cases.update_one(
+            {"_id": case_id, "stage": "held_for_review"},
+            {
+                "$set": {
+                    "hold_reason": "",
+                    "review": review,
+                    "stage": next_stage,
+                    "stage_rank": rank,
+                    "updated_at": now,
+                },
+                "$push": {"history": {"stage": next_stage, "at": now}},
+            },
+        )
+        return result.modified_count == 1
+
+    async def decline(self, case_id: str, review: Doc, outbox: list[OutboxEntry]) -> bool:
+        now = datetime.now(UTC)
+        result = await self.cases.update_one(
+            {"_id": case_id, "stage": "held_for_review"},
+            {
+                "$set": {
+                    "stage": "declined",
+                    "review": review,
+                    "updated_at": now,
+                    "has_outbox": True,
+                },
+                "$push": {
+                    "history": {"stage": "declined", "at": now},
+                    "outbox": {"$each": [e.model_dump() for e in outbox]},
+                },
+            },
+        )
+        return result.modified_count == 1
+
+    async def accept_if_ready(self, case_id: str, rank: int, outbox: list[OutboxEntry]) -> bool:
+        """Move a waiting case to accepted with its case.accepted event, exactly once:
+        the stage condition makes concurrent last authorizations emit one event."""
+        now = datetime.now(UTC)
+        result = await self.cases.update_one(
+            {
+                "_id": case_id,
+                "stage": {"$in": WAITING},
+                "hold_reason": "",
+                "waiting_on_authorization": {"$size": 0},
+            },
+            {
+                "$set": {
+                    "stage": "accepted",
+                    "stage_rank": rank,
+                    "updated_at": now,
+                    "has_outbox": True,
+                },
+                "$push": {
+                    "history": {"stage": "accepted", "at": now},
+                    "outbox": {"$each": [e.model_dump() for e in outbox]},
+                },
+            },
+        )
+        return result.modified_count == 1
 
     async def advance_stage(self, case_id: str, event_id: str, stage: str, rank: int) -> None:
         """Record a downstream stage; the stage shown only moves forward."""

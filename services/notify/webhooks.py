@@ -6,7 +6,6 @@ import asyncio
 import secrets
 import time
 from base64 import b64encode
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
@@ -14,17 +13,25 @@ import httpx
 from standardwebhooks import Webhook
 
 from services.notify import domain
+from services.notify.domain import AttemptResult
+
+__all__ = ["AttemptResult", "new_secret", "now", "post", "resolve", "signed_headers"]
 
 
 def new_secret() -> str:
     return "whsec_" + b64encode(secrets.token_bytes(32)).decode()
 
 
-def signed_headers(secret: str, delivery_id: str, body: str, at: datetime) -> dict[str, str]:
+def signed_headers(
+    secret: str | list[str], delivery_id: str, body: str, at: datetime
+) -> dict[str, str]:
+    """Standard Webhooks headers; several secrets (during a rotation's grace
+    period) give several space-separated signatures, any one of which verifies."""
+    keys = [secret] if isinstance(secret, str) else secret
     return {
         "webhook-id": delivery_id,
         "webhook-timestamp": str(int(at.timestamp())),
-        "webhook-signature": Webhook(secret).sign(delivery_id, at, body),
+        "webhook-signature": " ".join(Webhook(k).sign(delivery_id, at, body) for k in keys),
         "content-type": "application/json",
     }
 
@@ -38,28 +45,13 @@ async def resolve(url: str) -> list[str]:
     return sorted({str(info[4][0]) for info in infos})
 
 
-@dataclass(frozen=True)
-class AttemptResult:
-    ok: bool
-    retryable: bool
-    status: int | None
-    error: str
-    latency_ms: float
-    retry_after: float | None = None
-
-
-def _retry_after(resp: httpx.Response) -> float | None:
-    value = resp.headers.get("retry-after", "")
-    return float(value) if value.isdigit() else None
-
-
 async def post(
     client: httpx.AsyncClient, url: str, headers: dict[str, str], body: str
 ) -> AttemptResult:
     started = time.perf_counter()
     try:
         resp = await client.post(url, content=body, headers=headers)
-    except httpx.HTTPError as exc:
+    except httpx.HTTPError as exc:  # timeouts and connection failures: worth another try
         elapsed = (time.perf_counter() - started) * 1000
         return AttemptResult(False, True, None, type(exc).__name__, elapsed)
     elapsed = (time.perf_counter() - started) * 1000
@@ -70,7 +62,7 @@ async def post(
         resp.status_code,
         "" if ok else f"HTTP {resp.status_code}",
         elapsed,
-        _retry_after(resp),
+        domain.parse_retry_after(resp.headers.get("retry-after", ""), now()),
     )
 
 

@@ -1,27 +1,42 @@
-"""records_fetch's wiring: the `case.accepted` subscriber and its HTTP client."""
+"""records_fetch's wiring: the `case.accepted` subscriber, the retrieval loop,
+the HTTP routes (progress, manifest, override, glass slides) and the clients."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+from typing import Annotated, Any
 
 import httpx
+from fastapi import Depends
+from pydantic import BaseModel, Field
 
 from services.records_fetch import handlers
-from services.records_fetch.domain import ProviderRegistry
+from services.records_fetch.archive import Archive
+from services.records_fetch.domain import ProviderRegistry, RetryPolicy
+from services.records_fetch.retrieval import Retrieval
 from services.records_fetch.settings import RecordsFetchSettings
+from services.records_fetch.store import FetchStore
+from shared.aio import sleep_until_woken
+from shared.auth import Principal, require
 from shared.envelope import EventMeta
 from shared.events import CaseAccepted
 from shared.runtime import Service
 
+log = logging.getLogger(__name__)
 settings = RecordsFetchSettings()
 service = Service(
     settings,
     title="Second-opinion records fetch",
     description="Collects imaging (DICOMweb) and clinical records (FHIR R4) for accepted cases.",
 )
-fetches = service.collection("fetches", outbox=True)
+store = FetchStore(service.collection("fetches", outbox=True), service.collection("instances"))
+service.on_startup(store.create_indexes)
 api = service.api
 app = service.asyncapi
+reader = require(service.credentials, "integrator", "operations")
+operations = require(service.credentials, "operations")
 
 
 def load_registry() -> ProviderRegistry:
@@ -30,12 +45,82 @@ def load_registry() -> ProviderRegistry:
     return ProviderRegistry(tenants=json.loads(settings.providers_file.read_text()))
 
 
-registry = load_registry()
 # One client for the process: connection reuse; redirects off so a provider
 # cannot bounce us to an unregistered host.
 client = httpx.AsyncClient(timeout=settings.provider_timeout_seconds, follow_redirects=False)
+ctx = Retrieval(store, client, load_registry(), Archive(settings.records_dir))
+policy = RetryPolicy(
+    base_seconds=settings.retry_base_seconds,
+    max_delay_seconds=settings.retry_max_delay_seconds,
+    max_attempts=settings.retry_max_attempts,
+)
+_wake = asyncio.Event()
 
 
 @service.consumer.on(CaseAccepted)
 async def on_case_accepted(event: CaseAccepted, meta: EventMeta) -> None:
-    service.emitted(await handlers.fetch_records(fetches, client, registry, event, meta))
+    if entries := await handlers.open_case(store, event, meta):
+        service.emitted(entries)
+        _wake.set()
+
+
+@service.background
+async def retriever() -> None:
+    """Run due retrievals; woken by a new case, otherwise polls for re-requests."""
+    while True:
+        try:
+            while await _run_one():
+                pass
+        except Exception as exc:  # database down: keep the loop alive, try later
+            log.warning("retrieval paused: %s", type(exc).__name__)
+        await sleep_until_woken(_wake, settings.poll_seconds)
+
+
+async def _run_one() -> bool:
+    ran = await handlers.run_due(ctx, policy, settings.lease_seconds)
+    if ran:
+        service.relay.wake()
+    return ran
+
+
+class OverrideIn(BaseModel):
+    reason: str = Field(min_length=5, max_length=2000)
+
+
+@api.get("/v1/cases/{case_id}/progress", tags=["records"])
+async def get_progress(
+    case_id: str, principal: Annotated[Principal, Depends(reader)]
+) -> dict[str, Any]:
+    """Instances retrieved / expected, each provider's release request, what is missing."""
+    return handlers.progress_view(handlers.visible_case(await store.get(case_id), principal))
+
+
+@api.get("/v1/cases/{case_id}/manifest", tags=["records"])
+async def get_manifest(
+    case_id: str, principal: Annotated[Principal, Depends(reader)]
+) -> dict[str, Any]:
+    """The completeness manifest with the clinical summaries and each instance's checksum."""
+    doc = handlers.visible_case(await store.get(case_id), principal)
+    instances = await store.instance_states(case_id)
+    return handlers.manifest_view(doc, list(instances.values()))
+
+
+@api.post("/v1/cases/{case_id}/override", tags=["records"], status_code=202)
+async def override(
+    case_id: str, body: OverrideIn, principal: Annotated[Principal, Depends(operations)]
+) -> dict[str, str]:
+    """Complete the records by hand (operations), with the reason recorded and sent on."""
+    service.emitted(await handlers.override(store, case_id, principal, body.reason))
+    return {"case_id": case_id, "state": "complete"}
+
+
+@api.post(
+    "/v1/cases/{case_id}/glass-slides/{provider_id}/received", tags=["records"], status_code=202
+)
+async def glass_slides_received(
+    case_id: str, provider_id: str, principal: Annotated[Principal, Depends(operations)]
+) -> dict[str, str]:
+    """Log the physical glass slides as arrived; the manifest is re-checked at once."""
+    await handlers.mark_glass_slides_received(store, case_id, provider_id, principal)
+    _wake.set()
+    return {"case_id": case_id, "glass_slides": "received"}

@@ -1,93 +1,240 @@
-"""records_fetch's handlers: an accepted case → ask each registered provider for
-the records → the manifest stored with records.requested / records.complete in
-the outbox."""
+"""records_fetch's handlers.
+
+* `open_case`: an accepted case → its release requests (one per provider) and
+  its requirements stored, due for retrieval now; `records.requested` out.
+  The Kafka consumer returns at once: retrieval runs in the background loop.
+* `run_due`: the background loop's step: one due case → a retrieval attempt →
+  the completeness manifest → `records.complete`, or `records.incomplete` and a
+  re-request scheduled with backoff (until the cap, then a human decides).
+* `override`: operations completes a case by hand, with a reason.
+"""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
-import httpx
-
-from services.records_fetch import domain, providers
+from services.records_fetch import domain, retrieval
+from services.records_fetch.retrieval import Retrieval
+from services.records_fetch.store import CLAIMABLE, FetchStore
+from shared.auth import Principal
 from shared.envelope import EventMeta, OutboxEntry, outbox_entry
-from shared.errors import UnregisteredEndpoint
+from shared.errors import Conflict, NotFound
 from shared.events import (
     CaseAccepted,
-    ManifestItem,
-    ProviderRecords,
-    RecordKind,
     RecordsComplete,
+    RecordsIncomplete,
     RecordsRequested,
+    RoutingContext,
 )
 from shared.store import Doc, apply_once
-from shared.telemetry import current_traceparent
+from shared.telemetry import attach_traceparent, current_traceparent, detach, quiet
 
 
-async def _provider_manifest(
-    client: httpx.AsyncClient,
-    registry: domain.ProviderRegistry,
-    tenant_id: str,
-    rec: ProviderRecords,
-) -> list[ManifestItem]:
-    try:
-        endpoints = registry.lookup(tenant_id, rec.provider_id)
-    except UnregisteredEndpoint as exc:
-        return [domain.manifest_item(kind, 0, exc.detail) for kind in rec.kinds]
-    items = []
-    for kind in rec.kinds:
-        if kind is RecordKind.IMAGING:
-            studies, instances = await providers.count_study_instances(
-                client, endpoints, rec.patient_id
-            )
-            items.append(
-                domain.manifest_item(kind, instances, f"{studies} studies at {rec.provider_id}")
-            )
-        elif kind is RecordKind.PATHOLOGY:
-            items.append(
-                domain.manifest_item(kind, 0, f"glass slides requested from {rec.provider_id}")
-            )
-        else:
-            count = await providers.count_fhir(client, endpoints, rec.patient_id, kind)
-            items.append(domain.manifest_item(kind, count, f"from {rec.provider_id}"))
-    return items
-
-
-async def fetch_records(
-    fetches,
-    client: httpx.AsyncClient,
-    registry: domain.ProviderRegistry,
-    event: CaseAccepted,
-    meta: EventMeta,
-) -> list[OutboxEntry]:
-    """Query every listed provider, store the manifest, emit requested + complete."""
-    items: list[ManifestItem] = []
-    for rec in event.records:
-        items += await _provider_manifest(client, registry, event.tenant_id, rec)
-    manifest = domain.merge_manifest(items)
+async def open_case(store: FetchStore, event: CaseAccepted, meta: EventMeta) -> list[OutboxEntry]:
+    """Record the case's release requests and requirements; retrieval is due now."""
     tp = current_traceparent()
-    base = {"case_id": event.case_id, "tenant_id": event.tenant_id}
+    now = datetime.now(UTC)
+    routing = event.routing
+    requirements = domain.requirements_for(routing.service_tier, routing.subspecialties)
     outbox = [
         outbox_entry(
-            RecordsRequested(**base, provider_id=r.provider_id, kinds=r.kinds), traceparent=tp
-        )
-        for r in event.records
-    ]
-    outbox.append(
-        outbox_entry(
-            RecordsComplete(
-                **base, routing=event.routing, manifest=manifest, completed_at=datetime.now(UTC)
+            RecordsRequested(
+                case_id=event.case_id,
+                tenant_id=event.tenant_id,
+                provider_id=r.provider_id,
+                kinds=r.kinds,
             ),
             traceparent=tp,
         )
-    )
-    update: Doc = {
-        "$set": {
-            "tenant_id": event.tenant_id,
-            "providers": [r.provider_id for r in event.records],
-            "manifest": [m.model_dump(mode="json") for m in manifest],
-            "state": "complete",
-            "updated_at": datetime.now(UTC),
-        }
+        for r in event.records
+    ]
+    new_case: Doc = {
+        "tenant_id": event.tenant_id,
+        "routing": routing.model_dump(mode="json"),
+        "records": [r.model_dump(mode="json") for r in event.records],
+        "providers": [
+            {"provider_id": r.provider_id, "kinds": r.kinds, "state": "requested", "reason": ""}
+            for r in event.records
+        ],
+        "requirements": [r.value for r in requirements],
+        "state": "requested",
+        "attempt": 0,
+        "due_at": now,
+        "lease_until": now,
+        "progress": {"expected": 0, "received": 0, "corrupt": 0},
+        "traceparent": tp,
+        "created_at": now,
     }
-    applied = await apply_once(fetches, event.case_id, meta.event_id, update, outbox)
+    applied = await apply_once(
+        store.fetches, event.case_id, meta.event_id, {"$setOnInsert": new_case}, outbox
+    )
     return outbox if applied else []
+
+
+async def run_due(ctx: Retrieval, policy: domain.RetryPolicy, lease_seconds: float) -> bool:
+    """Run one due case's retrieval attempt; False when nothing is due."""
+    with quiet():  # the poll is not part of any case's trace
+        doc = await ctx.store.claim_due(lease_seconds)
+    if doc is None:
+        return False
+    token = attach_traceparent(doc.get("traceparent", ""))
+    try:
+        await ctx.store.update(doc["_id"], {"state": "retrieving"})
+        attempt = await retrieval.run_attempt(ctx, doc)
+        await conclude(ctx, policy, attempt)
+    finally:
+        detach(token)
+    return True
+
+
+async def current_manifest(
+    store: FetchStore, doc: Doc, unreachable: dict[str, str] | None = None
+) -> domain.CompletenessManifest:
+    instances = await store.instance_states(doc["_id"])
+    facts = retrieval.facts_from(doc, instances, unreachable or {})
+    requirements = [domain.Requirement(r) for r in doc["requirements"]]
+    return domain.build_manifest(requirements, facts)
+
+
+async def conclude(
+    ctx: Retrieval, policy: domain.RetryPolicy, attempt: retrieval.CaseAttempt
+) -> None:
+    """Complete the case, or report what is missing and schedule the re-request."""
+    doc = attempt.doc
+    manifest = await current_manifest(ctx.store, doc, attempt.unreachable)
+    fields: Doc = {"manifest": manifest.model_dump(mode="json"), "lease_until": datetime.now(UTC)}
+    if manifest.complete:
+        event: Any = _complete_event(doc, manifest)
+        fields |= {"state": "complete", "due_at": None, "completed_at": event.completed_at}
+    else:
+        event, next_at = _incomplete_event(doc, manifest, policy)
+        fields |= {
+            "state": "incomplete" if next_at else "awaiting_override",
+            "attempt": event.attempt,
+            "due_at": next_at,
+        }
+    entry = outbox_entry(event, traceparent=doc.get("traceparent", ""))
+    # Only from a retrieving state: an override that landed meanwhile wins.
+    await ctx.store.finish_if(doc["_id"], CLAIMABLE, fields, [entry])
+
+
+def _complete_event(
+    doc: Doc, manifest: domain.CompletenessManifest, override_reason: str = ""
+) -> RecordsComplete:
+    return RecordsComplete(
+        case_id=doc["_id"],
+        tenant_id=doc["tenant_id"],
+        routing=RoutingContext.model_validate(doc["routing"]),
+        manifest=manifest.items,
+        completed_at=datetime.now(UTC),
+        override_reason=override_reason,
+    )
+
+
+def _incomplete_event(
+    doc: Doc, manifest: domain.CompletenessManifest, policy: domain.RetryPolicy
+) -> tuple[RecordsIncomplete, datetime | None]:
+    attempt = int(doc.get("attempt", 0)) + 1
+    next_at = policy.next_retry(attempt, datetime.now(UTC))
+    event = RecordsIncomplete(
+        case_id=doc["_id"],
+        tenant_id=doc["tenant_id"],
+        missing=manifest.missing,
+        attempt=attempt,
+        next_retry_at=next_at,
+        gave_up=next_at is None,
+    )
+    return event, next_at
+
+
+def visible_case(doc: Doc | None, principal: Principal) -> Doc:
+    """The case if this caller may see it; another tenant's case does not exist for them."""
+    if doc is None or (principal.role != "operations" and doc["tenant_id"] != principal.tenant_id):
+        raise NotFound("no such case")
+    return doc
+
+
+async def override(
+    store: FetchStore, case_id: str, principal: Principal, reason: str
+) -> list[OutboxEntry]:
+    """A human completes the case without the missing items; the reason travels with it."""
+    doc = visible_case(await store.get(case_id), principal)
+    manifest = await current_manifest(store, doc)
+    event = _complete_event(doc, manifest, override_reason=reason)
+    entry = outbox_entry(event, traceparent=doc.get("traceparent", ""))
+    audit = {
+        "action": "override",
+        "by": principal.key_id,
+        "reason": reason,
+        "at": event.completed_at,
+    }
+    fields: Doc = {
+        "state": "complete",
+        "due_at": None,
+        "completed_at": event.completed_at,
+        "manifest": manifest.model_dump(mode="json"),
+    }
+    done = await store.finish_if(case_id, [*CLAIMABLE, "awaiting_override"], fields, [entry], audit)
+    if done is None:
+        raise Conflict("records for this case are already complete")
+    return [entry]
+
+
+async def mark_glass_slides_received(
+    store: FetchStore, case_id: str, provider_id: str, principal: Principal
+) -> None:
+    """Operations logs the physical slides as arrived; the case is re-checked now."""
+    doc = visible_case(await store.get(case_id), principal)
+    if provider_id not in doc.get("glass_slides", {}):
+        raise NotFound("no glass slides were requested from this provider")
+    fields = {
+        f"glass_slides.{provider_id}.state": "received",
+        f"glass_slides.{provider_id}.received_at": datetime.now(UTC),
+        "due_at": datetime.now(UTC),
+    }
+    done = await store.finish_if(
+        case_id, [*CLAIMABLE, "awaiting_override"], {**fields, "state": "incomplete"}, []
+    )
+    if done is None:
+        raise Conflict("records for this case are already complete")
+
+
+def progress_view(doc: Doc) -> dict[str, Any]:
+    """What the run command's table and an integrator's dashboard show."""
+    manifest = doc.get("manifest") or {}
+    return {
+        "case_id": doc["_id"],
+        "state": doc["state"],
+        "attempt": doc.get("attempt", 0),
+        "next_retry_at": doc.get("due_at") if doc["state"] == "incomplete" else None,
+        "instances": doc.get("progress", {}),
+        "providers": [
+            {k: p.get(k) for k in ("provider_id", "kinds", "state", "reason")}
+            for p in doc.get("providers", [])
+        ],
+        "missing": [i for i in manifest.get("items", []) if not i.get("present")],
+    }
+
+
+INSTANCE_FIELDS = ("provider_id", "study_uid", "series_uid", "sop_uid", "state", "sha256", "size")
+
+
+def manifest_view(doc: Doc, instances: list[Doc]) -> dict[str, Any]:
+    """The full manifest for a reviewer's workstation or an integrator's audit."""
+    return {
+        **progress_view(doc),
+        "requirements": doc.get("requirements", []),
+        "manifest": doc.get("manifest"),
+        "studies": doc.get("studies", []),
+        "instances": [
+            {**{k: i.get(k) for k in INSTANCE_FIELDS}, **_instance_checks(i)} for i in instances
+        ],
+        "clinical": doc.get("clinical", []),
+        "glass_slides": doc.get("glass_slides", {}),
+        "override": next((a for a in doc.get("audit", []) if a["action"] == "override"), None),
+    }
+
+
+def _instance_checks(i: Doc) -> dict[str, Any]:
+    return {k: i.get(k) for k in ("modality", "body_part", "study_date", "problems")}

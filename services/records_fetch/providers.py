@@ -1,63 +1,173 @@
-"""Adapters to the providers' systems: QIDO-RS on the PACS, search on the FHIR
-endpoint. Only URLs from the registry are called; failures of the peer are
-`ProviderUnavailable` (retried), never a lost case."""
+"""Adapters to the providers' systems: QIDO-RS and WADO-RS on the PACS, search
+on the FHIR endpoint. Only URLs built from the registry are called (a paging
+link outside the registered base is refused); redirects are not followed (the
+client is built with follow_redirects=False); failures of the peer are
+`ProviderUnavailable` (retried later), never a lost case.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
-from services.records_fetch.domain import FHIR_TYPES, ProviderEndpoints
-from shared.errors import ProviderUnavailable
+from services.records_fetch import multipart
+from services.records_fetch.archive import Archive, IncomingFile
+from services.records_fetch.domain import FHIR_TYPES, within_base
+from shared.errors import ProviderUnavailable, UnregisteredEndpoint
 from shared.events import RecordKind
 
 DICOM_JSON = "application/dicom+json"
+FHIR_JSON = "application/fhir+json"
+WADO_ACCEPT = 'multipart/related; type="application/dicom"'
+# A FHIR search that pages on and on is a misbehaving peer, not a chart.
+MAX_FHIR_PAGES = 50
+
+# QIDO-RS attribute tags (DICOM JSON keys).
+STUDY_UID, SERIES_UID, SOP_UID = "0020000D", "0020000E", "00080018"
+STUDY_DATE, MODALITIES, N_INSTANCES, MODALITY = "00080020", "00080061", "00201208", "00080060"
 
 
-async def _get_json(
-    client: httpx.AsyncClient, url: str, params: dict[str, str], accept: str
+def _unavailable(exc: httpx.TransportError) -> ProviderUnavailable:
+    return ProviderUnavailable(f"provider unreachable: {type(exc).__name__}")
+
+
+def _check_status(resp: httpx.Response) -> None:
+    if resp.status_code >= 500 or resp.status_code in (408, 429):
+        raise ProviderUnavailable(f"provider answered {resp.status_code}")
+    if 300 <= resp.status_code < 400:
+        raise UnregisteredEndpoint("provider answered with a redirect; not followed")
+
+
+async def get_json(
+    client: httpx.AsyncClient, url: str, params: dict[str, Any] | None, accept: str
 ) -> Any:
     try:
         resp = await client.get(url, params=params, headers={"Accept": accept})
     except httpx.TransportError as exc:
-        raise ProviderUnavailable(f"provider unreachable: {type(exc).__name__}") from None
-    if resp.status_code >= 500 or resp.status_code == 429:
-        raise ProviderUnavailable(f"provider answered {resp.status_code}")
-    if resp.status_code == 204 or not resp.content:
-        return []
+        raise _unavailable(exc) from None
+    _check_status(resp)
+    if resp.status_code in (204, 404) or not resp.content:
+        return None
     resp.raise_for_status()
     return resp.json()
 
 
-async def count_study_instances(
-    client: httpx.AsyncClient, endpoints: ProviderEndpoints, patient_id: str
-) -> tuple[int, int]:
-    """(studies, instances) the PACS holds for the patient, from QIDO-RS."""
-    if endpoints.dicomweb_url is None:
-        return 0, 0
-    base = str(endpoints.dicomweb_url).rstrip("/")
-    studies = await _get_json(
-        client,
-        f"{base}/studies",
-        {"PatientID": patient_id, "includefield": "00201208"},
-        DICOM_JSON,
-    )
-    instances = sum(int((s.get("00201208", {}).get("Value") or [0])[0]) for s in studies)
-    return len(studies), instances
+def tag(obj: dict[str, Any], key: str) -> Any:
+    values = (obj.get(key) or {}).get("Value") or []
+    return values[0] if len(values) == 1 else (values or None)
 
 
-async def count_fhir(
-    client: httpx.AsyncClient, endpoints: ProviderEndpoints, patient_id: str, kind: RecordKind
-) -> int:
-    """How many resources of `kind` the FHIR endpoint holds for the patient."""
-    if endpoints.fhir_url is None:
-        return 0
-    base = str(endpoints.fhir_url).rstrip("/")
-    total = 0
-    for rtype in FHIR_TYPES.get(kind, ()):
-        bundle = await _get_json(
-            client, f"{base}/{rtype}", {"subject": f"Patient/{patient_id}"}, "application/fhir+json"
+@dataclass(frozen=True)
+class QidoStudy:
+    study_uid: str
+    study_date: str
+    modalities: list[str]
+    expected: int
+
+
+@dataclass(frozen=True)
+class QidoInstance:
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    modality: str
+
+
+async def find_studies(client: httpx.AsyncClient, base: str, patient_id: str) -> list[QidoStudy]:
+    """The patient's studies (all dates: the prior studies come with the current one)."""
+    params = {"PatientID": patient_id, "includefield": [STUDY_DATE, MODALITIES, N_INSTANCES]}
+    found = await get_json(client, f"{base}/studies", params, DICOM_JSON) or []
+    studies = []
+    for s in found:
+        mods = tag(s, MODALITIES) or []
+        studies.append(
+            QidoStudy(
+                study_uid=str(tag(s, STUDY_UID)),
+                study_date=str(tag(s, STUDY_DATE) or ""),
+                modalities=[mods] if isinstance(mods, str) else list(mods),
+                expected=int(tag(s, N_INSTANCES) or 0),
+            )
         )
-        total += len(bundle.get("entry", []) or [])
-    return total
+    return studies
+
+
+async def find_instances(
+    client: httpx.AsyncClient, base: str, study_uid: str
+) -> list[QidoInstance]:
+    found = await get_json(client, f"{base}/studies/{study_uid}/instances", None, DICOM_JSON)
+    return [
+        QidoInstance(
+            study_uid=study_uid,
+            series_uid=str(tag(i, SERIES_UID)),
+            sop_uid=str(tag(i, SOP_UID)),
+            modality=str(tag(i, MODALITY) or ""),
+        )
+        for i in found or []
+    ]
+
+
+async def retrieve_instance(
+    client: httpx.AsyncClient, base: str, inst: QidoInstance, archive: Archive
+) -> IncomingFile:
+    """WADO-RS one instance, streamed part by part into the archive's intake.
+
+    Returns the complete file (not yet committed); raises MultipartError for a
+    malformed or truncated body, ProviderUnavailable if the peer fails."""
+    url = f"{base}/studies/{inst.study_uid}/series/{inst.series_uid}/instances/{inst.sop_uid}"
+    incoming = archive.incoming()
+    try:
+        async with client.stream("GET", url, headers={"Accept": WADO_ACCEPT}) as resp:
+            _check_status(resp)
+            resp.raise_for_status()
+            await _stream_first_part(resp, incoming)
+    except httpx.TransportError as exc:
+        incoming.discard()
+        raise _unavailable(exc) from None
+    except BaseException:
+        incoming.discard()
+        raise
+    return incoming
+
+
+async def _stream_first_part(resp: httpx.Response, incoming: IncomingFile) -> None:
+    reader = multipart.MultipartReader(multipart.boundary_of(resp.headers.get("content-type", "")))
+    parts = 0
+    async for chunk in resp.aiter_bytes():
+        for event in reader.feed(chunk):
+            if isinstance(event, multipart.PartStart):
+                parts += 1
+            elif isinstance(event, multipart.PartData) and parts == 1:
+                incoming.write(event.data)
+    reader.close()
+    if parts == 0:
+        raise multipart.MultipartError("no part in the response")
+
+
+async def search_fhir(
+    client: httpx.AsyncClient, base: str, patient_id: str, kind: RecordKind
+) -> list[dict[str, Any]]:
+    """Every resource of `kind` for the patient, following `next` links within `base`."""
+    found: list[dict[str, Any]] = []
+    for rtype in FHIR_TYPES.get(kind, ()):
+        url: str | None = f"{base}/{rtype}"
+        params: dict[str, Any] | None = {"subject": f"Patient/{patient_id}", "_count": "100"}
+        for _ in range(MAX_FHIR_PAGES):
+            if url is None:
+                break
+            bundle = await get_json(client, url, params, FHIR_JSON) or {}
+            found += [e["resource"] for e in bundle.get("entry") or [] if e.get("resource")]
+            url, params = _next_link(bundle, base), None
+    return found
+
+
+def _next_link(bundle: dict[str, Any], base: str) -> str | None:
+    link = next(
+        (x.get("url") for x in bundle.get("link") or [] if x.get("relation") == "next"), None
+    )
+    if not link:
+        return None
+    if not within_base(str(link), base):
+        raise UnregisteredEndpoint("FHIR paging link points outside the registered endpoint")
+    return str(link)

@@ -17,3 +17,13 @@ class RecordsFetchSettings(ServiceSettings):
     # The provider endpoints registered per tenant: the only URLs this service calls.
     providers_file: Path = REPO_ROOT / ".run" / "providers.json"
     provider_timeout_seconds: float = 10.0
+    # Where retrieved files are kept for the reviewer (content-addressed by sha256).
+    records_dir: Path = REPO_ROOT / ".run" / "records"
+    # Re-requests of missing items: base * 2^(attempt-1), capped, then a human decides.
+    retry_base_seconds: float = 30.0
+    retry_max_delay_seconds: float = 3600.0
+    retry_max_attempts: int = 8
+    # How often the retrieval loop looks for due cases when not woken by a new one.
+    poll_seconds: float = 2.0
+    # A worker holds a case this long; a crashed worker's case is taken up after it.
+    lease_seconds: float = 600.0

@@ -1,37 +1,43 @@
-"""reporting's wiring: the reviewer API, the report API and the case.assigned subscriber."""
+"""reporting's wiring: the reviewer API (assignments, drafts, opinions, addenda),
+the partner API (signed report as JSON, FHIR and PDF), the published keys and
+verification, and the case.assigned / case.reassigned subscribers."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import Depends
+from fastapi import Body, Depends
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
-from services.reporting import handlers
-from services.reporting.domain import Opinion
+from services.reporting import handlers, render, signing
+from services.reporting.domain import Addendum, OpinionDraft
+from services.reporting.keys import KeyRing
 from services.reporting.settings import ReportingSettings
 from services.reporting.store import ReportingStore
 from shared.auth import Principal, require
 from shared.envelope import EventMeta
-from shared.errors import NotFound
-from shared.events import CaseAssigned
+from shared.events import CaseAssigned, CaseReassigned
 from shared.runtime import Service
+from shared.store import Doc
 
 settings = ReportingSettings()
 service = Service(
     settings,
     title="Second-opinion reporting",
-    description="Reviewers submit structured opinions; partners fetch signed reports.",
+    description="Reviewers submit structured, signed opinions; partners fetch and verify them.",
 )
 store = ReportingStore(
-    service.collection("assignments"), service.collection("reports", outbox=True)
+    service.collection("assignments"),
+    service.collection("reports", outbox=True),
+    service.collection("addenda", outbox=True),
 )
 service.on_startup(store.create_indexes)
+signer = handlers.Signer(KeyRing(settings.key_dir), settings.base_url)
 reviewer = require(service.credentials, "reviewer")
 reader = require(service.credentials, "partner", "reviewer")
 api = service.api
 app = service.asyncapi
-BASE_URL = f"http://{settings.http_host}:{settings.http_port}"
 
 
 class OpenAssignment(BaseModel):
@@ -45,41 +51,178 @@ class Submitted(BaseModel):
     report_id: str
 
 
+class AddendumCreated(BaseModel):
+    addendum_id: str
+
+
+class DraftSaved(BaseModel):
+    missing: list[dict[str, str]]
+
+
+class Verification(BaseModel):
+    document: dict[str, Any]
+    signature: signing.Signature
+
+
+class VerificationResult(BaseModel):
+    valid: bool
+    problems: list[str]
+
+
+# ---------------------------------------------------------------- reviewers
+
+
 @api.get("/v1/reviewer/assignments", response_model=list[OpenAssignment], tags=["reviewer"])
 async def my_assignments(
     principal: Annotated[Principal, Depends(reviewer)],
 ) -> list[OpenAssignment]:
-    docs = await store.open_assignments(principal.subject)
-    return [OpenAssignment(case_id=d["_id"], **d) for d in docs]
+    docs = await handlers.open_assignments(store, principal.subject)
+    return [OpenAssignment(assignment_id=d["_id"], **d) for d in docs]
+
+
+@api.put("/v1/assignments/{assignment_id}/draft", response_model=DraftSaved, tags=["reviewer"])
+async def save_draft(
+    assignment_id: str, draft: OpinionDraft, principal: Annotated[Principal, Depends(reviewer)]
+) -> DraftSaved:
+    """Save an unfinished opinion; the answer lists the parts still missing."""
+    gaps = await handlers.save_draft(store, assignment_id, principal.subject, draft)
+    return DraftSaved(missing=[{"loc": f"body.{f}", "msg": m} for f, m in gaps])
+
+
+@api.post(
+    "/v1/assignments/{assignment_id}/opinion",
+    response_model=Submitted,
+    status_code=201,
+    tags=["reviewer"],
+)
+async def submit_opinion(
+    assignment_id: str,
+    principal: Annotated[Principal, Depends(reviewer)],
+    opinion: Annotated[OpinionDraft | None, Body()] = None,
+) -> Submitted:
+    """Sign and submit the opinion (the body, or the saved draft when there is none).
+    Refused with 422 naming every missing part."""
+    report_id, outbox = await handlers.submit_opinion(
+        store, signer, assignment_id, principal.subject, opinion
+    )
+    service.emitted(outbox)
+    return Submitted(report_id=report_id)
 
 
 @api.post(
     "/v1/cases/{case_id}/opinion", response_model=Submitted, status_code=201, tags=["reviewer"]
 )
-async def submit_opinion(
-    case_id: str, opinion: Opinion, principal: Annotated[Principal, Depends(reviewer)]
+async def submit_case_opinion(
+    case_id: str, opinion: OpinionDraft, principal: Annotated[Principal, Depends(reviewer)]
 ) -> Submitted:
+    """The same, addressed by case when the reviewer holds one assignment on it."""
+    assignment_id = await handlers.assignment_for_case(store, case_id, principal.subject)
     report_id, outbox = await handlers.submit_opinion(
-        store, case_id, principal.subject, opinion, BASE_URL
+        store, signer, assignment_id, principal.subject, opinion
     )
     service.emitted(outbox)
     return Submitted(report_id=report_id)
+
+
+@api.post(
+    "/v1/reports/{report_id}/addenda",
+    response_model=AddendumCreated,
+    status_code=201,
+    tags=["reviewer"],
+)
+async def add_addendum(
+    report_id: str, addendum: Addendum, principal: Annotated[Principal, Depends(reviewer)]
+) -> AddendumCreated:
+    """Answer a follow-up question: a new signed addendum; the report is never edited."""
+    addendum_id, outbox = await handlers.add_addendum(
+        store, signer, report_id, principal.subject, addendum
+    )
+    service.emitted(outbox)
+    return AddendumCreated(addendum_id=addendum_id)
+
+
+# ---------------------------------------------------------------- partners
+
+
+async def _readable(report_id: str, p: Principal) -> tuple[Doc, list[Doc]]:
+    return await handlers.readable_report(store, report_id, p.role, p.tenant_id, p.subject)
+
+
+def _signed(doc: Doc) -> tuple[dict[str, Any], signing.Signature]:
+    return doc["document"], signing.Signature.model_validate(doc["signature"])
 
 
 @api.get("/v1/reports/{report_id}", tags=["reports"])
 async def get_report(
     report_id: str, principal: Annotated[Principal, Depends(reader)]
 ) -> dict[str, Any]:
-    doc = await store.report(report_id)
-    allowed = doc is not None and (
-        doc["document"]["tenant_id"] == principal.tenant_id
-        or doc["document"]["reviewer_id"] == principal.subject
+    """The signed canonical report, its signature, its signed addenda and links."""
+    report, addenda = await _readable(report_id, principal)
+    return {
+        "report": report["document"],
+        "signature": report["signature"],
+        "addenda": [{"addendum": a["document"], "signature": a["signature"]} for a in addenda],
+        "links": signer.links(report_id).model_dump(),
+    }
+
+
+@api.get("/v1/reports/{report_id}/signature", tags=["reports"])
+async def get_signature(
+    report_id: str, principal: Annotated[Principal, Depends(reader)]
+) -> dict[str, Any]:
+    """The detached signatures and where the verification keys are published."""
+    report, addenda = await _readable(report_id, principal)
+    return {
+        "report": report["signature"],
+        "addenda": {a["_id"]: a["signature"] for a in addenda},
+        "keys": f"{settings.base_url}/v1/keys",
+    }
+
+
+@api.get("/v1/reports/{report_id}/fhir", tags=["reports"])
+async def get_fhir(report_id: str, principal: Annotated[Principal, Depends(reader)]) -> Response:
+    """The report as a FHIR R4 DiagnosticReport (signature as an extension)."""
+    report, addenda = await _readable(report_id, principal)
+    doc, sig = _signed(report)
+    body = render.fhir_report(doc, sig, [_signed(a) for a in addenda], signer.links(report_id).pdf)
+    return JSONResponse(body, media_type="application/fhir+json")
+
+
+@api.get("/v1/reports/{report_id}/pdf", tags=["reports"])
+async def get_pdf(report_id: str, principal: Annotated[Principal, Depends(reader)]) -> Response:
+    """The report as a PDF for the treating physician."""
+    report, addenda = await _readable(report_id, principal)
+    doc, sig = _signed(report)
+    pdf = render.pdf_report(doc, sig, [_signed(a) for a in addenda])
+    return Response(pdf, media_type="application/pdf")
+
+
+# ---------------------------------------------------------------- verification
+
+
+@api.get("/v1/keys", tags=["verification"])
+async def published_keys() -> dict[str, Any]:
+    """The reviewers' public Ed25519 verification keys (a JWK set)."""
+    return {"keys": signer.keys.public_jwks()}
+
+
+@api.post("/v1/verify", response_model=VerificationResult, tags=["verification"])
+async def verify(body: Verification) -> VerificationResult:
+    """Check a document against its signature and the published keys."""
+    problems = signing.verification_problems(
+        body.document, body.signature, signer.keys.public_jwks()
     )
-    if not allowed or doc is None:
-        raise NotFound(f"no report {report_id}")
-    return {"report": doc["document"], "content_sha256": doc["content_sha256"]}
+    return VerificationResult(valid=not problems, problems=problems)
+
+
+# ---------------------------------------------------------------- subscribers
 
 
 @service.consumer.on(CaseAssigned)
 async def on_case_assigned(event: CaseAssigned, meta: EventMeta) -> None:
     await handlers.record_assignment(store, event, meta)
+
+
+@service.consumer.on(CaseReassigned)
+async def on_case_reassigned(event: CaseReassigned, meta: EventMeta) -> None:
+    await handlers.record_reassignment(store, event)

@@ -1,41 +1,170 @@
-"""records_fetch against the real PACS (Orthanc, DICOMweb) and FHIR peer."""
+"""records_fetch against the real PACS (Orthanc, DICOMweb), the real FHIR peer and
+the real Mongo-wire server: the manifest of a complete case, of a case missing
+imaging, of a case whose PACS sends a corrupt instance, whole-slide images, and
+a PACS that goes down mid-retrieval and comes back (no instance fetched twice).
+
+Corruption and outage are made by a small HTTP proxy in front of the real
+Orthanc (Orthanc itself refuses corrupt uploads and is shared by the session).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import io
+import threading
 import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pydicom
 import pytest
+import pytest_asyncio
 from pymongo.asynchronous.database import AsyncDatabase
 
 from deploy.local import seed
 from services.records_fetch import handlers
-from services.records_fetch.domain import ProviderEndpoints, ProviderRegistry
+from services.records_fetch.archive import Archive
+from services.records_fetch.domain import ProviderEndpoints, ProviderRegistry, RetryPolicy
+from services.records_fetch.retrieval import Retrieval
+from services.records_fetch.store import FetchStore
+from shared.auth import Principal
 from shared.envelope import EventMeta
-from shared.errors import ProviderUnavailable
-from shared.events import CaseAccepted, RecordsComplete
+from shared.events import CaseAccepted, RecordsComplete, RecordsIncomplete
 from shared.store import Doc
 
+TENANT = "t-records"
+FAST = RetryPolicy(base_seconds=0.0, max_delay_seconds=0.0, max_attempts=3)
+OPS = Principal(key_id="ops", tenant_id="ops", role="operations", subject="ops")
 
-def accepted(imaging_pid: str, clinic_pid: str, provider: str = "pacs") -> CaseAccepted:
+
+class PacsProxy:
+    """Forwards to Orthanc; can corrupt chosen instances or be stopped and restarted
+    on the same port. Counts WADO-RS instance retrievals by SOP Instance UID."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.corrupt: set[str] = set()
+        self.refuse_after: int | None = None  # WADO requests served before it "goes down"
+        self.wado: Counter[str] = Counter()
+        self.port = 0
+        self._server: ThreadingHTTPServer | None = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/dicom-web"
+
+    def start(self) -> None:
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                proxy.handle(self)
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.port = self._server.server_address[1]
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        assert self._server is not None
+        self._server.shutdown()
+        self._server.server_close()
+
+    def handle(self, req: BaseHTTPRequestHandler) -> None:
+        sop = (
+            req.path.split("?")[0].rsplit("/instances/", 1)[-1] if "/instances/" in req.path else ""
+        )
+        if sop and self.refuse_after is not None and sum(self.wado.values()) >= self.refuse_after:
+            req.close_connection = True  # drop the connection without an answer: an outage
+            return
+        resp = httpx.get(
+            self.upstream + req.path,
+            headers={"Accept": req.headers.get("Accept", "*/*")},
+            timeout=10,
+        )
+        body = resp.content
+        if sop:
+            self.wado[sop] += 1
+            if sop in self.corrupt:
+                body = truncate_part(body, resp.headers["content-type"])
+        req.send_response(resp.status_code)
+        req.send_header("Content-Type", resp.headers.get("content-type", ""))
+        req.send_header("Content-Length", str(len(body)))
+        req.end_headers()
+        req.wfile.write(body)
+
+
+def truncate_part(body: bytes, content_type: str) -> bytes:
+    """Keep the multipart framing but cut the DICOM file inside to a third."""
+    boundary = content_type.split("boundary=")[1].strip('"').encode()
+    head, _, rest = body.partition(b"\r\n\r\n")
+    part = rest.split(b"\r\n--" + boundary)[0]
+    return head + b"\r\n\r\n" + part[: len(part) // 3] + b"\r\n--" + boundary + b"--\r\n"
+
+
+@pytest.fixture
+def proxy(infra: dict[str, Any]) -> Iterator[PacsProxy]:
+    p = PacsProxy(infra["orthanc_url"])
+    yield p
+    p.stop()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(timeout=5, follow_redirects=False) as c:
+        yield c
+
+
+def make_ctx(
+    db: AsyncDatabase[Doc], client: httpx.AsyncClient, infra: dict[str, Any], tmp: Path, pacs: str
+) -> Retrieval:
+    registry = ProviderRegistry(
+        tenants={
+            TENANT: {
+                "pacs": ProviderEndpoints(dicomweb_url=pacs),
+                "clinic": ProviderEndpoints(fhir_url=infra["fhir_url"]),
+            }
+        }
+    )
+    store = FetchStore(db["fetches"], db["instances"])
+    return Retrieval(store, client, registry, Archive(tmp / "records"))
+
+
+def accepted(
+    imaging_pid: str,
+    clinic_pid: str,
+    tier: str = "imaging_reread",
+    imaging_kinds: tuple[str, ...] = ("imaging",),
+) -> CaseAccepted:
     return CaseAccepted.model_validate(
         {
             "case_id": f"case-{uuid.uuid4().hex[:8]}",
-            "tenant_id": "t1",
+            "tenant_id": TENANT,
             "external_id": "x",
-            "routing": {"subspecialties": ["neuroradiology"], "jurisdiction": "US-CA"},
+            "routing": {
+                "subspecialties": ["neuroradiology"],
+                "jurisdiction": "US-CA",
+                "service_tier": tier,
+            },
             "records": [
                 {
-                    "provider_id": provider,
+                    "provider_id": "pacs",
                     "patient_id": imaging_pid,
-                    "kinds": ["imaging"],
+                    "kinds": list(imaging_kinds),
                     "authorized": True,
                 },
                 {
                     "provider_id": "clinic",
                     "patient_id": clinic_pid,
-                    "kinds": ["notes", "labs", "treatments"],
+                    "kinds": ["notes", "reports", "labs", "treatments"],
                     "authorized": True,
                 },
             ],
@@ -43,62 +172,231 @@ def accepted(imaging_pid: str, clinic_pid: str, provider: str = "pacs") -> CaseA
     )
 
 
-def registry(infra: dict[str, Any], dicomweb: str | None = None) -> ProviderRegistry:
-    ep = ProviderEndpoints(
-        dicomweb_url=dicomweb or infra["dicomweb_url"], fhir_url=infra["fhir_url"]
-    )
-    return ProviderRegistry(tenants={"t1": {"pacs": ep, "clinic": ep}})
-
-
 def meta() -> EventMeta:
-    return EventMeta(event_id=str(uuid.uuid4()), ce_type="", source="", time="", tenant_id="t1")
+    return EventMeta(event_id=str(uuid.uuid4()), ce_type="", source="", time="", tenant_id=TENANT)
 
 
-async def test_manifest_counts_real_studies_and_chart(
-    infra: dict[str, Any], db: AsyncDatabase[Doc]
-) -> None:
+def seeded_patient(infra: dict[str, Any], files: list[tuple[str, str]]) -> str:
+    """A patient at the real PACS with the given (file, study date) studies."""
     pid = f"MRN-{uuid.uuid4().hex[:8]}"
-    seed.seed_pacs(
-        infra["orthanc_url"],
-        pid,
-        "Test^Pat",
-        [("MR_small.dcm", "20261001"), ("CT_small.dcm", "20240101")],
-    )
-    clinic_pid = seed.seed_fhir(infra["fhir_url"], "Test", "Pat", "1970-01-01")
-    event = accepted(pid, clinic_pid)
-    async with httpx.AsyncClient(timeout=10) as client:
-        outbox = await handlers.fetch_records(db["fetches"], client, registry(infra), event, meta())
-    complete = RecordsComplete.model_validate(outbox[-1].body)
-    by_kind = {m.kind.value: m for m in complete.manifest}
-    assert by_kind["imaging"].count == 2 and "2 studies" in by_kind["imaging"].detail
-    assert by_kind["notes"].count == 1
-    assert by_kind["labs"].count == 2
-    assert by_kind["treatments"].count == 2  # a MedicationStatement and a Procedure
-    assert [e.topic for e in outbox] == [
-        "records.requested",
-        "records.requested",
-        "records.complete",
-    ]
+    seed.seed_pacs(infra["orthanc_url"], pid, "Test^Pat", files)
+    return pid
 
 
-async def test_unregistered_provider_is_reported_missing_not_called(
-    infra: dict[str, Any], db: AsyncDatabase[Doc]
+@pytest.fixture(scope="module")
+def clinic_pid(infra: dict[str, Any]) -> str:
+    return seed.seed_fhir(infra["fhir_url"], "Test", "Pat", "1970-01-01")
+
+
+async def attempt(ctx: Retrieval, event: CaseAccepted) -> Doc:
+    """Run one due retrieval attempt of the case and return its document."""
+    assert await handlers.run_due(ctx, FAST, lease_seconds=60)
+    doc = await ctx.store.fetches.find_one({"_id": event.case_id})
+    assert doc is not None
+    return doc
+
+
+def emitted(doc: Doc, topic: str) -> list[dict[str, Any]]:
+    return [e["body"] for e in doc.get("outbox", []) if e["topic"] == topic]
+
+
+def items(body: dict[str, Any], key: str = "manifest") -> dict[str, dict[str, Any]]:
+    return {i["detail"].split(":")[0]: i for i in body[key]}
+
+
+async def test_complete_case_manifest_files_and_chart(
+    infra: dict[str, Any],
+    db: AsyncDatabase[Doc],
+    client: httpx.AsyncClient,
+    clinic_pid: str,
+    tmp_path: Path,
 ) -> None:
-    event = accepted("MRN-none", "none", provider="not-registered")
-    async with httpx.AsyncClient(timeout=10) as client:
-        outbox = await handlers.fetch_records(db["fetches"], client, registry(infra), event, meta())
-    imaging = RecordsComplete.model_validate(outbox[-1].body).manifest[0]
-    assert imaging.kind.value == "imaging" and not imaging.present
-    assert "not registered" in imaging.detail
+    pid = seeded_patient(infra, [("MR_small.dcm", "20261001"), ("CT_small.dcm", "20240101")])
+    seeded_patient(infra, [("MR_small.dcm", "20250101")])  # another patient: not fetched
+    ctx = make_ctx(db, client, infra, tmp_path, infra["dicomweb_url"])
+    event = accepted(pid, clinic_pid)
+    assert [e.topic for e in await handlers.open_case(ctx.store, event, meta())] == [
+        "records.requested",
+        "records.requested",
+    ]
+    doc = await attempt(ctx, event)
+    assert doc["state"] == "complete"
+    [complete] = emitted(doc, "records.complete")
+    RecordsComplete.model_validate(complete)
+    by_req = items(complete)
+    assert set(by_req) == {"original_images", "original_report", "prior_studies"}
+    assert all(i["present"] for i in by_req.values())
+    assert (
+        "MR" in by_req["original_images"]["detail"]
+        and "20261001" in by_req["original_images"]["detail"]
+    )
+    assert "CT" in by_req["prior_studies"]["detail"]
+    assert doc["progress"] == {"expected": 2, "received": 2, "corrupt": 0}
+    # Every file is in the archive under its checksum, and is the DICOM it claims to be.
+    instances = await ctx.store.instance_states(event.case_id)
+    assert len(instances) == 2
+    for sop, inst in instances.items():
+        data = await asyncio.to_thread(Path(inst["path"]).read_bytes)
+        assert hashlib.sha256(data).hexdigest() == inst["sha256"]
+        assert pydicom.dcmread(io.BytesIO(data)).SOPInstanceUID == sop
+    assert {i["modality"] for i in instances.values()} == {"MR", "CT"}
+    # The chart: dates, doses and outcomes summarised from the real FHIR peer.
+    view = handlers.manifest_view(doc, list(instances.values()))
+    summaries = [s for block in view["clinical"] for s in block["summaries"]]
+    med = next(s for s in summaries if s["resource_type"] == "MedicationStatement")
+    assert med["dose"] == "500 mg orally twice daily" and med["date"] == "2026-10-06"
+    proc = next(s for s in summaries if s["resource_type"] == "Procedure")
+    assert proc["outcome"] == "Deferred pending second opinion"
+    assert sum(s["resource_type"] == "Observation" for s in summaries) == 2
 
 
-async def test_pacs_down_is_retryable(infra: dict[str, Any], db: AsyncDatabase[Doc]) -> None:
-    from deploy.local.stack import free_port
+async def test_case_missing_imaging_backs_off_gives_up_and_is_overridden(
+    infra: dict[str, Any],
+    db: AsyncDatabase[Doc],
+    client: httpx.AsyncClient,
+    clinic_pid: str,
+    tmp_path: Path,
+) -> None:
+    ctx = make_ctx(db, client, infra, tmp_path, infra["dicomweb_url"])
+    event = accepted(f"MRN-none-{uuid.uuid4().hex[:6]}", clinic_pid)
+    await handlers.open_case(ctx.store, event, meta())
+    doc = await attempt(ctx, event)
+    assert doc["state"] == "incomplete" and doc["attempt"] == 1
+    [incomplete] = emitted(doc, "records.incomplete")
+    missing = {
+        i["detail"].split(":")[0]
+        for i in RecordsIncomplete.model_validate(incomplete).model_dump()["missing"]
+    }
+    assert missing == {"original_images", "prior_studies"}  # the report is there
+    assert not emitted(doc, "records.complete")
+    for _ in range(2):  # re-requested until the cap (3 attempts)
+        doc = await attempt(ctx, event)
+    last = emitted(doc, "records.incomplete")[-1]
+    assert last["attempt"] == 3 and last["gave_up"] and last["next_retry_at"] is None
+    assert doc["state"] == "awaiting_override"
+    assert not await handlers.run_due(ctx, FAST, lease_seconds=60)  # nothing due any more
+    await handlers.override(ctx.store, event.case_id, OPS, "films reviewed on CD at clinic")
+    final = await ctx.store.fetches.find_one({"_id": event.case_id})
+    assert final is not None
+    [complete] = emitted(final, "records.complete")
+    assert complete["override_reason"] == "films reviewed on CD at clinic"
+    assert final["state"] == "complete" and final["audit"][0]["by"] == "ops"
 
-    down = f"http://127.0.0.1:{free_port()}/dicom-web"
-    async with httpx.AsyncClient(timeout=3) as client:
-        with pytest.raises(ProviderUnavailable):
-            await handlers.fetch_records(
-                db["fetches"], client, registry(infra, down), accepted("M", "c"), meta()
-            )
-    assert await db["fetches"].count_documents({}) == 0  # nothing half-written
+
+async def test_corrupt_instance_is_named_then_refetched(
+    infra: dict[str, Any],
+    db: AsyncDatabase[Doc],
+    client: httpx.AsyncClient,
+    clinic_pid: str,
+    tmp_path: Path,
+    proxy: PacsProxy,
+) -> None:
+    pid = seeded_patient(infra, [("MR_small.dcm", "20261001"), ("CT_small.dcm", "20240101")])
+    ctx = make_ctx(db, client, infra, tmp_path, proxy.url)
+    event = accepted(pid, clinic_pid)
+    await handlers.open_case(ctx.store, event, meta())
+    mr_sop = await current_sop(client, infra, pid)
+    proxy.corrupt.add(mr_sop)
+    doc = await attempt(ctx, event)
+    [incomplete] = emitted(doc, "records.incomplete")
+    images = items(incomplete, "missing")["original_images"]
+    assert f"corrupt: {mr_sop}" in images["detail"] and "1/1" not in images["detail"]
+    assert "prior_studies" not in items(incomplete, "missing")
+    assert (await ctx.store.instance_states(event.case_id))[mr_sop]["state"] == "corrupt"
+    proxy.corrupt.clear()  # the PACS sends it whole on the re-request
+    doc = await attempt(ctx, event)
+    assert doc["state"] == "complete"
+    assert proxy.wado[mr_sop] == 2 and sum(proxy.wado.values()) == 3  # the prior: once
+
+
+async def current_sop(client: httpx.AsyncClient, infra: dict[str, Any], pid: str) -> str:
+    base = infra["dicomweb_url"]
+    resp = await client.get(
+        f"{base}/instances",
+        params={"PatientID": pid, "Modality": "MR"},
+        headers={"Accept": "application/dicom+json"},
+    )
+    return str(resp.json()[0]["00080018"]["Value"][0])
+
+
+async def test_pacs_down_mid_retrieval_resumes_without_duplicate_retrieval(
+    infra: dict[str, Any],
+    db: AsyncDatabase[Doc],
+    client: httpx.AsyncClient,
+    clinic_pid: str,
+    tmp_path: Path,
+    proxy: PacsProxy,
+) -> None:
+    pid = seeded_patient(infra, [("MR_small.dcm", "20261001"), ("CT_small.dcm", "20240101")])
+    ctx = make_ctx(db, client, infra, tmp_path, proxy.url)
+    event = accepted(pid, clinic_pid)
+    await handlers.open_case(ctx.store, event, meta())
+    proxy.refuse_after = 1  # one instance arrives, then the PACS goes away
+    doc = await attempt(ctx, event)
+    assert doc["state"] == "incomplete" and doc["progress"]["received"] == 1
+    pacs = doc["providers"][0]
+    assert pacs["state"] == "failed" and "unreachable" in pacs["reason"]
+    assert doc["providers"][1]["state"] == "received"  # the clinic is not held up
+    proxy.stop()  # fully down: connection refused
+    doc = await attempt(ctx, event)
+    assert doc["state"] == "incomplete" and doc["attempt"] == 2
+    proxy.refuse_after = None
+    proxy.start()  # back, on the same registered port
+    doc = await attempt(ctx, event)
+    assert doc["state"] == "complete"
+    assert sorted(proxy.wado.values()) == [1, 1]  # each instance retrieved exactly once
+    retrievals = [
+        i["retrievals"] for i in (await ctx.store.instance_states(event.case_id)).values()
+    ]
+    assert retrievals == [1, 1]
+
+
+async def test_whole_slide_images_or_glass_slides_for_pathology(
+    infra: dict[str, Any],
+    db: AsyncDatabase[Doc],
+    client: httpx.AsyncClient,
+    clinic_pid: str,
+    tmp_path: Path,
+) -> None:
+    with_wsi = f"MRN-{uuid.uuid4().hex[:8]}"
+    upload_slide(infra["orthanc_url"], with_wsi)
+    ctx = make_ctx(db, client, infra, tmp_path, infra["dicomweb_url"])
+    digital = accepted(with_wsi, clinic_pid, "pathology_rereview", ("pathology",))
+    await handlers.open_case(ctx.store, digital, meta())
+    doc = await attempt(ctx, digital)
+    assert doc["state"] == "complete"
+    assert (
+        "whole-slide images received"
+        in items(emitted(doc, "records.complete")[0])["pathology"]["detail"]
+    )
+    glass = accepted(
+        f"MRN-none-{uuid.uuid4().hex[:6]}", clinic_pid, "pathology_rereview", ("pathology",)
+    )
+    await handlers.open_case(ctx.store, glass, meta())
+    doc = await attempt(ctx, glass)
+    assert doc["glass_slides"]["pacs"]["state"] == "requested"
+    assert (
+        "glass slides requested"
+        in items(emitted(doc, "records.incomplete")[0], "missing")["pathology"]["detail"]
+    )
+    await handlers.mark_glass_slides_received(ctx.store, glass.case_id, "pacs", OPS)
+    doc = await attempt(ctx, glass)
+    assert doc["state"] == "complete"
+
+
+def upload_slide(orthanc_url: str, patient_id: str) -> None:
+    """A bundled RGB image relabelled as a whole-slide microscopy instance (modality SM)."""
+    ds = pydicom.dcmread(
+        io.BytesIO(seed.dicom_bytes("SC_rgb_small_odd.dcm", patient_id, "Slide^Pat"))
+    )
+    ds.Modality = "SM"
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.77.1.6"  # VL Whole Slide Microscopy Image Storage
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    resp = httpx.post(
+        f"{orthanc_url}/instances",
+        content=buf.getvalue(),
+        headers={"Content-Type": "application/dicom"},
+    )
+    resp.raise_for_status()

@@ -77,3 +77,79 @@ def test_signature_verifies_with_the_secret_only() -> None:
     assert Webhook(secret).verify(body, headers) == {"type": "report.ready"}
     with pytest.raises(WebhookVerificationError):
         Webhook(other).verify(body, headers)
+
+
+def test_rotated_secret_signs_twice_during_grace_only() -> None:
+    from datetime import timedelta
+
+    from standardwebhooks import Webhook
+
+    now = webhooks.now()
+    old, new = webhooks.new_secret(), webhooks.new_secret()
+    sub = {"secret": new, "previous_secrets": [{"secret": old, "expires_at": now + timedelta(1)}]}
+    assert domain.signing_secrets(sub, now) == [new, old]
+    assert domain.signing_secrets(sub, now + timedelta(2)) == [new]
+    headers = webhooks.signed_headers(domain.signing_secrets(sub, now), "msg_1", "{}", now)
+    for secret in (old, new):
+        assert Webhook(secret).verify("{}", headers) == {}
+
+
+def test_retry_after_seconds_or_http_date() -> None:
+    from datetime import UTC, datetime
+
+    now = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
+    assert domain.parse_retry_after("120", now) == 120
+    assert domain.parse_retry_after("Fri, 20 Nov 2026 10:01:00 GMT", now) == 60
+    assert domain.parse_retry_after("soon", now) is None
+    assert domain.parse_retry_after("", now) is None
+
+
+def test_next_state_retries_only_transient_failures_within_budget() -> None:
+    now = webhooks.now()
+    policy = domain.RetryPolicy(max_attempts=3, base_seconds=1, cap_seconds=600)
+    fail = domain.AttemptResult(False, True, 503, "HTTP 503", 5.0)
+    assert domain.next_state(policy, 1, domain.AttemptResult(True, False, 204, "", 1), now) == (
+        "delivered",
+        None,
+    )
+    state, at = domain.next_state(policy, 1, fail, now)
+    assert state == "pending" and at is not None and at >= now
+    assert domain.next_state(policy, 3, fail, now) == ("dead_letter", None)
+    gone = domain.AttemptResult(False, False, 410, "HTTP 410", 5.0)
+    assert domain.next_state(policy, 1, gone, now) == ("dead_letter", None)
+    throttled = domain.AttemptResult(False, True, 429, "HTTP 429", 5.0, retry_after=120)
+    _, at = domain.next_state(policy, 1, throttled, now)
+    assert at is not None and (at - now).total_seconds() >= 120
+
+
+def test_email_carries_a_link_not_clinical_content() -> None:
+    data = {
+        "case_id": "case-9",
+        "concordance": "changed_diagnosis",
+        "reviewer_id": "rev-neuro-1",
+        "links": {"report": "/v1/reports/r9"},
+    }
+    subject, body = domain.email_message("report.ready", data, "https://reports.example/")
+    assert "https://reports.example/v1/reports/r9" in body and "case-9" in body
+    assert "changed" not in body + subject and "rev-neuro" not in body
+
+
+@pytest.mark.parametrize(
+    "address", ["a@b", "x y@clinic.example", "<a@b.example>", "a@b.example,c@d.example"]
+)
+def test_odd_email_addresses_refused(address: str) -> None:
+    from shared.errors import InvalidInput
+
+    with pytest.raises(InvalidInput):
+        domain.check_email_address(address)
+
+
+def test_unknown_event_types_refused() -> None:
+    from shared.errors import InvalidInput
+
+    assert domain.check_event_types(["sla.breached", "report.ready"]) == [
+        "report.ready",
+        "sla.breached",
+    ]
+    with pytest.raises(InvalidInput):
+        domain.check_event_types(["case.submitted"])

@@ -1,0 +1,73 @@
+"""The records archive: retrieved files kept for the reviewer, content-addressed
+on disk (``<root>/<sha256[:2]>/<sha256>``), so the same instance retrieved twice
+(a retry, two cases of one patient) is stored once and a checksum is its name.
+
+A file is written under a temporary name while it streams in and only moved to
+its content address once complete, so a crash never leaves a partial file
+under a valid name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import BinaryIO
+
+
+class IncomingFile:
+    """One file being streamed in: written and hashed chunk by chunk."""
+
+    def __init__(self, root: Path) -> None:
+        tmp_dir = root / "tmp"
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=tmp_dir, suffix=".part")
+        self.path = Path(name)
+        self._file: BinaryIO = os.fdopen(fd, "wb")
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        self._file.write(data)
+        self._hash.update(data)
+        self.size += len(data)
+
+    def close(self) -> str:
+        """Flush to disk and return the sha256 (hex) of what was written."""
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        return self._hash.hexdigest()
+
+    def discard(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+        self.path.unlink(missing_ok=True)
+
+
+class Archive:
+    """The content-addressed store under `root`."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def path_for(self, sha256: str) -> Path:
+        return self.root / sha256[:2] / sha256
+
+    def incoming(self) -> IncomingFile:
+        return IncomingFile(self.root)
+
+    def commit(self, incoming: IncomingFile) -> tuple[str, Path]:
+        """Give a complete file its content address (a no-op if already stored)."""
+        sha = incoming.close()
+        final = self.path_for(sha)
+        if final.exists():
+            incoming.path.unlink(missing_ok=True)
+        else:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(incoming.path, final)
+        return sha, final
+
+    def holds(self, sha256: str) -> bool:
+        return bool(sha256) and self.path_for(sha256).exists()
