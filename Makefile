@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run demo-once test test-unit test-integration test-e2e check format stop status
+.PHONY: install run demo-once test test-unit test-integration test-e2e check format stop status bench
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 	$(BIN)/python deploy/local/infra.py install
+	sh deploy/local/install_browser.sh
 
 ## Bring the whole system up, push sample cases through, watch them; Ctrl-C stops all.
 run: install
@@ -49,6 +50,10 @@ check: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+## End-to-end benchmark with its baselines (own stack on free ports; docs/performance.md).
+bench: install
+	$(BIN)/python -m bench.run
 
 stop:
 	$(BIN)/python -m deploy.local.stack down

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from pymongo import AsyncMongoClient, WriteConcern
+from pymongo import AsyncMongoClient, UpdateOne, WriteConcern
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 # How many applied event ids a document remembers; redeliveries come soon after
 # the original, so a bounded window is enough and keeps documents small.
 APPLIED_WINDOW = 200
+# Outbox documents a relay pass reads, publishes and clears together.
+FLUSH_BATCH = 500
 Doc = dict[str, Any]
 
 
@@ -114,28 +116,49 @@ class OutboxRelay:
         """Publish everything pending now; returns the number of events published."""
         published = 0
         for coll in self._collections:
-            with quiet():
-                pending = await coll.find({"has_outbox": True}, {"outbox": 1}).to_list(500)
-            for doc in pending:
-                published += await self._publish_doc(coll, doc)
+            while True:
+                with quiet():
+                    pending = await coll.find({"has_outbox": True}, {"outbox": 1}).to_list(
+                        FLUSH_BATCH
+                    )
+                sent = await self._publish_batch(coll, pending)
+                published += sent
+                if len(pending) < FLUSH_BATCH or not sent:
+                    break
         return published
 
-    async def _publish_doc(self, coll: AsyncCollection[Doc], doc: Doc) -> int:
-        entries = [OutboxEntry.model_validate(e) for e in doc.get("outbox", [])]
-        for entry in entries:
-            await self.publish(entry)
-        ids = [e.id for e in entries]
-        await coll.update_one({"_id": doc["_id"]}, {"$pull": {"outbox": {"id": {"$in": ids}}}})
-        await coll.update_one(
-            {"_id": doc["_id"], "outbox": {"$size": 0}}, {"$set": {"has_outbox": False}}
-        )
-        return len(entries)
+    async def _publish_batch(self, coll: AsyncCollection[Doc], docs: list[Doc]) -> int:
+        """Pipelined: hand every entry of the batch to the producer without waiting
+        for each confirm (one key per document, so the producer keeps a document's
+        entries in order on its partition), then await the confirms and remove, in
+        one bulk write, the entries of each document that were all acknowledged."""
+        futures = [[await self.publish(e, confirm=False) for e in _entries(d)] for d in docs]
+        removals: list[UpdateOne] = []
+        published = 0
+        for doc, sends in zip(docs, futures, strict=True):
+            results = await asyncio.gather(*sends, return_exceptions=True)
+            if not sends or any(isinstance(r, BaseException) for r in results):
+                continue  # kept whole and republished later; consumers de-duplicate
+            ids = [e["id"] for e in doc["outbox"]]
+            removals.append(
+                UpdateOne({"_id": doc["_id"]}, {"$pull": {"outbox": {"id": {"$in": ids}}}})
+            )
+            removals.append(
+                UpdateOne(
+                    {"_id": doc["_id"], "outbox": {"$size": 0}}, {"$set": {"has_outbox": False}}
+                )
+            )
+            published += len(sends)
+        if removals:
+            await coll.bulk_write(removals, ordered=True)
+        return published
 
-    async def publish(self, entry: OutboxEntry) -> None:
-        """Publish one entry under the trace it was emitted in."""
+    async def publish(self, entry: OutboxEntry, *, confirm: bool = True) -> Any:
+        """Publish one entry under the trace it was emitted in. With confirm=False
+        it returns the broker's delivery future instead of awaiting it."""
         token = attach_traceparent(entry.traceparent)
         try:
-            await self._broker.publish(
+            return await self._broker.publish(
                 entry.body,
                 topic=entry.topic,
                 key=entry.key.encode(),
@@ -146,6 +169,11 @@ class OutboxRelay:
                     tenant_id=entry.tenant_id,
                     time=entry.created_at,
                 ),
+                no_confirm=not confirm,
             )
         finally:
             detach(token)
+
+
+def _entries(doc: Doc) -> list[OutboxEntry]:
+    return [OutboxEntry.model_validate(e) for e in doc.get("outbox", [])]

@@ -1,75 +1,256 @@
-"""assignment's handlers: records complete → choose a reviewer → the assignment
-stored with case.assigned in the outbox; a submitted report closes it."""
+"""assignment's handlers: message or request in → domain → store → events out.
+
+Records complete → one assignment per needed subspecialty (reviewer chosen,
+clock started, case.assigned or case.unassignable in the outbox). Records
+incomplete / consent → the clock pauses with the reason; records complete again
+→ it resumes. The reviewer accepts or declines; a decline reassigns. The timer
+loop fires what is due. A submitted report closes the assignment.
+"""
 
 from __future__ import annotations
 
-import uuid
-from datetime import UTC, datetime
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Literal
 
 from services.assignment import domain
-from services.assignment.settings import AssignmentSettings
+from services.assignment.domain import Assignment, Pool, SlaPolicy
 from services.assignment.store import AssignmentStore
 from shared.envelope import EventMeta, OutboxEntry, outbox_entry
-from shared.events import CaseAssigned, RecordsComplete, ReportSubmitted
-from shared.store import Doc, apply_once
+from shared.errors import Conflict, Forbidden, NotFound, RetryableError
+from shared.events import Event, RecordsComplete, RecordsIncomplete, ReportSubmitted
 from shared.telemetry import current_traceparent
 
+Change = Callable[[Assignment], tuple[Assignment, list[Event]]]
+SAVE_ATTEMPTS = 5
 
-def _assignment_update(event: RecordsComplete, decision: domain.Decision, due: datetime) -> Doc:
-    now = datetime.now(UTC)
-    state = "assigned" if decision.reviewer else "unassignable"
-    return {
-        "$set": {
-            "tenant_id": event.tenant_id,
-            "subspecialty": decision.subspecialty,
-            "reviewer_id": decision.reviewer.reviewer_id if decision.reviewer else None,
-            "state": state,
-            "reason": decision.reason,
-            "excluded": decision.excluded,
-            "routing": event.routing.model_dump(mode="json"),
-            "clock_started_at": now,
-            "due_at": due,
-            "updated_at": now,
-        }
-    }
+
+def _wrap(events: Sequence[Event], traceparent: str) -> list[OutboxEntry]:
+    return [outbox_entry(e, traceparent=traceparent) for e in events]
+
+
+async def mutate(
+    store: AssignmentStore, slot_id: str, event_id: str | None, change: Change
+) -> tuple[Assignment | None, list[OutboxEntry]]:
+    """Apply `change` to the stored assignment once, with optimistic concurrency;
+    (None, []) if it does not exist or `event_id` was applied already."""
+    for _ in range(SAVE_ATTEMPTS):
+        loaded = await store.load(slot_id)
+        if loaded is None:
+            return None, []
+        current, version, applied = loaded
+        if event_id and event_id in applied:
+            return current, []
+        updated, events = change(current)
+        outbox = _wrap(events, current.traceparent or current_traceparent())
+        if await store.save(updated, version, outbox, event_id):
+            return updated, outbox
+    raise RetryableError(f"assignment {slot_id} kept changing; try again")
+
+
+async def _pool(store: AssignmentStore, case_id: str, slot_id: str) -> Pool:
+    return Pool(
+        await store.roster(), await store.active_load(), await store.busy_on_case(case_id, slot_id)
+    )
+
+
+# ---------------------------------------------------------------- events in
 
 
 async def assign_case(
-    store: AssignmentStore, settings: AssignmentSettings, event: RecordsComplete, meta: EventMeta
+    store: AssignmentStore,
+    policy: SlaPolicy,
+    now: datetime,
+    event: RecordsComplete,
+    meta: EventMeta,
 ) -> list[OutboxEntry]:
-    """Assign the case's primary subspecialty (multi-reviewer cases: issue #5)."""
-    subspecialty = event.routing.subspecialties[0]
-    decision = domain.choose_reviewer(
-        subspecialty, event.routing, await store.roster(), await store.active_load()
-    )
-    hours = settings.tier_hours.get(event.routing.service_tier.value, 120)
-    due = domain.review_deadline(
-        datetime.now(UTC), hours, event.routing.urgency, settings.urgent_factor
-    )
-    outbox: list[OutboxEntry] = []
-    if decision.reviewer:
-        assigned = CaseAssigned(
-            case_id=event.case_id,
-            tenant_id=event.tenant_id,
-            assignment_id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"{event.case_id}/{subspecialty}/0")),
-            reviewer_id=decision.reviewer.reviewer_id,
-            subspecialty=subspecialty,
-            due_at=due,
-            reason=decision.reason,
+    """Open an assignment per needed subspecialty; for those already open (records
+    were re-requested after assignment) the completion resumes the clock."""
+    routing, outbox = event.routing, []
+    pool = Pool(await store.roster(), await store.active_load())
+    for subspecialty in domain.needed_subspecialties(routing):
+        slot = domain.slot_id_for(event.case_id, subspecialty)
+        if await store.load(slot) is not None:
+            resumed = await _resume(store, policy, now, slot, "records", "records complete", meta)
+            outbox += resumed
+            continue
+        a, events = domain.open_assignment(
+            event.case_id, event.tenant_id, routing, subspecialty, now, policy, pool
         )
-        outbox.append(outbox_entry(assigned, traceparent=current_traceparent()))
-    update = _assignment_update(event, decision, due)
-    applied = await apply_once(store.assignments, event.case_id, meta.event_id, update, outbox)
-    return outbox if applied else []
+        a.traceparent = current_traceparent()
+        entries = _wrap(events, a.traceparent)
+        if await store.insert(a, meta.event_id, entries):
+            outbox += entries
+        if a.reviewer_id:
+            pool.busy_on_case[a.reviewer_id] = subspecialty
+    return outbox
 
 
-async def close_assignment(store: AssignmentStore, event: ReportSubmitted, meta: EventMeta) -> None:
-    """The report is in: stop the clock and free the reviewer's capacity."""
-    now = datetime.now(UTC)
-    await apply_once(
-        store.assignments,
-        event.case_id,
-        meta.event_id,
-        {"$set": {"state": "reported", "reported_at": now, "updated_at": now}},
-        upsert=False,
+async def _resume(
+    store: AssignmentStore,
+    policy: SlaPolicy,
+    now: datetime,
+    slot: str,
+    kind: str,
+    by: str,
+    meta: EventMeta | None,
+) -> list[OutboxEntry]:
+    _, outbox = await mutate(
+        store,
+        slot,
+        meta.event_id if meta else None,
+        lambda a: (domain.resume(a, now, policy, kind, by), []),
     )
+    return outbox
+
+
+async def records_incomplete(
+    store: AssignmentStore,
+    policy: SlaPolicy,
+    now: datetime,
+    event: RecordsIncomplete,
+    meta: EventMeta,
+) -> None:
+    """Records are re-requested after assignment: the review cannot go on, so the
+    clock pauses (before assignment the clock has not started: nothing to do)."""
+    kinds = ", ".join(sorted({m.kind.value for m in event.missing})) or "records"
+    reason = f"waiting on records ({kinds}); attempt {event.attempt}"
+    if event.gave_up:
+        reason = f"records missing ({kinds}); retrieval gave up"
+    for slot in await store.slot_ids_of_case(event.case_id):
+        await mutate(
+            store,
+            slot,
+            meta.event_id,
+            lambda a: (domain.pause(a, now, policy, "records", reason, "records_fetch"), []),
+        )
+
+
+async def close_assignment(
+    store: AssignmentStore,
+    policy: SlaPolicy,
+    now: datetime,
+    event: ReportSubmitted,
+    meta: EventMeta,
+) -> None:
+    """The report is in: stop the clock and free the reviewer's capacity."""
+    slot = await store.slot_of_assignment(event.assignment_id) if event.assignment_id else None
+    slots = [slot] if slot else []
+    if not slots:  # an older reporting service that does not send assignment ids
+        slots = [
+            a.slot_id
+            for a in await store.find({"case_id": event.case_id})
+            if a.reviewer_id == event.reviewer_id
+        ]
+    for s in slots:
+        await mutate(store, s, meta.event_id, lambda a: (domain.close(a, now, policy), []))
+
+
+# ---------------------------------------------------------------- requests in
+
+
+async def _own_assignment(store: AssignmentStore, assignment_id: str, reviewer_id: str) -> str:
+    slot = await store.slot_of_assignment(assignment_id)
+    loaded = await store.load(slot) if slot else None
+    if loaded is None:
+        raise NotFound(f"no assignment {assignment_id}")
+    a = loaded[0]
+    if a.assignment_id != assignment_id:
+        raise Conflict("this assignment has been handed to another reviewer")
+    if a.reviewer_id != reviewer_id:
+        raise Forbidden("only the assigned reviewer may answer this assignment")
+    return a.slot_id
+
+
+async def respond(
+    store: AssignmentStore,
+    policy: SlaPolicy,
+    now: datetime,
+    assignment_id: str,
+    reviewer_id: str,
+    answer: Literal["accept", "decline"],
+    reason: str = "",
+) -> tuple[Assignment, list[OutboxEntry]]:
+    """The reviewer accepts or declines an offered assignment."""
+    slot = await _own_assignment(store, assignment_id, reviewer_id)
+
+    def change(a: Assignment) -> tuple[Assignment, list[Event]]:
+        if a.assignment_id != assignment_id:
+            raise Conflict("this assignment has been handed to another reviewer")
+        if a.state == "reported":
+            raise Conflict("the report for this assignment is already in")
+        if answer == "accept":
+            return (domain.accept(a, now, policy) if a.state == "offered" else a), []
+        why = f"declined by the reviewer: {reason}" if reason else "declined by the reviewer"
+        return domain.reassign(a, now, policy, pool, "declined", why)
+
+    pool = await _pool(store, slot.rsplit(":", 1)[0], slot)
+    a, outbox = await mutate(store, slot, None, change)
+    assert a is not None
+    return a, outbox
+
+
+async def pause_case(
+    store: AssignmentStore,
+    policy: SlaPolicy,
+    now: datetime,
+    case_id: str,
+    kind: str,
+    reason: str,
+    by: str,
+    resume: bool = False,
+) -> list[Assignment]:
+    """Operations pause (or resume) the clock of every open assignment of a case."""
+    slots = await store.slot_ids_of_case(case_id)
+    if not slots:
+        raise NotFound(f"no assignment for case {case_id}")
+    changed = []
+    for slot in slots:
+        if resume:
+            a, _ = await mutate(
+                store, slot, None, lambda a: (domain.resume(a, now, policy, kind, by), [])
+            )
+        else:
+            a, _ = await mutate(
+                store, slot, None, lambda a: (domain.pause(a, now, policy, kind, reason, by), [])
+            )
+        if a is not None:
+            changed.append(a)
+    return changed
+
+
+async def reassign_by_operations(
+    store: AssignmentStore, policy: SlaPolicy, now: datetime, slot: str, reason: str, by: str
+) -> tuple[Assignment, list[OutboxEntry]]:
+    """Operations hand an assignment on (e.g. an unassignable one after a roster change)."""
+    pool = await _pool(store, slot.rsplit(":", 1)[0], slot)
+
+    def change(a: Assignment) -> tuple[Assignment, list[Event]]:
+        if a.state == "reported":
+            raise Conflict("the report for this assignment is already in")
+        return domain.reassign(a, now, policy, pool, "escalated", f"{by}: {reason}")
+
+    a, outbox = await mutate(store, slot, None, change)
+    if a is None:
+        raise NotFound(f"no assignment {slot}")
+    return a, outbox
+
+
+# ---------------------------------------------------------------- timers
+
+
+def _firing(now: datetime, policy: SlaPolicy, pool: Pool) -> Change:
+    return lambda a: domain.fire_due(a, now, policy, pool)
+
+
+async def fire_timers(
+    store: AssignmentStore, policy: SlaPolicy, now: datetime
+) -> list[OutboxEntry]:
+    """Fire every due timer once. Firing is the conditional write of the new state
+    and its events (store.save): two loops, or a restart, cannot fire one twice."""
+    outbox: list[OutboxEntry] = []
+    for slot in await store.due(now):
+        pool = await _pool(store, slot.rsplit(":", 1)[0], slot)
+        _, entries = await mutate(store, slot, None, _firing(now, policy, pool))
+        outbox += entries
+    return outbox

@@ -1,9 +1,15 @@
-"""assignment's settings (env prefix ASSIGNMENT_)."""
+"""assignment's settings (env prefix ASSIGNMENT_): the roster file, the SLA policy
+(deadlines per tier and urgency, the business calendar, warnings, escalation
+ladder, acceptance window) and the timer loop."""
+
+from __future__ import annotations
 
 from pathlib import Path
 
 from pydantic_settings import SettingsConfigDict
 
+from services.assignment.calendar import CalendarSpec
+from services.assignment.domain import EscalationStep, SlaPolicy
 from shared.settings import REPO_ROOT, ServiceSettings
 
 
@@ -15,11 +21,42 @@ class AssignmentSettings(ServiceSettings):
     mongo_database: str = "assignment"
     http_port: int = 8003
     roster_file: Path = REPO_ROOT / "deploy" / "local" / "roster.json"
-    # Review deadline per service tier, in hours (business calendar: issue #5).
+    # The reviewer organisation's business calendar, on which review deadlines count.
+    calendar: CalendarSpec = CalendarSpec(timezone="America/New_York", holidays="US")
+    # Review budget per service tier, in business hours of `calendar` (8 h a day by
+    # default: 24 h = three business days for an imaging re-read, 80 h = two weeks).
     tier_hours: dict[str, float] = {
-        "imaging_reread": 48,
-        "pathology_rereview": 72,
-        "specialist_opinion": 120,
-        "multi_specialist": 336,
+        "imaging_reread": 24,
+        "pathology_rereview": 40,
+        "specialist_opinion": 40,
+        "multi_specialist": 80,
     }
-    urgent_factor: float = 0.25
+    urgency_factor: dict[str, float] = {"routine": 1.0, "priority": 0.75, "urgent": 0.25}
+    # Urgent cases do not wait for Monday: their clock counts every hour.
+    around_the_clock_urgencies: tuple[str, ...] = ("urgent",)
+    warning_fractions: tuple[float, ...] = (0.5, 0.75, 0.9)
+    at_risk_fraction: float = 0.75
+    # After the breach (level 0, operations notified): steps in business hours past
+    # the deadline; each emits sla.breached with its level.
+    escalation: tuple[EscalationStep, ...] = (
+        EscalationStep(after_hours=4, action="notify"),
+        EscalationStep(after_hours=8, action="reassign"),
+    )
+    # A reviewer answers an offer within this many of their own working hours.
+    acceptance_hours: float = 4.0
+    timer_poll_seconds: float = 5.0
+    # Tests inject time: a file holding an ISO instant replaces the system clock.
+    clock_file: Path | None = None
+    turnaround_window_days: int = 90
+
+    def policy(self) -> SlaPolicy:
+        return SlaPolicy(
+            calendar=self.calendar,
+            tier_hours=self.tier_hours,
+            urgency_factor=self.urgency_factor,
+            around_the_clock_urgencies=self.around_the_clock_urgencies,
+            warning_fractions=self.warning_fractions,
+            at_risk_fraction=self.at_risk_fraction,
+            escalation=self.escalation,
+            acceptance_hours=self.acceptance_hours,
+        )

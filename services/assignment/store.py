@@ -1,12 +1,44 @@
-"""assignment's own collections: `reviewers` (the roster) and `assignments`
-(one document per case, with its outbox)."""
+"""assignment's own collections: `reviewers` (the roster) and `assignments` (one
+document per needed subspecialty of a case, with its clock, the keys of its
+fired timers, and its outbox).
+
+Every change of an assignment is one conditional `find_one_and_update` on its
+`version`: the state change, the applied event id and the events to emit land
+in one write, and a concurrent or repeated change (a second timer loop, a
+redelivery) loses the race instead of acting twice. This is how a timer is
+claimed: firing it and emitting its event are the same write.
+"""
 
 from __future__ import annotations
 
-from pymongo.asynchronous.collection import AsyncCollection
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
 
-from services.assignment.domain import Reviewer
-from shared.store import Doc
+from pymongo import ReturnDocument
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import DuplicateKeyError
+
+from services.assignment.domain import ACTIVE_STATES, OPEN_STATES, Assignment, Reviewer
+from shared.envelope import OutboxEntry
+from shared.store import APPLIED_WINDOW, Doc
+
+
+def _outbox_ops(update: Doc, event_id: str | None, outbox: Sequence[OutboxEntry]) -> Doc:
+    push: Doc = {}
+    if event_id:
+        push["applied"] = {"$each": [event_id], "$slice": -APPLIED_WINDOW}
+    if outbox:
+        push["outbox"] = {"$each": [e.model_dump(mode="python") for e in outbox]}
+        update["$set"]["has_outbox"] = True
+    if push:
+        update["$push"] = push
+    return update
+
+
+def _doc(a: Assignment) -> Doc:
+    """The assignment as stored (enums in the routing context as plain strings)."""
+    return {**a.model_dump(mode="python"), "routing": a.routing.model_dump(mode="json")}
 
 
 class AssignmentStore:
@@ -16,21 +48,123 @@ class AssignmentStore:
 
     async def create_indexes(self) -> None:
         await self.assignments.create_index([("reviewer_id", 1), ("state", 1)])
+        await self.assignments.create_index("case_id")
+        await self.assignments.create_index("assignment_id")
+        await self.assignments.create_index("next_fire_at")
+
+    # ------------------------------------------------------------ roster
 
     async def upsert_reviewers(self, roster: list[Reviewer]) -> None:
         for r in roster:
             await self.reviewers.replace_one(
-                {"_id": r.reviewer_id}, {"_id": r.reviewer_id, **r.model_dump()}, upsert=True
+                {"_id": r.reviewer_id},
+                {"_id": r.reviewer_id, **r.model_dump(mode="json")},
+                upsert=True,
             )
 
-    async def roster(self) -> list[Reviewer]:
-        docs = await self.reviewers.find({"active": True}, {"_id": 0}).to_list()
+    async def reviewer(self, reviewer_id: str) -> Reviewer | None:
+        doc = await self.reviewers.find_one({"_id": reviewer_id}, {"_id": 0})
+        return Reviewer.model_validate(doc) if doc else None
+
+    async def roster(self, *, include_inactive: bool = False) -> list[Reviewer]:
+        query: Doc = {} if include_inactive else {"active": True}
+        docs = await self.reviewers.find(query, {"_id": 0}).sort("_id").to_list()
         return [Reviewer.model_validate(d) for d in docs]
 
     async def active_load(self) -> dict[str, int]:
         pipeline: list[Doc] = [
-            {"$match": {"state": "assigned"}},
+            {"$match": {"state": {"$in": list(ACTIVE_STATES)}}},
             {"$group": {"_id": "$reviewer_id", "n": {"$sum": 1}}},
         ]
         cursor = await self.assignments.aggregate(pipeline)
         return {d["_id"]: d["n"] async for d in cursor}
+
+    # ------------------------------------------------------------ assignments
+
+    async def insert(self, a: Assignment, event_id: str, outbox: Sequence[OutboxEntry]) -> bool:
+        """Create the assignment with its first events; False if it already exists."""
+        doc: Doc = {
+            "_id": a.slot_id,
+            **_doc(a),
+            "version": 1,
+            "applied": [event_id],
+            "outbox": [e.model_dump(mode="python") for e in outbox],
+            "has_outbox": bool(outbox),
+        }
+        try:
+            await self.assignments.insert_one(doc)
+        except DuplicateKeyError:
+            return False
+        return True
+
+    async def load(self, slot_id: str) -> tuple[Assignment, int, list[str]] | None:
+        """The assignment, its version and the event ids it has applied."""
+        doc = await self.assignments.find_one({"_id": slot_id}, {"outbox": 0})
+        if doc is None:
+            return None
+        return Assignment.model_validate(doc), doc["version"], doc.get("applied", [])
+
+    async def save(
+        self,
+        a: Assignment,
+        version: int,
+        outbox: Sequence[OutboxEntry] = (),
+        event_id: str | None = None,
+    ) -> bool:
+        """Write `a` if nobody changed it since `version` was read (and `event_id`
+        was not applied yet), together with its outgoing events."""
+        query: Doc = {"_id": a.slot_id, "version": version}
+        if event_id:
+            query["applied"] = {"$ne": event_id}
+        update = _outbox_ops({"$set": {**_doc(a), "version": version + 1}}, event_id, outbox)
+        doc = await self.assignments.find_one_and_update(
+            query, update, projection={"_id": 1}, return_document=ReturnDocument.AFTER
+        )
+        return doc is not None
+
+    async def slot_ids_of_case(self, case_id: str) -> list[str]:
+        docs = await self.assignments.find({"case_id": case_id}, {"_id": 1}).to_list()
+        return [d["_id"] for d in docs]
+
+    async def slot_of_assignment(self, assignment_id: str) -> str | None:
+        doc = await self.assignments.find_one(
+            {"$or": [{"assignment_id": assignment_id}, {"history.assignment_id": assignment_id}]},
+            {"_id": 1},
+        )
+        return doc["_id"] if doc else None
+
+    async def due(self, now: datetime, limit: int = 100) -> list[str]:
+        docs = (
+            await self.assignments.find({"next_fire_at": {"$lte": now}}, {"_id": 1})
+            .sort("next_fire_at")
+            .to_list(limit)
+        )
+        return [d["_id"] for d in docs]
+
+    async def find(self, query: Doc, limit: int = 1000) -> list[Assignment]:
+        docs = await self.assignments.find(query, {"outbox": 0, "applied": 0}).to_list(limit)
+        return [Assignment.model_validate(d) for d in docs]
+
+    async def for_dashboard(self, reported_since: datetime) -> list[Assignment]:
+        query: Doc = {
+            "$or": [
+                {"state": {"$in": list(OPEN_STATES)}},
+                {"state": "reported", "reported_at": {"$gte": reported_since}},
+            ]
+        }
+        return await self.find(query, limit=10000)
+
+    async def for_reviewer(self, reviewer_id: str) -> list[Assignment]:
+        return await self.find({"reviewer_id": reviewer_id, "state": {"$in": list(ACTIVE_STATES)}})
+
+    async def busy_on_case(self, case_id: str, except_slot: str) -> dict[str, str]:
+        """Reviewers holding another open part of the same case."""
+        docs: list[dict[str, Any]] = await self.assignments.find(
+            {
+                "case_id": case_id,
+                "_id": {"$ne": except_slot},
+                "state": {"$in": list(ACTIVE_STATES)},
+            },
+            {"reviewer_id": 1, "subspecialty": 1},
+        ).to_list()
+        return {d["reviewer_id"]: d["subspecialty"] for d in docs if d.get("reviewer_id")}

@@ -1,9 +1,11 @@
 """Matching: subspecialty, independence, licensure, then workload."""
 
-from datetime import UTC, datetime
-
-from services.assignment.domain import Reviewer, choose_reviewer, review_deadline
-from shared.events import FirstOpinionSource, RoutingContext, Urgency
+from services.assignment.domain import (
+    Reviewer,
+    choose_reviewer,
+    needed_subspecialties,
+)
+from shared.events import FirstOpinionSource, RoutingContext, ServiceTier
 
 
 def reviewer(rid: str, **over: object) -> Reviewer:
@@ -59,9 +61,23 @@ def test_full_reviewers_and_wrong_subspecialty_leave_case_unassignable() -> None
     assert "no eligible" in d.reason
 
 
-def test_urgent_deadline_is_shorter() -> None:
-    start = datetime(2026, 11, 20, 17, tzinfo=UTC)
-    routine = review_deadline(start, 48, Urgency.ROUTINE, 0.25)
-    urgent = review_deadline(start, 48, Urgency.URGENT, 0.25)
-    assert (routine - start).total_seconds() == 48 * 3600
-    assert (urgent - start).total_seconds() == 12 * 3600
+def test_excluded_by_case_history_and_reason_recorded() -> None:
+    roster = [reviewer("a"), reviewer("b", capacity=10)]
+    d = choose_reviewer(
+        "neuroradiology", CTX, roster, {"b": 9}, {"a": "declined this case earlier"}
+    )
+    assert d.reviewer is not None and d.reviewer.reviewer_id == "b"
+    assert d.excluded == {"a": "declined this case earlier"}
+    assert "licensed in US-CA" in d.reason and "load 9/10" in d.reason
+
+
+def test_multi_reviewer_only_for_multi_specialist_tier() -> None:
+    subs = ["pathology", "body_imaging", "oncology_general", "pathology"]
+    multi = CTX.model_copy(
+        update={"subspecialties": subs, "service_tier": ServiceTier.MULTI_SPECIALIST}
+    )
+    reread = CTX.model_copy(
+        update={"subspecialties": subs, "service_tier": ServiceTier.IMAGING_REREAD}
+    )
+    assert needed_subspecialties(multi) == ["pathology", "body_imaging", "oncology_general"]
+    assert needed_subspecialties(reread) == ["pathology"]

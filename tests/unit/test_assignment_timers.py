@@ -1,0 +1,170 @@
+"""Assignments over time: offer, accept/decline, acceptance window, warnings,
+breach and the escalation ladder, each timer firing once; and the dashboard."""
+
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from services.assignment import domain
+from services.assignment.calendar import CalendarSpec
+from services.assignment.dashboard import percentile, summarize
+from services.assignment.domain import EscalationStep, Pool, Reviewer, SlaPolicy
+from shared.events import (
+    CaseAssigned,
+    CaseReassigned,
+    CaseUnassignable,
+    FirstOpinionSource,
+    RoutingContext,
+    ServiceTier,
+    SlaBreached,
+    SlaWarning,
+    Urgency,
+)
+
+NY = ZoneInfo("America/New_York")
+POLICY = SlaPolicy(
+    calendar=CalendarSpec(timezone="America/New_York", holidays="US"),
+    tier_hours={"imaging_reread": 24, "multi_specialist": 80},
+    urgency_factor={"routine": 1.0, "urgent": 0.25},
+    warning_fractions=(0.5, 0.75),
+    escalation=(
+        EscalationStep(after_hours=4, action="notify"),
+        EscalationStep(after_hours=8, action="reassign"),
+    ),
+    acceptance_hours=4,
+)
+CTX = RoutingContext(
+    subspecialties=["neuroradiology"],
+    service_tier=ServiceTier.IMAGING_REREAD,
+    jurisdiction="US-CA",
+    first_opinion=FirstOpinionSource(institution="Lone Star Radiology"),
+)
+
+
+def ny(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> datetime:
+    return datetime(year, month, day, hour, minute, tzinfo=NY)
+
+
+def reviewer(rid: str, **over: object) -> Reviewer:
+    base: dict[str, object] = {
+        "reviewer_id": rid,
+        "name": rid,
+        "subspecialties": ["neuroradiology"],
+        "licensed_jurisdictions": ["US-CA"],
+    }
+    return Reviewer.model_validate({**base, **over})
+
+
+def pool(*rs: Reviewer) -> Pool:
+    return Pool(list(rs or (reviewer("a"), reviewer("b"))), {})
+
+
+MONDAY_9 = ny(2026, 11, 16, 9)  # 24 business hours: due Wednesday 17:00
+
+
+def opened(p: Pool | None = None) -> domain.Assignment:
+    a, events = domain.open_assignment(
+        "c1", "t1", CTX, "neuroradiology", MONDAY_9, POLICY, p or pool()
+    )
+    assert [type(e) for e in events] == [CaseAssigned]
+    return a
+
+
+def test_offer_records_reason_deadline_and_acceptance_window() -> None:
+    a = opened()
+    assert a.state == "offered" and a.reviewer_id == "a"
+    assert a.due_at == ny(2026, 11, 18, 17)
+    assert a.accept_by == ny(2026, 11, 16, 13)  # 4 of the reviewer's working hours
+    assert "least loaded of 2 eligible" in a.reason
+    assert a.next_fire_at == a.accept_by
+
+
+def test_silent_reviewer_is_replaced_after_the_acceptance_window() -> None:
+    a = opened()
+    a2, events = domain.fire_due(a, ny(2026, 11, 16, 13, 1), POLICY, pool())
+    moved, assigned = events
+    assert isinstance(moved, CaseReassigned) and moved.from_reviewer_id == "a"
+    assert isinstance(assigned, CaseAssigned) and assigned.reviewer_id == "b"
+    assert assigned.reviewer_name == "b"  # reporting names the signer from this
+    assert assigned.assignment_id != a.assignment_id == moved.assignment_id
+    assert a2.history[0].outcome == "timed_out"
+    assert a2.excluded["a"] == "timed out this case earlier"
+    # The same firing again (a restart replaying it) emits nothing.
+    assert domain.fire_due(a2, ny(2026, 11, 16, 13, 1), POLICY, pool())[1] == []
+
+
+def test_accept_then_decline_reassigns_and_no_one_left_is_unassignable() -> None:
+    a = domain.accept(opened(), ny(2026, 11, 16, 10), POLICY)
+    assert a.state == "accepted" and a.accept_by is None
+    a, events = domain.reassign(a, ny(2026, 11, 16, 11), POLICY, pool(), "declined", "on leave")
+    assert a.reviewer_id == "b" and a.history[0].outcome == "declined"
+    a, events = domain.reassign(a, ny(2026, 11, 16, 12), POLICY, pool(), "declined", "conflict")
+    assert a.state == "unassignable" and a.reviewer_id is None
+    assert isinstance(events[-1], CaseUnassignable)
+    assert events[-1].excluded == {
+        "a": "declined this case earlier",
+        "b": "declined this case earlier",
+    }
+
+
+def test_warnings_breach_and_escalation_ladder_each_fire_once() -> None:
+    a = domain.accept(opened(), ny(2026, 11, 16, 9, 30), POLICY)
+    a, ev = domain.fire_due(a, ny(2026, 11, 17, 13), POLICY, pool())  # 12 of 24 h
+    assert [(type(e), getattr(e, "fraction_elapsed", None)) for e in ev] == [(SlaWarning, 0.5)]
+    a, ev = domain.fire_due(a, ny(2026, 11, 17, 13), POLICY, pool())
+    assert ev == []
+    # The service was down from Tuesday until after the deadline: the stale 75 %
+    # warning is skipped, the breach fires once (level 0: operations notified).
+    a, ev = domain.fire_due(a, ny(2026, 11, 18, 17, 5), POLICY, pool())
+    assert [(type(e), e.escalation_level) for e in ev if isinstance(e, SlaBreached)] == [
+        (SlaBreached, 0)
+    ]
+    assert len(ev) == 1 and domain.sla_status(a, POLICY, ny(2026, 11, 18, 17, 5)) == "breached"
+    # Ladder: +4 business hours notify (Thu 13:00), +8 reassign (Thu 17:00).
+    a, ev = domain.fire_due(a, ny(2026, 11, 19, 17), POLICY, pool())
+    levels = [e.escalation_level for e in ev if isinstance(e, SlaBreached)]
+    assert levels == [1, 2]
+    assert any(isinstance(e, CaseReassigned) for e in ev) and a.reviewer_id == "b"
+    assert a.history[0].outcome == "escalated"
+
+
+def test_report_stops_the_clock_and_the_timers() -> None:
+    a = domain.close(opened(), ny(2026, 11, 17, 9), POLICY)
+    assert a.state == "reported" and a.next_fire_at is None
+    assert a.turnaround_hours == 24.0
+    assert domain.fire_due(a, ny(2026, 12, 30, 9), POLICY, pool())[1] == []
+
+
+def test_paused_clock_fires_no_sla_timer() -> None:
+    a = domain.accept(opened(), ny(2026, 11, 16, 9, 30), POLICY)
+    a = domain.pause(a, ny(2026, 11, 16, 10), POLICY, "consent", "release expired", "ops")
+    assert a.due_at is None and a.next_fire_at is None
+    assert domain.fire_due(a, ny(2026, 12, 30, 9), POLICY, pool())[1] == []
+    a = domain.resume(a, ny(2026, 11, 17, 9), POLICY, "consent", "ops")
+    assert a.due_at == ny(2026, 11, 19, 16)  # 23 h left from Tuesday 09:00
+
+
+def test_urgent_case_counts_every_hour() -> None:
+    urgent = CTX.model_copy(update={"urgency": Urgency.URGENT})
+    a, _ = domain.open_assignment(
+        "c2", "t1", urgent, "neuroradiology", ny(2026, 11, 20, 17), POLICY, pool()
+    )
+    assert a.due_at == ny(2026, 11, 20, 23)  # 24 h x 0.25 around the clock
+
+
+def test_other_reviewer_of_same_case_is_excluded() -> None:
+    p = Pool([reviewer("a"), reviewer("b")], {}, busy_on_case={"a": "pathology"})
+    a = opened(p)
+    assert a.reviewer_id == "b" and a.excluded == {"a": "already reviewing pathology on this case"}
+
+
+def test_dashboard_marks_at_risk_and_computes_turnaround() -> None:
+    at_risk = domain.accept(opened(), ny(2026, 11, 16, 9, 30), POLICY)
+    done = domain.close(opened(), MONDAY_9 + timedelta(hours=10), POLICY)
+    now = ny(2026, 11, 18, 12)  # 19 of 24 business hours used
+    d = summarize([at_risk, done], [reviewer("a")], {"a": 1}, POLICY, now)
+    (row,) = d.cases
+    assert row.status == "at_risk" and row.remaining_business_hours == 5.0 and d.at_risk == 1
+    assert d.turnaround[0].median_hours == 10.0 and d.reviewers[0].load == 1
+    assert percentile([1, 2, 3, 4, 10], 0.9) == pytest.approx(7.6)
