@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run demo-once test test-unit test-integration test-e2e check format stop status bench
+.PHONY: install run demo-once test test-unit test-integration test-e2e test-fault check format stop status bench
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ test-integration: install
 
 test-e2e: install
 	$(BIN)/python -m pytest tests/e2e -q
+
+## Kill/restart every service, the broker and the database under load (FAULT_SEED=n).
+test-fault: install
+	$(BIN)/python -m pytest tests/fault -q -s
 
 ## Format, lint and types.
 check: $(STAMP)

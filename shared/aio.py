@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+log = logging.getLogger(__name__)
 
 
 async def sleep_until_woken(wake: asyncio.Event, seconds: float) -> None:
@@ -15,3 +19,19 @@ async def sleep_until_woken(wake: asyncio.Event, seconds: float) -> None:
         async with asyncio.timeout(seconds):
             await wake.wait()
     wake.clear()
+
+
+async def drain_forever(
+    step: Callable[[], Awaitable[bool]], wake: asyncio.Event, seconds: float, name: str
+) -> None:
+    """Run `step` until it reports no more work, then sleep until woken; forever.
+
+    A failure (the database is down) pauses the loop until the next round
+    instead of ending it: the work is durable and is picked up again."""
+    while True:
+        try:
+            while await step():
+                pass
+        except Exception as exc:
+            log.warning("%s paused: %s", name, type(exc).__name__)
+        await sleep_until_woken(wake, seconds)

@@ -28,6 +28,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from shared.auth import Credentials
 from shared.consumer import EventConsumer
 from shared.envelope import OutboxEntry
+from shared.errors import is_retryable
 from shared.events import ALL_TOPICS
 from shared.http import create_api
 from shared.settings import ServiceSettings
@@ -133,8 +134,7 @@ class Service:
             return False
         return bool(self.broker._connection)  # started and connected
 
-    @asynccontextmanager
-    async def _lifespan(self, _: Any) -> AsyncIterator[None]:
+    async def _prepare(self) -> None:
         for coll in self._outbox_collections:
             await coll.create_index("has_outbox")
         for hook in self._startup:
@@ -143,6 +143,28 @@ class Service:
             self.settings.kafka_bootstrap, ALL_TOPICS, self.settings.topic_partitions
         )
         await start_broker(self.broker)
+
+    async def _prepare_until_reachable(self) -> None:
+        """Start even if the database or the broker is briefly away (a restart of
+        either, a pod scheduled before them): wait for them instead of exiting,
+        which would leave the service dead where nothing restarts it."""
+        delay = 0.5
+        while True:
+            try:
+                await self._prepare()
+                return
+            except Exception as exc:
+                if not is_retryable(exc):
+                    raise
+                log.warning("start-up waits: %s; retrying in %.1fs", type(exc).__name__, delay)
+                with suppress(Exception):
+                    await self.broker.stop()  # subscribers started so far start again
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    @asynccontextmanager
+    async def _lifespan(self, _: Any) -> AsyncIterator[None]:
+        await self._prepare_until_reachable()
         tasks = [asyncio.create_task(self.relay.run(), name="outbox-relay")]
         tasks += [asyncio.create_task(h(), name=h.__name__) for h in self._background]
         log.info("%s started", self.settings.service_name)
@@ -160,6 +182,9 @@ class Service:
         logging.basicConfig(
             level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s"
         )
+        # httpx logs every request URL at INFO; a provider query (QIDO ?PatientID=,
+        # FHIR ?subject=) carries the patient's identifier, which is PHI.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
         uvicorn.run(
             self.api,
             host=self.settings.http_host,

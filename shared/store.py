@@ -14,6 +14,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+from prometheus_client import Counter
 from pymongo import AsyncMongoClient, UpdateOne, WriteConcern
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
@@ -31,6 +32,11 @@ APPLIED_WINDOW = 200
 # Outbox documents a relay pass reads, publishes and clears together.
 FLUSH_BATCH = 500
 Doc = dict[str, Any]
+# Counts what the idempotency guard saw again (a message redelivered after a
+# crash, an outbox entry republished); the fault tier reports it.
+REDELIVERIES_SKIPPED = Counter(
+    "router_redeliveries_skipped_total", "Events whose effect was already applied, skipped"
+)
 
 
 def connect(uri: str, database: str) -> tuple[AsyncMongoClient[Doc], AsyncDatabase[Doc]]:
@@ -80,6 +86,7 @@ async def apply_once(
         )
     except DuplicateKeyError:
         # The document exists and already holds event_id: the upsert's insert collided.
+        REDELIVERIES_SKIPPED.inc()
         return None
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -98,3 +99,7 @@ def running_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningS
     finally:
         stack.down(stack.Paths(Path(root)))
         os.environ.pop("LOCAL_PORTS", None)
+        # Keep the services' logs of the run for whoever reads a failure.
+        logs = Path(root) / "services" / "logs"
+        if logs.exists():
+            shutil.copytree(logs, REPO / "test-artifacts" / "stack-logs", dirs_exist_ok=True)

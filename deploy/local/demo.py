@@ -238,6 +238,7 @@ def render(
     lines.append(
         f"API docs: {urls['intake']}/docs  {urls['reporting']}/docs  {urls['notify']}/docs"
     )
+    lines.append(f"SLA dashboard: {urls['assignment']}/dashboard#key={dev_key('ops')}")
     return "\n".join(lines)
 
 

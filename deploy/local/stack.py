@@ -111,6 +111,8 @@ def service_env(paths: Paths, endpoints: dict[str, str], ports: dict[str, int]) 
         # Retrieved DICOM files and reviewers' signing keys stay with this stack's state.
         "RECORDS_FETCH_RECORDS_DIR": str(paths.root / "records"),
         "REPORTING_KEY_DIR": str(paths.root / "keys"),
+        # A retrieval killed mid-way is taken up again after one lease (renewed while alive).
+        "RECORDS_FETCH_LEASE_SECONDS": os.environ.get("RECORDS_FETCH_LEASE_SECONDS", "10"),
         # Short group sessions: Tansu makes a restarted consumer wait ~2x this (infra.md).
         "KAFKA_SESSION_TIMEOUT_MS": os.environ.get("KAFKA_SESSION_TIMEOUT_MS", "3000"),
         "PYTHONUNBUFFERED": "1",

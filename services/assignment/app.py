@@ -85,7 +85,7 @@ async def on_records_incomplete(event: RecordsIncomplete, meta: EventMeta) -> No
 
 @service.consumer.on(ReportSubmitted)
 async def on_report_submitted(event: ReportSubmitted, meta: EventMeta) -> None:
-    await handlers.close_assignment(store, policy, clock.now(), event, meta)
+    emit(await handlers.close_assignment(store, policy, clock.now(), event, meta))
 
 
 # ---------------------------------------------------------------- roster (operations)

@@ -444,6 +444,20 @@ def reassign(
     return settle(a, policy), [moved, *events]
 
 
+def retry_unassignable(
+    a: Assignment, now: datetime, policy: SlaPolicy, pool: Pool
+) -> tuple[Assignment, list[Event]]:
+    """Offer an unassignable assignment again (capacity was freed, the roster
+    changed). No event unless a reviewer is found: the alert was raised once."""
+    if a.state != "unassignable":
+        return a, []
+    retried = a.model_copy(deep=True)
+    events = _offer(retried, now, policy, pool)
+    if retried.state == "unassignable":
+        return a, []
+    return settle(retried, policy), events
+
+
 def accept(a: Assignment, now: datetime, policy: SlaPolicy) -> Assignment:
     a = a.model_copy(update={"state": "accepted", "accepted_at": now, "accept_by": None})
     return settle(a, policy)

@@ -19,6 +19,7 @@ from services.assignment.store import AssignmentStore
 from shared.envelope import EventMeta, OutboxEntry, outbox_entry
 from shared.errors import Conflict, Forbidden, NotFound, RetryableError
 from shared.events import Event, RecordsComplete, RecordsIncomplete, ReportSubmitted
+from shared.store import REDELIVERIES_SKIPPED
 from shared.telemetry import current_traceparent
 
 Change = Callable[[Assignment], tuple[Assignment, list[Event]]]
@@ -40,6 +41,7 @@ async def mutate(
             return None, []
         current, version, applied = loaded
         if event_id and event_id in applied:
+            REDELIVERIES_SKIPPED.inc()
             return current, []
         updated, events = change(current)
         outbox = _wrap(events, current.traceparent or current_traceparent())
@@ -132,7 +134,7 @@ async def close_assignment(
     now: datetime,
     event: ReportSubmitted,
     meta: EventMeta,
-) -> None:
+) -> list[OutboxEntry]:
     """The report is in: stop the clock and free the reviewer's capacity."""
     slot = await store.slot_of_assignment(event.assignment_id) if event.assignment_id else None
     slots = [slot] if slot else []
@@ -144,6 +146,20 @@ async def close_assignment(
         ]
     for s in slots:
         await mutate(store, s, meta.event_id, lambda a: (domain.close(a, now, policy), []))
+    return await retry_unassignable(store, policy, now)
+
+
+async def retry_unassignable(
+    store: AssignmentStore, policy: SlaPolicy, now: datetime, limit: int = 20
+) -> list[OutboxEntry]:
+    """A reviewer's capacity was freed: offer waiting (unassignable) assignments
+    again, oldest first, so a case held up by workload alone is not stranded."""
+    outbox: list[OutboxEntry] = []
+    for waiting in await store.find({"state": "unassignable"}, limit=limit, oldest_first=True):
+        pool = await _pool(store, waiting.case_id, waiting.slot_id)
+        _, entries = await mutate(store, waiting.slot_id, None, _retrying(now, policy, pool))
+        outbox += entries
+    return outbox
 
 
 # ---------------------------------------------------------------- requests in
@@ -237,6 +253,10 @@ async def reassign_by_operations(
 
 
 # ---------------------------------------------------------------- timers
+
+
+def _retrying(now: datetime, policy: SlaPolicy, pool: Pool) -> Change:
+    return lambda a: domain.retry_unassignable(a, now, policy, pool)
 
 
 def _firing(now: datetime, policy: SlaPolicy, pool: Pool) -> Change:

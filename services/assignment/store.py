@@ -141,8 +141,13 @@ class AssignmentStore:
         )
         return [d["_id"] for d in docs]
 
-    async def find(self, query: Doc, limit: int = 1000) -> list[Assignment]:
-        docs = await self.assignments.find(query, {"outbox": 0, "applied": 0}).to_list(limit)
+    async def find(
+        self, query: Doc, limit: int = 1000, *, oldest_first: bool = False
+    ) -> list[Assignment]:
+        cursor = self.assignments.find(query, {"outbox": 0, "applied": 0})
+        if oldest_first:
+            cursor = cursor.sort("clock.started_at")
+        docs = await cursor.to_list(limit)
         return [Assignment.model_validate(d) for d in docs]
 
     async def for_dashboard(self, reported_since: datetime) -> list[Assignment]:

@@ -58,10 +58,36 @@ def decode_json(body: bytes) -> Any:
 def validate_native(payload: Any, prefix: str = "") -> CaseSubmission:
     """A native submission, or InvalidInput with field-level errors."""
     try:
-        return CaseSubmission.model_validate(payload)
+        submission = CaseSubmission.model_validate(payload)
     except ValidationError as exc:
         errors = field_errors(exc, prefix)
         raise InvalidInput("the case failed validation", errors=_dump(errors)) from None
+    if errors := impossible_dates(submission, prefix):
+        raise InvalidInput("the case failed validation", errors=_dump(errors))
+    return submission
+
+
+def impossible_dates(s: CaseSubmission, prefix: str = "") -> list[FieldError]:
+    """The schema checks only the YYYY-MM-DD shape; "1227-62-81" must not reach the
+    urgency rules (a 500) — it is a field error like any other."""
+    dates = {
+        "patient.birth_date": s.patient.birth_date,
+        "treatment_start_date": s.treatment_start_date,
+        **{f"earlier_opinions.{i}.given_on": e.given_on for i, e in enumerate(s.earlier_opinions)},
+    }
+    return [
+        FieldError(loc=prefix + loc, msg="not a calendar date", type="date")
+        for loc, value in dates.items()
+        if value and not _is_calendar_date(value)
+    ]
+
+
+def _is_calendar_date(value: str) -> bool:
+    try:
+        date.fromisoformat(value)
+    except ValueError:
+        return False
+    return True
 
 
 def validate_fhir(payload: Any) -> CaseSubmission:
@@ -71,10 +97,13 @@ def validate_fhir(payload: Any) -> CaseSubmission:
     except fhir.FhirMappingError as exc:
         raise InvalidInput("the FHIR case cannot be read", errors=_dump(exc.errors)) from None
     try:
-        return CaseSubmission.model_validate(mapped)
+        submission = CaseSubmission.model_validate(mapped)
     except ValidationError as exc:
         errors = [e.model_copy(update={"loc": fhir.native_loc(e.loc)}) for e in field_errors(exc)]
         raise InvalidInput("the FHIR case failed validation", errors=_dump(errors)) from None
+    if errors := impossible_dates(submission):
+        raise InvalidInput("the FHIR case failed validation", errors=_dump(errors))
+    return submission
 
 
 def _dump(errors: list[FieldError]) -> list[dict[str, Any]]:

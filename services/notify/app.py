@@ -4,7 +4,6 @@ partner-facing events and the dispatcher."""
 from __future__ import annotations
 
 import asyncio
-import logging
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -16,14 +15,13 @@ from services.notify import domain, handlers
 from services.notify.channels import Channel, EmailChannel, WebhookChannel
 from services.notify.settings import NotifySettings
 from services.notify.store import NotifyStore
-from shared.aio import sleep_until_woken
+from shared.aio import drain_forever
 from shared.auth import Principal, require
 from shared.envelope import EventMeta
 from shared.events import CaseRejected, RecordsIncomplete, ReportReady, SlaBreached
 from shared.runtime import Service
 from shared.store import Doc
 
-log = logging.getLogger(__name__)
 settings = NotifySettings()
 service = Service(
     settings,
@@ -198,13 +196,7 @@ assert {m.topic for m in (ReportReady, CaseRejected, RecordsIncomplete, SlaBreac
 @service.background
 async def dispatcher() -> None:
     """Send due deliveries; woken by new ones, otherwise polls for retries."""
-    while True:
-        try:
-            while await _dispatch():
-                pass
-        except Exception as exc:  # database down: keep the loop alive, try later
-            log.warning("dispatcher paused: %s", type(exc).__name__)
-        await sleep_until_woken(_wake, settings.dispatch_interval_seconds)
+    await drain_forever(_dispatch, _wake, settings.dispatch_interval_seconds, "dispatcher")
 
 
 async def _dispatch() -> bool:

@@ -64,7 +64,10 @@ def check_webhook_url(
     `resolved` are the addresses the host name resolves to now; every one of
     them must be public (or loopback, in local development only).
     """
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. an unbalanced IPv6 bracket
+        raise UnregisteredEndpoint("webhook URL is malformed") from None
     if parts.scheme not in ("https", "http") or not parts.hostname:
         raise UnregisteredEndpoint("webhook URL must be an absolute http(s) URL")
     if production and parts.scheme != "https":

@@ -37,10 +37,12 @@ def signed_headers(
 
 
 async def resolve(url: str) -> list[str]:
-    host = urlsplit(url).hostname or ""
+    # A malformed URL ("http://[::1") or host (over-long IDNA label, NUL) is a
+    # ValueError: it resolves to nothing, which check_webhook_url refuses.
     try:
+        host = urlsplit(url).hostname or ""
         infos = await asyncio.get_running_loop().getaddrinfo(host, None)
-    except OSError:
+    except (OSError, ValueError):
         return []
     return sorted({str(info[4][0]) for info in infos})
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 from typing import Annotated, Any
 
 import httpx
@@ -18,13 +17,12 @@ from services.records_fetch.domain import ProviderRegistry, RetryPolicy
 from services.records_fetch.retrieval import Retrieval
 from services.records_fetch.settings import RecordsFetchSettings
 from services.records_fetch.store import FetchStore
-from shared.aio import sleep_until_woken
+from shared.aio import drain_forever
 from shared.auth import Principal, require
 from shared.envelope import EventMeta
 from shared.events import CaseAccepted
 from shared.runtime import Service
 
-log = logging.getLogger(__name__)
 settings = RecordsFetchSettings()
 service = Service(
     settings,
@@ -67,13 +65,7 @@ async def on_case_accepted(event: CaseAccepted, meta: EventMeta) -> None:
 @service.background
 async def retriever() -> None:
     """Run due retrievals; woken by a new case, otherwise polls for re-requests."""
-    while True:
-        try:
-            while await _run_one():
-                pass
-        except Exception as exc:  # database down: keep the loop alive, try later
-            log.warning("retrieval paused: %s", type(exc).__name__)
-        await sleep_until_woken(_wake, settings.poll_seconds)
+    await drain_forever(_run_one, _wake, settings.poll_seconds, "retrieval")
 
 
 async def _run_one() -> bool:

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
@@ -79,13 +80,25 @@ async def run_due(ctx: Retrieval, policy: domain.RetryPolicy, lease_seconds: flo
     if doc is None:
         return False
     token = attach_traceparent(doc.get("traceparent", ""))
+    renewing = asyncio.create_task(_keep_lease(ctx.store, doc["_id"], lease_seconds))
     try:
         await ctx.store.update(doc["_id"], {"state": "retrieving"})
         attempt = await retrieval.run_attempt(ctx, doc)
         await conclude(ctx, policy, attempt)
     finally:
+        renewing.cancel()
         detach(token)
     return True
+
+
+async def _keep_lease(store: FetchStore, case_id: str, lease_seconds: float) -> None:
+    """Hold the claim while a long study downloads. The lease is short so that a
+    worker killed mid-retrieval delays the case by one lease, not by the longest
+    retrieval we allow for."""
+    while True:
+        await asyncio.sleep(lease_seconds / 3)
+        with quiet():
+            await store.extend_lease(case_id, lease_seconds)
 
 
 async def current_manifest(

@@ -26,4 +26,5 @@ class RecordsFetchSettings(ServiceSettings):
     # How often the retrieval loop looks for due cases when not woken by a new one.
     poll_seconds: float = 2.0
     # A worker holds a case this long; a crashed worker's case is taken up after it.
-    lease_seconds: float = 600.0
+    # Renewed every third of itself while a retrieval runs (handlers._keep_lease).
+    lease_seconds: float = 30.0

@@ -60,6 +60,10 @@ class FetchStore:
             return_document=ReturnDocument.AFTER,
         )
 
+    async def extend_lease(self, case_id: str, lease_seconds: float) -> None:
+        until = datetime.now(UTC) + timedelta(seconds=lease_seconds)
+        await self.fetches.update_one({"_id": case_id}, {"$set": {"lease_until": until}})
+
     async def update(
         self, case_id: str, fields: Doc, outbox: Sequence[OutboxEntry] = (), **ops: Doc
     ) -> None:

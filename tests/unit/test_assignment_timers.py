@@ -168,3 +168,17 @@ def test_dashboard_marks_at_risk_and_computes_turnaround() -> None:
     assert row.status == "at_risk" and row.remaining_business_hours == 5.0 and d.at_risk == 1
     assert d.turnaround[0].median_hours == 10.0 and d.reviewers[0].load == 1
     assert percentile([1, 2, 3, 4, 10], 0.9) == pytest.approx(7.6)
+
+
+def test_case_waiting_on_capacity_is_offered_when_capacity_frees() -> None:
+    busy = Pool([reviewer("a", capacity=1)], {"a": 1})
+    waiting, events = domain.open_assignment(
+        "c2", "t1", CTX, "neuroradiology", MONDAY_9, POLICY, busy
+    )
+    assert waiting.state == "unassignable" and "at capacity" in waiting.excluded["a"]
+    still, none = domain.retry_unassignable(waiting, MONDAY_9, POLICY, busy)
+    assert still == waiting and none == []  # no second alert while nothing changed
+    freed = Pool([reviewer("a", capacity=1)], {"a": 0})
+    offered, events = domain.retry_unassignable(waiting, MONDAY_9, POLICY, freed)
+    assert offered.state == "offered" and offered.reviewer_id == "a"
+    assert [type(e) for e in events] == [CaseAssigned]
