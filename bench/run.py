@@ -214,14 +214,9 @@ async def bench(
 ) -> dict[str, Any]:
     urls, infra = info["urls"], info["infra"]
     run_id = time.strftime("%H%M%S")
-    imaging_patient = f"MRN-BENCH-{run_id}"
-    seed.seed_pacs(
-        infra["orthanc_url"],
-        imaging_patient,
-        "Bench^Pat",
-        [("MR_small.dcm", "20261005"), ("CT_small.dcm", "20250110")],
+    imaging_patient, clinic_patient = seed.seed_patient(
+        infra, f"MRN-BENCH-{run_id}", "Bench^Pat", "Bench-Patient", "Pat", "1961-04-12"
     )
-    clinic_patient = seed.seed_fhir(infra["fhir_url"], "Bench-Patient", "Pat", "1961-04-12")
     receiver = TimedReceiver(paths.root / "webhooks.jsonl")
     driver = Driver(urls, receiver, (imaging_patient, clinic_patient))
     try:

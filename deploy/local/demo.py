@@ -245,14 +245,9 @@ def render(
 def run_demo(stack_info: dict[str, Any], state: Path, timeout: float) -> bool:
     urls, infra = stack_info["urls"], stack_info["infra"]
     run_id = time.strftime("%H%M%S")
-    imaging_patient = f"MRN-{run_id}"
-    seed.seed_pacs(
-        infra["orthanc_url"],
-        imaging_patient,
-        "Demo^Jane",
-        [("MR_small.dcm", "20261005"), ("CT_small.dcm", "20250110")],
+    imaging_patient, clinic_patient = seed.seed_patient(
+        infra, f"MRN-{run_id}", "Demo^Jane", "Demo-Patient", "Jane", "1961-04-12"
     )
-    clinic_patient = seed.seed_fhir(infra["fhir_url"], "Demo-Patient", "Jane", "1961-04-12")
     receiver = WebhookReceiver(state / "webhooks.jsonl")
     with httpx.Client(timeout=30) as client:
         sub = client.post(

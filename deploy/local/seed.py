@@ -121,3 +121,16 @@ def seed_fhir(fhir_url: str, family: str, given: str, birth_date: str) -> str:
             )
             r.raise_for_status()
     return patient_id
+
+
+# A current MR and a prior CT a year earlier: what an imaging re-read needs.
+CURRENT_AND_PRIOR = [("MR_small.dcm", "20261005"), ("CT_small.dcm", "20250110")]
+
+
+def seed_patient(
+    infra: dict[str, str], mrn: str, dicom_name: str, family: str, given: str, birth_date: str
+) -> tuple[str, str]:
+    """A patient's studies in the PACS and chart in the FHIR peer; returns the
+    patient ids at the imaging provider (the MRN) and at the clinic (FHIR id)."""
+    seed_pacs(infra["orthanc_url"], mrn, dicom_name, CURRENT_AND_PRIOR)
+    return mrn, seed_fhir(infra["fhir_url"], family, given, birth_date)

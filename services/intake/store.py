@@ -97,50 +97,38 @@ class IntakeStore:
         )
         return result.modified_count == 1
 
-    async def decline(self, case_id: str, review: Doc, outbox: list[OutboxEntry]) -> bool:
+    async def _transition(
+        self, condition: Doc, stage: str, fields: Doc, outbox: list[OutboxEntry]
+    ) -> bool:
+        """Move a case matching `condition` to `stage` with its events, in one write;
+        False if it no longer matches (someone else moved it first)."""
         now = datetime.now(UTC)
         result = await self.cases.update_one(
-            {"_id": case_id, "stage": "held_for_review"},
+            condition,
             {
-                "$set": {
-                    "stage": "declined",
-                    "review": review,
-                    "updated_at": now,
-                    "has_outbox": True,
-                },
+                "$set": {**fields, "stage": stage, "updated_at": now, "has_outbox": True},
                 "$push": {
-                    "history": {"stage": "declined", "at": now},
+                    "history": {"stage": stage, "at": now},
                     "outbox": {"$each": [e.model_dump() for e in outbox]},
                 },
             },
         )
         return result.modified_count == 1
 
+    async def decline(self, case_id: str, review: Doc, outbox: list[OutboxEntry]) -> bool:
+        held = {"_id": case_id, "stage": "held_for_review"}
+        return await self._transition(held, "declined", {"review": review}, outbox)
+
     async def accept_if_ready(self, case_id: str, rank: int, outbox: list[OutboxEntry]) -> bool:
         """Move a waiting case to accepted with its case.accepted event, exactly once:
         the stage condition makes concurrent last authorizations emit one event."""
-        now = datetime.now(UTC)
-        result = await self.cases.update_one(
-            {
-                "_id": case_id,
-                "stage": {"$in": WAITING},
-                "hold_reason": "",
-                "waiting_on_authorization": {"$size": 0},
-            },
-            {
-                "$set": {
-                    "stage": "accepted",
-                    "stage_rank": rank,
-                    "updated_at": now,
-                    "has_outbox": True,
-                },
-                "$push": {
-                    "history": {"stage": "accepted", "at": now},
-                    "outbox": {"$each": [e.model_dump() for e in outbox]},
-                },
-            },
-        )
-        return result.modified_count == 1
+        ready = {
+            "_id": case_id,
+            "stage": {"$in": WAITING},
+            "hold_reason": "",
+            "waiting_on_authorization": {"$size": 0},
+        }
+        return await self._transition(ready, "accepted", {"stage_rank": rank}, outbox)
 
     async def advance_stage(self, case_id: str, event_id: str, stage: str, rank: int) -> None:
         """Record a downstream stage; the stage shown only moves forward."""

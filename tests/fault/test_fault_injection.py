@@ -165,14 +165,9 @@ def test_every_case_delivered_exactly_once_under_faults(
 ) -> None:
     rng = random.Random(SEED)
     infra, urls = running_stack.infra, running_stack.urls
-    imaging = f"MRN-F{SEED}"
-    seed.seed_pacs(
-        infra["orthanc_url"],
-        imaging,
-        "Fault^Pat",
-        [("MR_small.dcm", "20261005"), ("CT_small.dcm", "20250110")],
+    imaging, clinic = seed.seed_patient(
+        infra, f"MRN-F{SEED}", "Fault^Pat", "Fault", "Pat", "1961-04-12"
     )
-    clinic = seed.seed_fhir(infra["fhir_url"], "Fault", "Pat", "1961-04-12")
     receiver = demo.WebhookReceiver(tmp_path / "webhooks.jsonl")
     sub = httpx.post(
         f"{urls['notify']}/v1/subscriptions",

@@ -85,13 +85,9 @@ def drive_to_delivery(client: httpx.Client, urls: dict[str, str], case_id: str) 
 def canary(running_stack: RunningStack, tmp_path_factory: pytest.TempPathFactory) -> Canary:
     started = time.monotonic()
     urls, infra = running_stack.urls, running_stack.infra
-    seed.seed_pacs(
-        infra["orthanc_url"],
-        CANARY_MRN,
-        CANARY_DICOM_NAME,
-        [("MR_small.dcm", "20261005"), ("CT_small.dcm", "20250110")],
+    _, clinic = seed.seed_patient(
+        infra, CANARY_MRN, CANARY_DICOM_NAME, CANARY_FAMILY, CANARY_GIVEN, CANARY_BIRTH
     )
-    clinic = seed.seed_fhir(infra["fhir_url"], CANARY_FAMILY, CANARY_GIVEN, CANARY_BIRTH)
     receiver = WebhookReceiver(Path(tmp_path_factory.mktemp("canary")) / "webhooks.jsonl")
     external_id = f"canary-{uuid.uuid4().hex[:8]}"
     with httpx.Client(timeout=30) as client:
