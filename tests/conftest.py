@@ -23,10 +23,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from deploy.local import stack
 
 REPO = Path(__file__).resolve().parents[1]
+
+# Property-based tests (hypothesis, schemathesis) explore new inputs on every
+# local run; CI replays a fixed set so that a landing never hinges on luck.
+# Loaded here, before the test modules build their `settings`, so they inherit it.
+hypothesis_settings.register_profile("ci", derandomize=True, database=None)
+if os.environ.get("CI"):
+    hypothesis_settings.load_profile("ci")
 
 
 def _infra(command: str, state: Path) -> None:

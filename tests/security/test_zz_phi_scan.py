@@ -11,6 +11,7 @@ canary's PHI and for the PHI of the demo and fault-tier test data.
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -64,11 +65,20 @@ def scanned_files(root: Path) -> list[Path]:
     return sorted({*logs, *spans, *others})
 
 
+def term_pattern(term: str) -> re.Pattern[str]:
+    """`term` as a whole token: "19610412" is a birth date on its own, not inside
+    the nanosecond timestamp 1795327375219610412 of a span."""
+    left = r"(?<![0-9A-Za-z])" if term[:1].isalnum() else ""
+    right = r"(?![0-9A-Za-z])" if term[-1:].isalnum() else ""
+    return re.compile(left + re.escape(term) + right)
+
+
 def findings(name: str, text: str, terms: list[str]) -> list[str]:
     out = []
     for term in terms:
-        at = text.find(term)
-        if at >= 0:
+        match = term_pattern(term).search(text)
+        if match:
+            at = match.start()
             line = text[max(0, at - 120) : at + 80].replace("\n", " | ")
             out.append(f"{name}: {term!r} in …{line}…")
     return out
