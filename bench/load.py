@@ -59,6 +59,9 @@ def bench_case(run_id: str, i: int, imaging_patient: str, clinic_patient: str) -
     )
 
 
+REVIEWER_POLL_SECONDS = 0.5
+
+
 class Driver:
     def __init__(self, urls: dict[str, str], receiver: TimedReceiver, patients: tuple[str, str]):
         self.urls = urls
@@ -113,7 +116,10 @@ class Driver:
 
     async def play_reviewers(self, run: Run, stop: asyncio.Event) -> None:
         """Each reviewer opens their list and submits an opinion on every new case.
-        A failed request must not end the loop: the cases would wait forever."""
+        A failed request must not end the loop: the cases would wait forever.
+        Lists are read twice a second: often enough for the figures (the report
+        hop starts at the opinion's submission), rarely enough that the harness
+        is not the database's main load (at 10/s it was)."""
         while not stop.is_set():
             for reviewer in REVIEWERS:
                 try:
@@ -130,7 +136,7 @@ class Driver:
                 ]
                 self._reviewed.update(fresh)
                 await asyncio.gather(*(self._review(run, reviewer, c) for c in fresh))
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(REVIEWER_POLL_SECONDS)
 
     async def wait_delivered(self, run: Run, within: float) -> bool:
         deadline = time.monotonic() + within

@@ -110,10 +110,16 @@ def scrape_counters(urls: dict[str, str]) -> dict[str, dict[str, float]]:
     return out
 
 
-def db_writes(uri: str) -> float:
+def db_ops(uri: str) -> dict[str, float]:
+    """The database's operation counters: writes, and the reads and commands around them."""
+    client: MongoClient[dict[str, Any]]
     with MongoClient(uri) as client:
         ops = client.admin.command("serverStatus")["opcounters"]
-    return float(ops["insert"] + ops["update"] + ops["delete"])
+    return {
+        "writes": float(ops["insert"] + ops["update"] + ops["delete"]),
+        "reads": float(ops.get("query", 0) + ops.get("getmore", 0)),
+        "commands": float(ops.get("command", 0)),
+    }
 
 
 def stack_pids(paths: stack.Paths) -> dict[str, int]:
@@ -142,8 +148,11 @@ def start_profilers(
 ) -> list[tuple[str, subprocess.Popen[bytes], Path]]:
     out.mkdir(parents=True, exist_ok=True)
     profs = []
-    for name in stack.SERVICES:
-        target = out / f"{name}.collapsed"
+    # The database is a Python server here: profile it too, to name what it spends on.
+    for name in [*stack.SERVICES, "infra:mongo"]:
+        if name not in pids:
+            continue
+        target = out / f"{name.replace(':', '_')}.collapsed"
         cmd = [
             str(Path(sys.executable).parent / "py-spy"),
             "record",
@@ -200,6 +209,7 @@ def top_frames(collapsed: Path, k: int = 6) -> list[str]:
                 "uvicorn",
                 "starlette",
                 "faststream",
+                "secantus",
             )
         )
         and "process_idle" not in f
@@ -244,14 +254,14 @@ async def bench(
         )
         pids = stack_pids(paths)
         sampler = Sampler(pids)
-        counters0, writes0 = scrape_counters(urls), db_writes(infra["mongo_uri"])
+        counters0, ops0 = scrape_counters(urls), db_ops(infra["mongo_uri"])
         profs = start_profilers(pids, paths.root / "profiles") if args.profile else []
         sampler.start()
         print(f"saturation: {args.cases} cases at once ...", flush=True)
         sat = await driver.phase("saturation", f"{run_id}s", args.cases, None, args.timeout)
         elapsed = sampler.stop()
         tops = stop_profilers(profs) if profs else {}
-        counters1, writes1 = scrape_counters(urls), db_writes(infra["mongo_uri"])
+        counters1, ops1 = scrape_counters(urls), db_ops(infra["mongo_uri"])
         max_rate = throughput(sat, "assigned")
         half_rate = max(0.5, max_rate / 2)
         print(f"half load: {args.half_cases} cases at {half_rate:.1f}/s ...", flush=True)
@@ -275,7 +285,9 @@ async def bench(
         "per_case": {
             "published": published / n,
             "received": received / n,
-            "db_writes": (writes1 - writes0) / n,
+            "db_writes": (ops1["writes"] - ops0["writes"]) / n,
+            "db_reads": (ops1["reads"] - ops0["reads"]) / n,
+            "db_commands": (ops1["commands"] - ops0["commands"]) / n,
             "dicom_instances": INSTANCES_PER_CASE,
         },
         "phases": {r.label: summarize(r) for r in (sat, half)},
@@ -361,7 +373,8 @@ def report(r: dict[str, Any]) -> str:
         f"  pydicom parse (+pixels)       {b['dicom_parse_per_s']:9.0f} files/s "
         f"({b['dicom_bytes']} B avg)",
         f"per case (measured): {pc['published']:.1f} published, {pc['received']:.1f} consumed, "
-        f"{pc['db_writes']:.1f} database writes, {pc['dicom_instances']} DICOM instances",
+        f"{pc['db_writes']:.1f} database writes ({pc.get('db_reads', 0):.1f} reads, "
+        f"{pc.get('db_commands', 0):.1f} other commands), {pc['dicom_instances']} DICOM instances",
         "",
     ]
     bnd = bounds(r)

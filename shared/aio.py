@@ -6,8 +6,10 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 async def sleep_until_woken(wake: asyncio.Event, seconds: float) -> None:
@@ -35,3 +37,17 @@ async def drain_forever(
         except Exception as exc:
             log.warning("%s paused: %s", name, type(exc).__name__)
         await sleep_until_woken(wake, seconds)
+
+
+async def gather_all(*aws: Awaitable[T]) -> list[T]:
+    """Run `aws` together, let every one finish, then raise the first failure if any.
+
+    Unlike `asyncio.gather`, nothing is still running (and writing) when the
+    caller sees a failure, and the caller gets the original exception; unlike a
+    TaskGroup, a part that was about to succeed (an instance half downloaded) is
+    not cancelled because another one failed."""
+    results = await asyncio.gather(*aws, return_exceptions=True)
+    for r in results:
+        if isinstance(r, BaseException):
+            raise r
+    return results  # type: ignore[return-value]

@@ -5,7 +5,9 @@ for the model's topic. Around it:
 
 * the offset is committed (manual ack) only after the handler returned, so a
   crash mid-handler means a redelivery, which the handler's idempotency guard
-  (shared.store.apply_once) skips;
+  (shared.store.apply_once) skips. Commits are gathered (`OffsetCommitter`):
+  one commit per partition every `COMMIT_INTERVAL_SECONDS`, not one broker
+  round trip per message in the handler's path;
 * a message that can never be processed — not a CloudEvent, an unknown
   ``ce_type``/version, a body that fails the model, a tenant mismatch, a
   `PermanentError` from the handler — goes to ``<topic>.dlq`` with the reason,
@@ -26,6 +28,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
@@ -42,6 +46,7 @@ Handler = Callable[[M, EventMeta], Awaitable[None]]
 
 BUG_ATTEMPTS = 3
 MAX_BACKOFF_SECONDS = 10.0
+COMMIT_INTERVAL_SECONDS = 0.2
 
 
 def validation_reason(exc: ValidationError) -> str:
@@ -74,6 +79,44 @@ async def raw_body(message: Any) -> bytes:
     return bytes(message.body)
 
 
+class OffsetCommitter:
+    """Commits processed offsets in the background, a few times a second.
+
+    A committed offset never passes a message that was not processed: each
+    partition is consumed one message at a time, and only the offset after a
+    message whose handler returned is recorded. What a crash (or a rebalance)
+    leaves uncommitted is delivered again and skipped by the handlers'
+    idempotency guard, exactly as with a commit per message; what is saved is a
+    broker round trip (a storage write, for Tansu) in every message's path."""
+
+    def __init__(self, interval: float = COMMIT_INTERVAL_SECONDS) -> None:
+        self.interval = interval
+        self._pending: dict[int, tuple[AIOKafkaConsumer, dict[TopicPartition, int]]] = {}
+        self._timer: asyncio.Task[None] | None = None
+
+    def processed(self, message: Any) -> None:
+        """`message` (a faststream KafkaMessage) was handled: its offset may be committed."""
+        raw = message.raw_message
+        _, offsets = self._pending.setdefault(id(message.consumer), (message.consumer, {}))
+        offsets[TopicPartition(raw.topic, raw.partition)] = raw.offset + 1
+        if self._timer is None or self._timer.done():
+            self._timer = asyncio.create_task(self._flush_later())
+
+    async def _flush_later(self) -> None:
+        await asyncio.sleep(self.interval)
+        await self.flush()
+
+    async def flush(self) -> None:
+        pending, self._pending = self._pending, {}
+        for consumer, offsets in pending.values():
+            try:
+                await consumer.commit(offsets)
+            except KafkaError as exc:
+                # Revoked in a rebalance, or the broker is away: the new owner (or
+                # this one) gets these messages again and skips them as duplicates.
+                log.warning("offset commit failed (%s); messages will be redelivered", exc)
+
+
 class EventConsumer:
     """Registers topic handlers on a broker with dead-lettering and retries."""
 
@@ -81,6 +124,7 @@ class EventConsumer:
         self.broker = broker
         self.settings = settings
         self.dead_lettered = 0
+        self.committer = OffsetCommitter()
 
     def on(self, model: type[M]) -> Callable[[Handler[M]], Handler[M]]:
         topic: str = model.topic  # type: ignore[attr-defined]
@@ -88,7 +132,7 @@ class EventConsumer:
         def register(handler: Handler[M]) -> Handler[M]:
             async def consume(message: KafkaMessage) -> None:
                 await self._process(model, handler, message)
-                await message.ack()
+                self.committer.processed(message)
 
             consume.__name__ = f"on_{topic.replace('.', '_')}"
             self.broker.subscriber(
@@ -99,6 +143,7 @@ class EventConsumer:
                 decoder=raw_body,
                 session_timeout_ms=self.settings.kafka_session_timeout_ms,
                 heartbeat_interval_ms=self.settings.kafka_heartbeat_interval_ms,
+                fetch_max_wait_ms=self.settings.kafka_fetch_max_wait_ms,
                 title=f"{self.settings.service_name}:{topic}",
                 description=(model.__doc__ or "").strip(),
             )(consume)

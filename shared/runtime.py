@@ -174,6 +174,7 @@ class Service:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await self.consumer.committer.flush()
             await self.broker.stop()
             await self.client.close()
             self.tracer_provider.shutdown()

@@ -34,6 +34,12 @@ class ServiceSettings(BaseSettings):
     kafka_idempotent_producer: bool = shared_field(False, "KAFKA_IDEMPOTENT_PRODUCER")
     kafka_session_timeout_ms: int = shared_field(6000, "KAFKA_SESSION_TIMEOUT_MS")
     kafka_heartbeat_interval_ms: int = shared_field(1000, "KAFKA_HEARTBEAT_INTERVAL_MS")
+    # How long a fetch may wait for data. Kafka answers a waiting fetch as soon as data
+    # arrives, so 500 ms costs nothing there; Tansu answers only when the wait runs out
+    # (measured: a hop's latency is about half this value), so the local default is short.
+    # Each waiting consumer costs the broker one fetch per wait: 50 ms is the compromise
+    # measured in docs/performance.md.
+    kafka_fetch_max_wait_ms: int = shared_field(50, "KAFKA_FETCH_MAX_WAIT_MS")
     topic_partitions: int = shared_field(3, "TOPIC_PARTITIONS")
     mongo_uri: str = shared_field("mongodb://127.0.0.1:27017/?directConnection=true", "MONGO_URI")
     mongo_database: str = "router"

@@ -71,13 +71,15 @@ async def apply_once(
     outbox: Sequence[OutboxEntry] = (),
     *,
     upsert: bool = True,
+    where: Doc | None = None,
 ) -> Doc | None:
     """Apply `update` to document `doc_id` unless `event_id` was already applied.
 
     Returns the document after the update, or None when the event was a
-    redelivery (or, with upsert=False, the document does not exist).
+    redelivery (or, with upsert=False, the document does not exist or does not
+    match the extra condition `where`).
     """
-    query: Doc = {"_id": doc_id}
+    query: Doc = {**(where or {}), "_id": doc_id}
     if event_id:
         query["applied"] = {"$ne": event_id}
     try:

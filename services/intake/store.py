@@ -131,22 +131,25 @@ class IntakeStore:
         return await self._transition(ready, "accepted", {"stage_rank": rank}, outbox)
 
     async def advance_stage(self, case_id: str, event_id: str, stage: str, rank: int) -> None:
-        """Record a downstream stage; the stage shown only moves forward."""
+        """Record a downstream stage; the stage shown only moves forward.
+
+        One write in the usual case (stages arrive in order); a stage that
+        arrives after a later one (report.ready before report.submitted) only
+        joins the history, in a second, guarded write."""
         now = datetime.now(UTC)
-        await apply_once(
+        entry = {"history": {"stage": stage, "at": now}}
+        forward = {"$push": entry, "$set": {"updated_at": now, "stage": stage, "stage_rank": rank}}
+        moved = await apply_once(
             self.cases,
             case_id,
             event_id,
-            {
-                "$push": {"history": {"stage": stage, "at": now}},
-                "$max": {"stage_rank": rank},
-                "$set": {"updated_at": now},
-            },
+            forward,
             upsert=False,
+            where={"stage_rank": {"$lt": rank}},
         )
-        await self.cases.update_one(
-            {"_id": case_id, "stage_rank": rank}, {"$set": {"stage": stage}}
-        )
+        if moved is None:
+            late = {"$push": entry, "$set": {"updated_at": now}}
+            await apply_once(self.cases, case_id, event_id, late, upsert=False)
 
     async def record_rejection(
         self, key: str, doc: dict[str, Any], outbox: list[OutboxEntry]

@@ -65,7 +65,12 @@ async def on_case_accepted(event: CaseAccepted, meta: EventMeta) -> None:
 @service.background
 async def retriever() -> None:
     """Run due retrievals; woken by a new case, otherwise polls for re-requests."""
-    await drain_forever(_run_one, _wake, settings.poll_seconds, "retrieval")
+    await asyncio.gather(
+        *(
+            drain_forever(_run_one, _wake, settings.poll_seconds, f"retrieval worker {n}")
+            for n in range(settings.retrieval_workers)
+        )
+    )
 
 
 async def _run_one() -> bool:

@@ -82,7 +82,6 @@ async def run_due(ctx: Retrieval, policy: domain.RetryPolicy, lease_seconds: flo
     token = attach_traceparent(doc.get("traceparent", ""))
     renewing = asyncio.create_task(_keep_lease(ctx.store, doc["_id"], lease_seconds))
     try:
-        await ctx.store.update(doc["_id"], {"state": "retrieving"})
         attempt = await retrieval.run_attempt(ctx, doc)
         await conclude(ctx, policy, attempt)
     finally:
@@ -102,9 +101,13 @@ async def _keep_lease(store: FetchStore, case_id: str, lease_seconds: float) -> 
 
 
 async def current_manifest(
-    store: FetchStore, doc: Doc, unreachable: dict[str, str] | None = None
+    store: FetchStore,
+    doc: Doc,
+    unreachable: dict[str, str] | None = None,
+    instances: dict[str, Doc] | None = None,
 ) -> domain.CompletenessManifest:
-    instances = await store.instance_states(doc["_id"])
+    if instances is None:
+        instances = await store.instance_states(doc["_id"])
     facts = retrieval.facts_from(doc, instances, unreachable or {})
     requirements = [domain.Requirement(r) for r in doc["requirements"]]
     return domain.build_manifest(requirements, facts)
@@ -115,8 +118,13 @@ async def conclude(
 ) -> None:
     """Complete the case, or report what is missing and schedule the re-request."""
     doc = attempt.doc
-    manifest = await current_manifest(ctx.store, doc, attempt.unreachable)
-    fields: Doc = {"manifest": manifest.model_dump(mode="json"), "lease_until": datetime.now(UTC)}
+    manifest = await current_manifest(ctx.store, doc, attempt.unreachable, attempt.instances)
+    retrieved, progress = attempt.take_pending()  # the providers' results, in this one write
+    fields: Doc = {
+        **retrieved,
+        "manifest": manifest.model_dump(mode="json"),
+        "lease_until": datetime.now(UTC),
+    }
     if manifest.complete:
         event: Any = _complete_event(doc, manifest)
         fields |= {"state": "complete", "due_at": None, "completed_at": event.completed_at}
@@ -129,7 +137,7 @@ async def conclude(
         }
     entry = outbox_entry(event, traceparent=doc.get("traceparent", ""))
     # Only from a retrieving state: an override that landed meanwhile wins.
-    await ctx.store.finish_if(doc["_id"], CLAIMABLE, fields, [entry])
+    await ctx.store.finish_if(doc["_id"], CLAIMABLE, fields, [*progress, entry])
 
 
 def _complete_event(

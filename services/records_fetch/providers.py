@@ -40,11 +40,21 @@ def _check_status(resp: httpx.Response) -> None:
         raise UnregisteredEndpoint("provider answered with a redirect; not followed")
 
 
+# The peer closed a pooled connection under us (a keep-alive race, or a busy PACS
+# dropping one): a GET is idempotent, so it is sent once more on a new connection
+# before the provider counts as unreachable. A refused connection or a timeout is not
+# retried here: the case's re-request schedule handles a provider that is down.
+DROPPED = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+
+
 async def get_json(
     client: httpx.AsyncClient, url: str, params: dict[str, Any] | None, accept: str
 ) -> Any:
     try:
-        resp = await client.get(url, params=params, headers={"Accept": accept})
+        try:
+            resp = await client.get(url, params=params, headers={"Accept": accept})
+        except DROPPED:
+            resp = await client.get(url, params=params, headers={"Accept": accept})
     except httpx.TransportError as exc:
         raise _unavailable(exc) from None
     _check_status(resp)
@@ -116,19 +126,26 @@ async def retrieve_instance(
     Returns the complete file (not yet committed); raises MultipartError for a
     malformed or truncated body, ProviderUnavailable if the peer fails."""
     url = f"{base}/studies/{inst.study_uid}/series/{inst.series_uid}/instances/{inst.sop_uid}"
-    incoming = archive.incoming()
-    try:
-        async with client.stream("GET", url, headers={"Accept": WADO_ACCEPT}) as resp:
-            _check_status(resp)
-            resp.raise_for_status()
-            await _stream_first_part(resp, incoming)
-    except httpx.TransportError as exc:
-        incoming.discard()
-        raise _unavailable(exc) from None
-    except BaseException:
-        incoming.discard()
-        raise
-    return incoming
+    for last_try in (False, True):
+        incoming = archive.incoming()
+        try:
+            async with client.stream("GET", url, headers={"Accept": WADO_ACCEPT}) as resp:
+                _check_status(resp)
+                resp.raise_for_status()
+                await _stream_first_part(resp, incoming)
+        except DROPPED as exc:
+            incoming.discard()
+            if last_try:
+                raise _unavailable(exc) from None
+            continue  # see DROPPED
+        except httpx.TransportError as exc:
+            incoming.discard()
+            raise _unavailable(exc) from None
+        except BaseException:
+            incoming.discard()
+            raise
+        return incoming
+    raise AssertionError("not reached")
 
 
 async def _stream_first_part(resp: httpx.Response, incoming: IncomingFile) -> None:

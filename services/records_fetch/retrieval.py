@@ -8,7 +8,9 @@ resumed by the next one without fetching anything twice.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+import time
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,6 +20,7 @@ from services.records_fetch import dicom, domain, multipart, providers
 from services.records_fetch.archive import Archive
 from services.records_fetch.domain import InstanceState
 from services.records_fetch.store import FetchStore
+from shared.aio import gather_all
 from shared.envelope import OutboxEntry, outbox_entry
 from shared.errors import ProviderUnavailable, UnregisteredEndpoint
 from shared.events import ProviderRecords, RecordKind, RecordsProgress
@@ -38,10 +41,21 @@ class Retrieval:
 
 @dataclass
 class CaseAttempt:
-    """One attempt's view of the case document."""
+    """One attempt's view of the case document.
+
+    Writes are folded together where nothing is lost by waiting: what the
+    providers yield (studies, clinical summaries, progress, their states and
+    events) is kept in `pending` and written once, with the attempt's outcome
+    (handlers.conclude). Each instance is still recorded as soon as it is
+    stored, which is what lets a cut attempt resume without fetching anything
+    twice; and a long study's progress is written as it goes."""
 
     doc: Doc
     unreachable: dict[str, str]
+    instances: dict[str, Doc] | None = None  # sop_uid → instance record, once loaded
+    pending_fields: Doc = field(default_factory=dict)
+    pending_events: list[OutboxEntry] = field(default_factory=list)
+    progress_written_at: float = 0.0
 
     @property
     def case_id(self) -> str:
@@ -64,52 +78,68 @@ class CaseAttempt:
         )
         return outbox_entry(event, traceparent=self.doc.get("traceparent", ""))
 
+    def defer(self, fields: Doc, events: list[OutboxEntry] = []) -> None:  # noqa: B006
+        """Fields and events to write with the attempt's outcome."""
+        self.pending_fields.update(fields)
+        self.pending_events.extend(events)
+
+    def take_pending(self) -> tuple[Doc, list[OutboxEntry]]:
+        fields, events = self.pending_fields, self.pending_events
+        self.pending_fields, self.pending_events = {}, []
+        return fields, events
+
 
 def records_of(doc: Doc) -> list[ProviderRecords]:
     return [ProviderRecords.model_validate(r) for r in doc["records"]]
 
 
 async def run_attempt(ctx: Retrieval, doc: Doc) -> CaseAttempt:
-    """Retrieve what each provider holds; provider failures are recorded, not raised."""
+    """Retrieve what each provider holds, all providers at once; a provider's failure
+    is recorded (in `pending`, written by the caller's concluding write), not raised."""
     attempt = CaseAttempt(doc=doc, unreachable={})
-    for index, rec in enumerate(records_of(doc)):
-        await _provider_state(ctx, attempt, index, "in_progress", "")
-        try:
-            await retrieve_provider(ctx, attempt, rec)
-        except (ProviderUnavailable, UnregisteredEndpoint) as exc:
-            attempt.unreachable[rec.provider_id] = exc.detail
-            await _provider_state(ctx, attempt, index, "failed", exc.detail, rec)
-            continue
-        await _provider_state(ctx, attempt, index, "received", "")
+    await gather_all(
+        *(_one_provider(ctx, attempt, i, rec) for i, rec in enumerate(records_of(doc)))
+    )
     return attempt
 
 
-async def _provider_state(
-    ctx: Retrieval,
-    attempt: CaseAttempt,
-    index: int,
-    state: str,
-    reason: str,
-    rec: ProviderRecords | None = None,
+async def _one_provider(
+    ctx: Retrieval, attempt: CaseAttempt, index: int, rec: ProviderRecords
 ) -> None:
-    outbox = [attempt.progress(rec, k, state, reason=reason) for k in rec.kinds] if rec else []
+    try:
+        await retrieve_provider(ctx, attempt, rec, index)
+    except (ProviderUnavailable, UnregisteredEndpoint) as exc:
+        attempt.unreachable[rec.provider_id] = exc.detail
+        _provider_state(attempt, index, rec, "failed", exc.detail)
+        return
+    _provider_state(attempt, index, rec, "received", "")
+
+
+def _provider_state(
+    attempt: CaseAttempt, index: int, rec: ProviderRecords, state: str, reason: str
+) -> None:
+    # A failure is news for every kind asked of the provider; what was received has
+    # already been told kind by kind (records.progress from the retrieval itself).
+    events = [attempt.progress(rec, k, state, reason=reason) for k in rec.kinds] if reason else []
     fields = {
         f"providers.{index}.state": state,
         f"providers.{index}.reason": reason,
         f"providers.{index}.updated_at": datetime.now(UTC),
     }
-    await ctx.store.update(attempt.case_id, fields, outbox)
+    attempt.defer(fields, events)
 
 
-async def retrieve_provider(ctx: Retrieval, attempt: CaseAttempt, rec: ProviderRecords) -> None:
+async def retrieve_provider(
+    ctx: Retrieval, attempt: CaseAttempt, rec: ProviderRecords, index: int
+) -> None:
     endpoints = ctx.registry.lookup(attempt.tenant_id, rec.provider_id)
     wants_dicom = {RecordKind.IMAGING, RecordKind.PATHOLOGY} & set(rec.kinds)
     slides_found = False
     if wants_dicom and endpoints.dicomweb_url is not None:
         base = str(endpoints.dicomweb_url).rstrip("/")
-        slides_found = await retrieve_imaging(ctx, attempt, rec, base)
+        slides_found = await retrieve_imaging(ctx, attempt, rec, index, base)
     if RecordKind.PATHOLOGY in rec.kinds and not slides_found:
-        await request_glass_slides(ctx, attempt, rec)
+        request_glass_slides(attempt, rec)
     fhir_kinds = [k for k in rec.kinds if k in FHIR_KINDS]
     if fhir_kinds and endpoints.fhir_url is not None:
         base = str(endpoints.fhir_url).rstrip("/")
@@ -125,25 +155,62 @@ def _wanted(study: providers.QidoStudy, kinds: list[RecordKind]) -> bool:
 
 
 async def retrieve_imaging(
-    ctx: Retrieval, attempt: CaseAttempt, rec: ProviderRecords, base: str
+    ctx: Retrieval, attempt: CaseAttempt, rec: ProviderRecords, index: int, base: str
 ) -> bool:
     """QIDO the patient's studies (current and prior), WADO each missing instance.
 
     Returns True if the PACS holds whole-slide images for the patient."""
     found = await providers.find_studies(ctx.client, base, rec.patient_id)
     studies = [s for s in found if _wanted(s, rec.kinds)]
-    await _store_studies(ctx, attempt, rec.provider_id, studies)
     expected = sum(s.expected for s in studies)
     kind = RecordKind.IMAGING if RecordKind.IMAGING in rec.kinds else RecordKind.PATHOLOGY
     start = attempt.progress(rec, kind, "in_progress", expected=expected)
-    await ctx.store.update(attempt.case_id, {}, [start])
-    known = await ctx.store.instance_states(attempt.case_id)
-    for study in studies:
-        for inst in await providers.find_instances(ctx.client, base, study.study_uid):
-            if not _already_held(ctx, known.get(inst.sop_uid)):
+    # One write says what is coming: the studies, the provider at work, the event.
+    fields = {
+        "studies": _merge_studies(attempt, rec.provider_id, studies),
+        f"providers.{index}.state": "in_progress",
+        **_progress_fields(attempt, await _instances(ctx, attempt)),
+    }
+    await ctx.store.update(attempt.case_id, fields, [start])
+    attempt.progress_written_at = time.monotonic()
+    listed = await gather_all(
+        *(providers.find_instances(ctx.client, base, s.study_uid) for s in studies)
+    )
+    known = await _instances(ctx, attempt)
+    todo = [i for insts in listed for i in insts if not _already_held(ctx, known.get(i.sop_uid))]
+    gate = asyncio.Semaphore(RETRIEVALS_IN_FLIGHT)
+    failed = asyncio.Event()
+
+    async def one(inst: providers.QidoInstance) -> None:
+        async with gate:
+            if failed.is_set():  # the PACS failed: do not queue up more timeouts
+                return
+            try:
                 await retrieve_one(ctx, attempt, rec.provider_id, base, inst)
-                await _update_progress(ctx, attempt)
+            except BaseException:
+                failed.set()
+                raise
+        await _note_progress(ctx, attempt)
+
+    try:
+        await gather_all(*(one(i) for i in todo))
+    finally:  # what did arrive is counted, also when the PACS failed midway
+        attempt.defer({"studies": attempt.doc["studies"], **_progress_fields(attempt, known)})
     return any(domain.WSI_MODALITY in s.modalities for s in studies)
+
+
+# A few instances at a time: a PACS answers several WADO-RS requests in parallel, but
+# a large study must not open hundreds of connections to a partner's archive at once.
+RETRIEVALS_IN_FLIGHT = 4
+# Progress is written at most this often during a long study (and once at its end).
+PROGRESS_EVERY_SECONDS = 1.0
+
+
+async def _instances(ctx: Retrieval, attempt: CaseAttempt) -> dict[str, Doc]:
+    """The case's instance records, read once per attempt and kept up to date in memory."""
+    if attempt.instances is None:
+        attempt.instances = await ctx.store.instance_states(attempt.case_id)
+    return attempt.instances
 
 
 def _already_held(ctx: Retrieval, prev: Doc | None) -> bool:
@@ -154,9 +221,9 @@ def _already_held(ctx: Retrieval, prev: Doc | None) -> bool:
     )
 
 
-async def _store_studies(
-    ctx: Retrieval, attempt: CaseAttempt, provider_id: str, studies: list[providers.QidoStudy]
-) -> None:
+def _merge_studies(
+    attempt: CaseAttempt, provider_id: str, studies: list[providers.QidoStudy]
+) -> list[Doc]:
     others = [s for s in attempt.doc.get("studies", []) if s["provider_id"] != provider_id]
     mine = [
         {
@@ -169,7 +236,7 @@ async def _store_studies(
         for s in studies
     ]
     attempt.doc["studies"] = others + mine
-    await ctx.store.update(attempt.case_id, {"studies": attempt.doc["studies"]})
+    return attempt.doc["studies"]
 
 
 async def retrieve_one(
@@ -180,46 +247,52 @@ async def retrieve_one(
     try:
         incoming = await providers.retrieve_instance(ctx.client, base, inst, ctx.archive)
     except multipart.MultipartError as exc:
-        await ctx.store.record_instance(
-            attempt.case_id,
-            inst.sop_uid,
-            {**where, "state": InstanceState.CORRUPT, "problems": [str(exc)]},
-        )
-        return
-    sha, path = ctx.archive.commit(incoming)
-    check = await dicom.inspect(path, inst.sop_uid)
-    state = InstanceState.RECEIVED if check.ok else InstanceState.CORRUPT
-    fields = {
-        **where,
-        "state": state,
-        "sha256": sha,
-        "size": incoming.size,
-        "path": str(path),
-        "modality": check.modality or inst.modality,
-        "body_part": check.body_part,
-        "study_date": check.study_date,
-        "problems": check.problems,
-    }
+        fields: Doc = {**where, "state": InstanceState.CORRUPT, "problems": [str(exc)]}
+    else:
+        # fsync and rename: off the event loop, like the pydicom parse.
+        sha, path = await asyncio.to_thread(ctx.archive.commit, incoming)
+        check = await dicom.inspect(path, inst.sop_uid)
+        fields = {
+            **where,
+            "state": InstanceState.RECEIVED if check.ok else InstanceState.CORRUPT,
+            "sha256": sha,
+            "size": incoming.size,
+            "path": str(path),
+            "modality": check.modality or inst.modality,
+            "body_part": check.body_part,
+            "study_date": check.study_date,
+            "problems": check.problems,
+        }
     await ctx.store.record_instance(attempt.case_id, inst.sop_uid, fields)
+    known = await _instances(ctx, attempt)
+    known[inst.sop_uid] = {**known.get(inst.sop_uid, {}), **fields, "sop_uid": inst.sop_uid}
 
 
-async def _update_progress(ctx: Retrieval, attempt: CaseAttempt) -> None:
-    counts = await ctx.store.count_instances(attempt.case_id)
-    expected = sum(s["expected"] for s in attempt.doc.get("studies", []))
-    fields = {
+def _progress_fields(attempt: CaseAttempt, known: dict[str, Doc]) -> Doc:
+    states = [d.get("state") for d in known.values()]
+    return {
         "progress": {
-            "expected": expected,
-            "received": counts.get(InstanceState.RECEIVED, 0),
-            "corrupt": counts.get(InstanceState.CORRUPT, 0),
+            "expected": sum(s["expected"] for s in attempt.doc.get("studies", [])),
+            "received": states.count(InstanceState.RECEIVED),
+            "corrupt": states.count(InstanceState.CORRUPT),
         }
     }
-    await ctx.store.update(attempt.case_id, fields)
+
+
+async def _note_progress(ctx: Retrieval, attempt: CaseAttempt) -> None:
+    """Show a long study's progress now and then; the final count goes with the state."""
+    if time.monotonic() - attempt.progress_written_at < PROGRESS_EVERY_SECONDS:
+        return
+    attempt.progress_written_at = time.monotonic()
+    await ctx.store.update(
+        attempt.case_id, _progress_fields(attempt, await _instances(ctx, attempt))
+    )
 
 
 # ---------------------------------------------------------------- pathology (physical)
 
 
-async def request_glass_slides(ctx: Retrieval, attempt: CaseAttempt, rec: ProviderRecords) -> None:
+def request_glass_slides(attempt: CaseAttempt, rec: ProviderRecords) -> None:
     """No digital pathology at this provider: the glass slides are a tracked physical item."""
     slides = attempt.doc.get("glass_slides", {})
     if rec.provider_id in slides:
@@ -229,7 +302,7 @@ async def request_glass_slides(ctx: Retrieval, attempt: CaseAttempt, rec: Provid
     event = attempt.progress(
         rec, RecordKind.PATHOLOGY, "requested", reason="glass slides requested (physical item)"
     )
-    await ctx.store.update(attempt.case_id, {"glass_slides": slides}, [event])
+    attempt.defer({"glass_slides": slides}, [event])
 
 
 # ---------------------------------------------------------------- clinical (FHIR R4)
@@ -242,10 +315,13 @@ async def retrieve_clinical(
     base: str,
     kinds: list[RecordKind],
 ) -> None:
+    """The FHIR searches of one provider, run together (they are independent)."""
+    found = await gather_all(
+        *(providers.search_fhir(ctx.client, base, rec.patient_id, kind) for kind in kinds)
+    )
     clinical = [c for c in attempt.doc.get("clinical", []) if c["provider_id"] != rec.provider_id]
     events = []
-    for kind in kinds:
-        resources = await providers.search_fhir(ctx.client, base, rec.patient_id, kind)
+    for kind, resources in zip(kinds, found, strict=True):
         summaries = [domain.summarise_resource(r).model_dump() for r in resources]
         clinical.append(
             {"provider_id": rec.provider_id, "kind": kind.value, "summaries": summaries}
@@ -256,7 +332,7 @@ async def retrieve_clinical(
             )
         )
     attempt.doc["clinical"] = clinical
-    await ctx.store.update(attempt.case_id, {"clinical": clinical}, events)
+    attempt.defer({"clinical": clinical}, events)
 
 
 # ---------------------------------------------------------------- facts for the manifest

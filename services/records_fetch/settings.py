@@ -23,6 +23,9 @@ class RecordsFetchSettings(ServiceSettings):
     retry_base_seconds: float = 30.0
     retry_max_delay_seconds: float = 3600.0
     retry_max_attempts: int = 8
+    # Cases retrieved at once by this process (each worker claims its own case by lease).
+    # Retrieval waits on the providers and the database, not on this process's CPU.
+    retrieval_workers: int = 4
     # How often the retrieval loop looks for due cases when not woken by a new one.
     poll_seconds: float = 2.0
     # A worker holds a case this long; a crashed worker's case is taken up after it.

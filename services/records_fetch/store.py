@@ -51,11 +51,18 @@ class FetchStore:
         return await self.fetches.find_one({"_id": case_id}, {"outbox": 0, "applied": 0})
 
     async def claim_due(self, lease_seconds: float) -> Doc | None:
-        """Take one case whose retrieval is due, for `lease_seconds` (one worker at a time)."""
+        """Take one case whose retrieval is due, for `lease_seconds` (one worker at a time),
+        and mark it as being retrieved."""
         now = datetime.now(UTC)
         return await self.fetches.find_one_and_update(
             {"state": {"$in": CLAIMABLE}, "due_at": {"$lte": now}, "lease_until": {"$lte": now}},
-            {"$set": {"lease_until": now + timedelta(seconds=lease_seconds)}},
+            {
+                "$set": {
+                    "lease_until": now + timedelta(seconds=lease_seconds),
+                    "state": "retrieving",
+                    "updated_at": now,
+                }
+            },
             sort=[("due_at", 1)],
             return_document=ReturnDocument.AFTER,
         )
@@ -105,10 +112,3 @@ class FetchStore:
             },
             upsert=True,
         )
-
-    async def count_instances(self, case_id: str) -> dict[str, int]:
-        cursor = await self.instances.aggregate(
-            [{"$match": {"case_id": case_id}}, {"$group": {"_id": "$state", "n": {"$sum": 1}}}]
-        )
-        rows = await cursor.to_list(None)
-        return {r["_id"]: r["n"] for r in rows}

@@ -51,6 +51,10 @@ class PacsProxy:
         self.corrupt: set[str] = set()
         self.refuse_after: int | None = None  # WADO requests served before it "goes down"
         self.wado: Counter[str] = Counter()
+        # WADO requests let through, counted on arrival: retrievals run concurrently,
+        # so "served" would let a second one in before the first has finished.
+        self.admitted = 0
+        self._lock = threading.Lock()
         self.port = 0
         self._server: ThreadingHTTPServer | None = None
         self.start()
@@ -82,9 +86,12 @@ class PacsProxy:
         sop = (
             req.path.split("?")[0].rsplit("/instances/", 1)[-1] if "/instances/" in req.path else ""
         )
-        if sop and self.refuse_after is not None and sum(self.wado.values()) >= self.refuse_after:
-            req.close_connection = True  # drop the connection without an answer: an outage
-            return
+        with self._lock:
+            refused = self.refuse_after is not None and self.admitted >= self.refuse_after
+            if sop and refused:
+                req.close_connection = True  # drop the connection without an answer: an outage
+                return
+            self.admitted += bool(sop)
         resp = httpx.get(
             self.upstream + req.path,
             headers={"Accept": req.headers.get("Accept", "*/*")},
