@@ -75,7 +75,7 @@ class Driver:
     async def close(self) -> None:
         await self.client.aclose()
 
-    async def _submit(self, run: Run, case: dict[str, Any], gate: asyncio.Semaphore) -> None:
+    async def submit_one(self, run: Run, case: dict[str, Any], gate: asyncio.Semaphore) -> None:
         async with gate:
             t = time.time()
             resp = await self.client.post(
@@ -96,7 +96,7 @@ class Driver:
             if rate:
                 await asyncio.sleep(max(0.0, t0 + i / rate - time.monotonic()))
             case = bench_case(run_id, i, *self.patients)
-            tasks.append(asyncio.create_task(self._submit(run, case, gate)))
+            tasks.append(asyncio.create_task(self.submit_one(run, case, gate)))
         await asyncio.gather(*tasks)
 
     async def _review(self, run: Run, reviewer: str, case_id: str) -> None:
