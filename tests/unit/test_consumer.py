@@ -1,10 +1,14 @@
 """The consumer's delivery rules, with a fake broker and message (the same rules
 are shown against the real broker in tests/integration/test_delivery.py)."""
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
+
 from shared import consumer as consumer_mod
+from shared.aio import gather_all
 from shared.consumer import EventConsumer
 from shared.envelope import EventMeta, ce_headers
 from shared.errors import PermanentError, ProviderUnavailable
@@ -118,3 +122,62 @@ async def test_a_bug_is_retried_a_few_times_then_dead_lettered(monkeypatch: Any)
     await c._process(CaseRejected, handler, message(EVENT.model_dump_json().encode()))
     assert calls == consumer_mod.BUG_ATTEMPTS
     assert broker.published[0]["headers"]["dlq_reason"] == "handler failed: KeyError"
+
+
+@dataclass
+class FakeKafkaConsumer:
+    commits: list[dict[Any, int]] = field(default_factory=list)
+    fail: bool = False
+
+    async def commit(self, offsets: dict[Any, int]) -> None:
+        if self.fail:
+            raise consumer_mod.KafkaError("rebalanced")
+        self.commits.append(dict(offsets))
+
+
+@dataclass
+class Handled:
+    consumer: FakeKafkaConsumer
+    raw_message: FakeRecord
+
+
+async def test_offsets_are_gathered_into_one_commit_per_consumer() -> None:
+    committer = consumer_mod.OffsetCommitter(interval=0.05)
+    a, b = FakeKafkaConsumer(), FakeKafkaConsumer()
+    for offset in (3, 4, 5):
+        committer.processed(Handled(a, FakeRecord(partition=0, offset=offset)))
+    committer.processed(Handled(a, FakeRecord(partition=1, offset=9)))
+    committer.processed(Handled(b, FakeRecord(topic="other", offset=0)))
+    assert a.commits == [] and b.commits == []  # nothing in the handler's path
+    await asyncio.sleep(0.2)
+    tp = consumer_mod.TopicPartition
+    assert a.commits == [{tp("case.rejected", 0): 6, tp("case.rejected", 1): 10}]
+    assert b.commits == [{tp("other", 0): 1}]
+
+
+async def test_a_failed_commit_is_logged_not_raised_and_flush_commits_at_once() -> None:
+    committer = consumer_mod.OffsetCommitter(interval=60)
+    lost, kept = FakeKafkaConsumer(fail=True), FakeKafkaConsumer()
+    committer.processed(Handled(lost, FakeRecord(offset=1)))
+    committer.processed(Handled(kept, FakeRecord(offset=2)))
+    await committer.flush()  # shutdown: no waiting for the interval
+    assert lost.commits == []  # redelivered later, skipped by the idempotency guard
+    assert kept.commits == [{consumer_mod.TopicPartition("case.rejected", 0): 3}]
+
+
+async def test_gather_all_lets_every_part_finish_then_raises_the_first_failure() -> None:
+    finished: list[str] = []
+
+    async def ok(name: str, delay: float) -> str:
+        await asyncio.sleep(delay)
+        finished.append(name)
+        return name
+
+    async def broken() -> str:
+        raise ProviderUnavailable("provider unreachable: ConnectError")
+
+    assert await gather_all(ok("a", 0.01), ok("b", 0)) == ["a", "b"]
+    finished.clear()
+    with pytest.raises(ProviderUnavailable):
+        await gather_all(ok("slow", 0.05), broken())
+    assert finished == ["slow"]  # not cancelled by the other's failure
