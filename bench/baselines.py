@@ -90,7 +90,8 @@ async def upsert_rate(uri: str, n: int, clients: int) -> float:
 
     async def worker(k: int) -> None:
         for i in range(k, n, clients):
-            await colls[k].find_one_and_update(
+            # The services' write (shared.store.apply_once): update_one, upserting.
+            await colls[k].update_one(
                 {"_id": f"doc-{i}"},
                 {"$set": {"stage": "accepted", "n": i}, "$push": {"applied": {"$each": [str(i)]}}},
                 upsert=True,

@@ -24,6 +24,7 @@ import sys
 import tempfile
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -37,7 +38,9 @@ from deploy.local.demo import auth
 class MemorySampler:
     """RSS of every process of the stack, with the cases delivered at that moment."""
 
-    def __init__(self, pids: dict[str, int], delivered: Any, every: float) -> None:
+    def __init__(
+        self, pids: dict[str, int], delivered: Any, every: float, keep: Path | None = None
+    ) -> None:
         self._procs = {name: psutil.Process(pid) for name, pid in pids.items()}
         self._delivered = delivered
         self._every = every
@@ -45,6 +48,7 @@ class MemorySampler:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._t0 = time.monotonic()
+        self._keep = keep  # samples so far are written here, so a cut run still shows them
 
     def start(self) -> None:
         self._thread.start()
@@ -69,6 +73,8 @@ class MemorySampler:
         self.samples.append(
             {"t": time.monotonic() - self._t0, "delivered": self._delivered(), "rss_mib": rss}
         )
+        if self._keep is not None:
+            self._keep.write_text(json.dumps(self.samples))
 
 
 def slope_kib_per_1000(points: list[tuple[float, float]]) -> float:
@@ -152,7 +158,12 @@ async def main_async(
         )
         sub.raise_for_status()
         receiver.secret = sub.json()["secret"]
-        sampler = MemorySampler(stack_pids(paths), lambda: len(receiver.arrived), args.every)
+        sampler = MemorySampler(
+            stack_pids(paths),
+            lambda: len(receiver.arrived),
+            args.every,
+            paths.root / "memory-samples.json",
+        )
         sampler.start()
         t0 = time.monotonic()
         run = Run("memory")

@@ -41,7 +41,10 @@ class ServiceSettings(BaseSettings):
     # measured in docs/performance.md.
     kafka_fetch_max_wait_ms: int = shared_field(50, "KAFKA_FETCH_MAX_WAIT_MS")
     topic_partitions: int = shared_field(3, "TOPIC_PARTITIONS")
-    mongo_uri: str = shared_field("mongodb://127.0.0.1:27017/?directConnection=true", "MONGO_URI")
+    # retryWrites=false: see deploy/local/infra.py MONGO_OPTIONS (production sets its own).
+    mongo_uri: str = shared_field(
+        "mongodb://127.0.0.1:27017/?directConnection=true&retryWrites=false", "MONGO_URI"
+    )
     mongo_database: str = "router"
     http_host: str = "127.0.0.1"
     http_port: int = 8000

@@ -87,6 +87,12 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 FHIR_DIR = HERE / "fhir"
 LOOPBACK = "127.0.0.1"
+# How every local client connects to SecantusDB. Retryable writes are off: a single
+# node has no failover for them to survive, and SecantusDB keeps a record of each
+# one (up to 10,000, pruned by a scan and a sort on every write): measured over a
+# long run, that took the pipeline from 2.4 to 0.5 cases/s within 400 cases
+# (docs/performance.md). Production (deploy/k8s) keeps retryWrites=true.
+MONGO_OPTIONS = "directConnection=true&retryWrites=false"
 
 PART_ORDER = ["s3", "kafka", "mongo", "pacs", "fhir"]
 # What `--only` accepts, and which parts each name brings along.
@@ -317,7 +323,7 @@ def ports_for_start(state: State, mode: str) -> tuple[dict[str, int], str]:
 def endpoints_doc(ports: dict[str, int], mode: str, state: State) -> dict:
     return {
         "kafka_bootstrap": f"{LOOPBACK}:{ports['kafka']}",
-        "mongo_uri": f"mongodb://{LOOPBACK}:{ports['mongo']}/?directConnection=true",
+        "mongo_uri": f"mongodb://{LOOPBACK}:{ports['mongo']}/?{MONGO_OPTIONS}",
         "orthanc_url": f"http://{LOOPBACK}:{ports['orthanc_http']}",
         "dicomweb_url": f"http://{LOOPBACK}:{ports['orthanc_http']}/dicom-web",
         "orthanc_dicom": {
@@ -708,7 +714,7 @@ PARTS = {
         mongo_ready,
         ["mongo"],
         "mongo_server.py",
-        "mongodb://{host}:{mongo}/?directConnection=true",
+        "mongodb://{host}:{mongo}/?" + MONGO_OPTIONS,
     ),
     "pacs": Part(
         "pacs",

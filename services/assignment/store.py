@@ -2,7 +2,7 @@
 document per needed subspecialty of a case, with its clock, the keys of its
 fired timers, and its outbox).
 
-Every change of an assignment is one conditional `find_one_and_update` on its
+Every change of an assignment is one conditional `update_one` on its
 `version`: the state change, the applied event id and the events to emit land
 in one write, and a concurrent or repeated change (a second timer loop, a
 redelivery) loses the race instead of acting twice. This is how a timer is
@@ -15,13 +15,12 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from pymongo import ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
 
 from services.assignment.domain import ACTIVE_STATES, OPEN_STATES, Assignment, Reviewer
 from shared.envelope import OutboxEntry
-from shared.store import APPLIED_WINDOW, Doc
+from shared.store import APPLIED_WINDOW, Doc, update_if
 
 
 def _outbox_ops(update: Doc, event_id: str | None, outbox: Sequence[OutboxEntry]) -> Doc:
@@ -117,10 +116,7 @@ class AssignmentStore:
         if event_id:
             query["applied"] = {"$ne": event_id}
         update = _outbox_ops({"$set": {**_doc(a), "version": version + 1}}, event_id, outbox)
-        doc = await self.assignments.find_one_and_update(
-            query, update, projection={"_id": 1}, return_document=ReturnDocument.AFTER
-        )
-        return doc is not None
+        return await update_if(self.assignments, query, update)
 
     async def slot_ids_of_case(self, case_id: str) -> list[str]:
         docs = await self.assignments.find({"case_id": case_id}, {"_id": 1}).to_list()

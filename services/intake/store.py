@@ -12,7 +12,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
 
 from shared.envelope import OutboxEntry
-from shared.store import Doc, apply_once
+from shared.store import Doc, apply_once, update_if
 
 WAITING = ["held_for_review", "awaiting_authorization"]
 
@@ -67,7 +67,8 @@ class IntakeStore:
 
     async def record_authorization(self, case_id: str, provider_id: str, entry: Doc) -> Doc | None:
         """Record one provider's release once; the case after it, or None if already on file."""
-        return await self.cases.find_one_and_update(
+        recorded = await update_if(
+            self.cases,
             {"_id": case_id, "authorized_providers": {"$ne": provider_id}},
             {
                 "$addToSet": {"authorized_providers": provider_id},
@@ -75,9 +76,8 @@ class IntakeStore:
                 "$push": {"authorizations": entry},
                 "$set": {"updated_at": datetime.now(UTC)},
             },
-            projection={"applied": 0, "outbox": 0},
-            return_document=True,
         )
+        return await self.get(case_id) if recorded else None
 
     async def release_hold(self, case_id: str, review: Doc, next_stage: str, rank: int) -> bool:
         """Clear the human-review hold once; the case then waits only on authorizations."""
@@ -147,7 +147,7 @@ class IntakeStore:
             upsert=False,
             where={"stage_rank": {"$lt": rank}},
         )
-        if moved is None:
+        if not moved:
             late = {"$push": entry, "$set": {"updated_at": now}}
             await apply_once(self.cases, case_id, event_id, late, upsert=False)
 

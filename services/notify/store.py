@@ -7,13 +7,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from pymongo import ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
 
 from shared.envelope import OutboxEntry
 from shared.errors import Conflict, NotFound
-from shared.store import Doc
+from shared.store import Doc, claim_one, update_if
 
 # What a tenant may see of a delivery in a listing (the payload is fetched one by one).
 LISTING = {"payload": 0, "outbox": 0, "traceparent": 0, "has_outbox": 0, "lease_until": 0}
@@ -47,14 +46,9 @@ class NotifyStore:
         return doc
 
     async def update_subscription(self, tenant_id: str, sub_id: str, update: Doc) -> Doc:
-        doc = await self.subscriptions.find_one_and_update(
-            {"_id": sub_id, "tenant_id": tenant_id},
-            update,
-            return_document=ReturnDocument.AFTER,
-        )
-        if doc is None:
+        if not await update_if(self.subscriptions, {"_id": sub_id, "tenant_id": tenant_id}, update):
             raise NotFound("no such subscription")
-        return doc
+        return await self.subscription(tenant_id, sub_id)
 
     async def delete_subscription(self, tenant_id: str, sub_id: str) -> None:
         result = await self.subscriptions.delete_one({"_id": sub_id, "tenant_id": tenant_id})
@@ -90,11 +84,11 @@ class NotifyStore:
         is the one from before the claim, so a set `in_flight` there means an
         earlier dispatcher died between sending and recording."""
         now = datetime.now(UTC)
-        return await self.deliveries.find_one_and_update(
+        return await claim_one(
+            self.deliveries,
             {"state": "pending", "next_attempt_at": {"$lte": now}, "lease_until": {"$lte": now}},
+            [("next_attempt_at", 1)],
             {"$set": {"lease_until": now + timedelta(seconds=lease_seconds), "in_flight": now}},
-            sort=[("next_attempt_at", 1)],
-            return_document=ReturnDocument.BEFORE,
         )
 
     async def record_attempt(

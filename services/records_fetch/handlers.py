@@ -197,7 +197,7 @@ async def override(
         "manifest": manifest.model_dump(mode="json"),
     }
     done = await store.finish_if(case_id, [*CLAIMABLE, "awaiting_override"], fields, [entry], audit)
-    if done is None:
+    if not done:
         raise Conflict("records for this case are already complete")
     return [entry]
 
@@ -217,7 +217,7 @@ async def mark_glass_slides_received(
     done = await store.finish_if(
         case_id, [*CLAIMABLE, "awaiting_override"], {**fields, "state": "incomplete"}, []
     )
-    if done is None:
+    if not done:
         raise Conflict("records for this case are already complete")
 
 

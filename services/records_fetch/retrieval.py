@@ -171,11 +171,15 @@ async def retrieve_imaging(
         f"providers.{index}.state": "in_progress",
         **_progress_fields(attempt, await _instances(ctx, attempt)),
     }
-    await ctx.store.update(attempt.case_id, fields, [start])
     attempt.progress_written_at = time.monotonic()
-    listed = await gather_all(
-        *(providers.find_instances(ctx.client, base, s.study_uid) for s in studies)
-    )
+    # The write and the instance listings do not depend on each other: both at once.
+    written = asyncio.ensure_future(ctx.store.update(attempt.case_id, fields, [start]))
+    try:
+        listed = await gather_all(
+            *(providers.find_instances(ctx.client, base, s.study_uid) for s in studies)
+        )
+    finally:
+        await written
     known = await _instances(ctx, attempt)
     todo = [i for insts in listed for i in insts if not _already_held(ctx, known.get(i.sop_uid))]
     gate = asyncio.Semaphore(RETRIEVALS_IN_FLIGHT)

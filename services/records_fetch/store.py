@@ -15,12 +15,11 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pymongo import ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 
 from services.records_fetch.domain import InstanceState
 from shared.envelope import OutboxEntry
-from shared.store import Doc
+from shared.store import Doc, claim_one, update_if
 
 CLAIMABLE = ["requested", "retrieving", "incomplete"]
 
@@ -52,20 +51,20 @@ class FetchStore:
 
     async def claim_due(self, lease_seconds: float) -> Doc | None:
         """Take one case whose retrieval is due, for `lease_seconds` (one worker at a time),
-        and mark it as being retrieved."""
+        and mark it as being retrieved. Returns the case as claimed."""
         now = datetime.now(UTC)
-        return await self.fetches.find_one_and_update(
+        claim = {
+            "lease_until": now + timedelta(seconds=lease_seconds),
+            "state": "retrieving",
+            "updated_at": now,
+        }
+        doc = await claim_one(
+            self.fetches,
             {"state": {"$in": CLAIMABLE}, "due_at": {"$lte": now}, "lease_until": {"$lte": now}},
-            {
-                "$set": {
-                    "lease_until": now + timedelta(seconds=lease_seconds),
-                    "state": "retrieving",
-                    "updated_at": now,
-                }
-            },
-            sort=[("due_at", 1)],
-            return_document=ReturnDocument.AFTER,
+            [("due_at", 1)],
+            {"$set": claim},
         )
+        return {**doc, **claim} if doc else None
 
     async def extend_lease(self, case_id: str, lease_seconds: float) -> None:
         until = datetime.now(UTC) + timedelta(seconds=lease_seconds)
@@ -85,15 +84,13 @@ class FetchStore:
         fields: Doc,
         outbox: list[OutboxEntry],
         audit: Doc | None = None,
-    ) -> Doc | None:
+    ) -> bool:
         """Move the case to its next state only if it is still in one of `states`."""
         update: Doc = {"$set": {**fields, "updated_at": datetime.now(UTC)}}
         if audit:
             update["$push"] = {"audit": audit}
-        return await self.fetches.find_one_and_update(
-            {"_id": case_id, "state": {"$in": states}},
-            _with_outbox(update, outbox),
-            return_document=ReturnDocument.AFTER,
+        return await update_if(
+            self.fetches, {"_id": case_id, "state": {"$in": states}}, _with_outbox(update, outbox)
         )
 
     # ---------------------------------------------------------------- instances

@@ -124,7 +124,7 @@ async def test_outbox_relay_publishes_cloudevents_once_and_clears_the_outbox(
     again = await apply_once(
         coll, "c9", "in-1", {"$set": {"stage": "x"}}, [outbox_entry(event(model, "c9"))]
     )
-    assert first is not None and again is None  # the same input event emits once
+    assert first and not again  # the same input event emits once
 
     async with broker:
         await broker.start()
