@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run demo-once test test-unit test-integration test-e2e test-fault check format stop status bench
+.PHONY: install run demo-once test test-unit test-integration test-e2e test-fault check format stop status bench bench-memory
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -58,6 +58,10 @@ format: $(STAMP)
 ## End-to-end benchmark with its baselines (own stack on free ports; docs/performance.md).
 bench: install
 	$(BIN)/python -m bench.run
+
+## Memory over 10,000 cases end to end (about 1.5 hours on 2 cores; docs/performance.md).
+bench-memory: install
+	$(BIN)/python -m bench.memory --cases 10000
 
 stop:
 	$(BIN)/python -m deploy.local.stack down

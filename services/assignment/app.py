@@ -219,9 +219,9 @@ async def snapshot() -> Dashboard:
     now = clock.now()
     since = now - timedelta(days=settings.turnaround_window_days)
     with quiet():
-        assignments = await store.for_dashboard(since)
+        open_, reported = await store.open_assignments(), await store.reported_summary(since)
         roster, load = await store.roster(), await store.active_load()
-    COLLECTOR.snapshot = summarize(assignments, roster, load, policy, now)
+    COLLECTOR.snapshot = summarize(open_, reported, roster, load, policy, now)
     return COLLECTOR.snapshot
 
 

@@ -8,8 +8,7 @@ reviewer id, never a case id or anything about the patient).
 
 from __future__ import annotations
 
-import math
-from collections import Counter, defaultdict
+from collections import Counter
 from datetime import datetime
 
 from pydantic import BaseModel
@@ -54,6 +53,13 @@ class Turnaround(BaseModel):
     p90_hours: float
 
 
+class ReportedSummary(BaseModel):
+    """The reported assignments of the turnaround window, as counted by the database."""
+
+    by_tier: dict[str, int] = {}
+    turnaround: list[Turnaround] = []
+
+
 class Dashboard(BaseModel):
     generated_at: datetime
     cases: list[CaseRow]
@@ -63,14 +69,6 @@ class Dashboard(BaseModel):
     paused: int
     reviewers: list[ReviewerLoad]
     turnaround: list[Turnaround]
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Linear interpolation between closest ranks (numpy's default)."""
-    s = sorted(values)
-    pos = (len(s) - 1) * q
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
 
 
 def case_row(a: Assignment, policy: SlaPolicy, now: datetime) -> CaseRow:
@@ -94,35 +92,23 @@ def case_row(a: Assignment, policy: SlaPolicy, now: datetime) -> CaseRow:
     )
 
 
-def turnaround(reported: list[Assignment]) -> list[Turnaround]:
-    hours: dict[str, list[float]] = defaultdict(list)
-    for a in reported:
-        if a.turnaround_hours is not None:
-            hours[a.subspecialty].append(a.turnaround_hours)
-    return [
-        Turnaround(
-            subspecialty=s,
-            count=len(v),
-            median_hours=round(percentile(v, 0.5), 2),
-            p90_hours=round(percentile(v, 0.9), 2),
-        )
-        for s, v in sorted(hours.items())
-    ]
-
-
 def summarize(
-    assignments: list[Assignment],
+    open_: list[Assignment],
+    reported: ReportedSummary,
     roster: list[Reviewer],
     load: dict[str, int],
     policy: SlaPolicy,
     now: datetime,
 ) -> Dashboard:
-    open_ = [a for a in assignments if a.state != "reported"]
+    """The dashboard from the open assignments (the work in flight) and the
+    database's summary of the reported ones: nothing here grows with the number
+    of cases ever reviewed."""
     rows = sorted(
         (case_row(a, policy, now) for a in open_),
         key=lambda r: (r.status != "breached", r.status != "at_risk", r.remaining_business_hours),
     )
-    stages = Counter((a.state, a.routing.service_tier.value) for a in assignments)
+    stages = Counter((a.state, a.routing.service_tier.value) for a in open_)
+    stages.update({("reported", tier): n for tier, n in reported.by_tier.items()})
     statuses = Counter(r.status for r in rows)
     return Dashboard(
         generated_at=now,
@@ -142,5 +128,5 @@ def summarize(
             )
             for r in roster
         ],
-        turnaround=turnaround([a for a in assignments if a.state == "reported"]),
+        turnaround=reported.turnaround,
     )

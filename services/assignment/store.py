@@ -18,6 +18,7 @@ from typing import Any
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
 
+from services.assignment.dashboard import ReportedSummary, Turnaround
 from services.assignment.domain import ACTIVE_STATES, OPEN_STATES, Assignment, Reviewer
 from shared.envelope import OutboxEntry
 from shared.store import APPLIED_WINDOW, Doc, update_if
@@ -146,14 +147,53 @@ class AssignmentStore:
         docs = await cursor.to_list(limit)
         return [Assignment.model_validate(d) for d in docs]
 
-    async def for_dashboard(self, reported_since: datetime) -> list[Assignment]:
-        query: Doc = {
-            "$or": [
-                {"state": {"$in": list(OPEN_STATES)}},
-                {"state": "reported", "reported_at": {"$gte": reported_since}},
-            ]
-        }
-        return await self.find(query, limit=10000)
+    async def open_assignments(self) -> list[Assignment]:
+        """The work in flight (bounded by the reviewers' capacity and the queue)."""
+        return await self.find({"state": {"$in": list(OPEN_STATES)}}, limit=10000)
+
+    async def reported_summary(self, since: datetime) -> ReportedSummary:
+        """Reported assignments since `since`, counted and summarised by the database, so
+        the service never holds one document per case ever reviewed. Percentiles are
+        the database's (`$percentile`, MongoDB 7+: approximate; SecantusDB: nearest
+        rank)."""
+        pipeline: list[Doc] = [
+            {"$match": {"state": "reported", "reported_at": {"$gte": since}}},
+            {
+                "$facet": {
+                    "tiers": [{"$group": {"_id": "$routing.service_tier", "n": {"$sum": 1}}}],
+                    "turnaround": [
+                        {"$match": {"turnaround_hours": {"$ne": None}}},
+                        {
+                            "$group": {
+                                "_id": "$subspecialty",
+                                "n": {"$sum": 1},
+                                "q": {
+                                    "$percentile": {
+                                        "input": "$turnaround_hours",
+                                        "p": [0.5, 0.9],
+                                        "method": "approximate",
+                                    }
+                                },
+                            }
+                        },
+                    ],
+                }
+            },
+        ]
+        cursor = await self.assignments.aggregate(pipeline)
+        (facets,) = await cursor.to_list(1)
+        return ReportedSummary(
+            by_tier={t["_id"]: t["n"] for t in facets["tiers"]},
+            turnaround=[
+                Turnaround(
+                    subspecialty=t["_id"],
+                    count=t["n"],
+                    median_hours=round(t["q"][0], 2),
+                    p90_hours=round(t["q"][1], 2),
+                )
+                for t in sorted(facets["turnaround"], key=lambda t: t["_id"])
+            ],
+        )
 
     async def for_reviewer(self, reviewer_id: str) -> list[Assignment]:
         return await self.find({"reviewer_id": reviewer_id, "state": {"$in": list(ACTIVE_STATES)}})
