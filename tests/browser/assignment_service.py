@@ -34,6 +34,19 @@ def reviewer_auth(reviewer_id: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {reviewer_id}.dev-secret-{reviewer_id}"}
 
 
+def roomy_roster(workdir: Path) -> Path:
+    """The demo roster with capacity to spare. The consumer group outlives a test's
+    process: messages a killed process handled but had not yet committed reach the
+    next process of the group again (at-least-once), in its fresh database, where
+    they would count against a reviewer's capacity. Capacity is not under test here."""
+    roster = json.loads((REPO / "deploy" / "local" / "roster.json").read_text())
+    for r in roster:
+        r["capacity"] = 1000
+    path = workdir / "roster.json"
+    path.write_text(json.dumps(roster))
+    return path
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -51,6 +64,7 @@ class AssignmentProcess:
         self.log = workdir / "assignment.log"
         self.database = f"it_assign_{uuid.uuid4().hex[:8]}"
         self.env = {
+            "ASSIGNMENT_ROSTER_FILE": str(roomy_roster(workdir)),
             **os.environ,
             "KAFKA_BOOTSTRAP": infra["kafka_bootstrap"],
             "MONGO_URI": infra["mongo_uri"],
