@@ -29,7 +29,6 @@ from tests.security.conftest import Canary
 
 pytestmark = pytest.mark.security
 EXAMPLES = {GenerationMode.POSITIVE: 12, GenerationMode.NEGATIVE: 6}
-BUDGET_SECONDS = 90.0
 SKIP = {"/healthz", "/readyz", "/metrics"}
 
 
@@ -98,4 +97,5 @@ def test_no_operation_of_any_service_answers_5xx(
     assert sum(n for s, n in statuses.items() if 200 <= s < 300) > 20
     assert statuses[401] == 0
     assert counted >= 30
-    assert elapsed < BUDGET_SECONDS
+    # The suite's time is kept by the fixed number of examples (EXAMPLES), not by a
+    # wall-clock assertion: a busy machine must not fail a test about 5xx answers.
