@@ -59,7 +59,7 @@ format: $(STAMP)
 bench: install
 	$(BIN)/python -m bench.run
 
-## Memory over 10,000 cases end to end (about 1.5 hours on 2 cores; docs/performance.md).
+## Memory over 10,000 cases end to end (hours on 2 cores; docs/performance.md).
 bench-memory: install
 	$(BIN)/python -m bench.memory --cases 10000
 
