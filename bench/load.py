@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 
+from deploy.local import seed
 from deploy.local.demo import REVIEWERS, WebhookReceiver, auth, opinion, sample_case
 
 TENANT = "demo-health"
@@ -74,6 +75,28 @@ class Driver:
 
     async def close(self) -> None:
         await self.client.aclose()
+        self.receiver.server.shutdown()
+
+    @classmethod
+    async def subscribed(
+        cls, urls: dict[str, str], infra: dict[str, Any], root: Path, mrn: str, birth: str
+    ) -> Driver:
+        """Seed one patient's records, start the verifying webhook receiver and
+        subscribe it to report.ready: what every harness run needs first."""
+        patients = seed.seed_patient(infra, mrn, "Bench^Pat", "Bench-Patient", "Pat", birth)
+        driver = cls(urls, TimedReceiver(root / "webhooks.jsonl"), patients)
+        try:
+            sub = await driver.client.post(
+                f"{urls['notify']}/v1/subscriptions",
+                headers=auth("demo-partner"),
+                json={"url": driver.receiver.url, "event_types": ["report.ready"]},
+            )
+            sub.raise_for_status()
+        except BaseException:
+            await driver.close()
+            raise
+        driver.receiver.secret = sub.json()["secret"]
+        return driver
 
     async def submit_one(self, run: Run, case: dict[str, Any], gate: asyncio.Semaphore) -> None:
         async with gate:

@@ -19,9 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -29,10 +27,9 @@ from typing import Any
 
 import psutil
 
-from bench.load import Driver, Run, TimedReceiver, bench_case
-from bench.run import bench_roster, machine, stack_pids
-from deploy.local import seed, stack
-from deploy.local.demo import auth
+from bench.load import Driver, Run, bench_case
+from bench.run import machine, on_own_stack, stack_pids
+from deploy.local import stack
 
 
 class MemorySampler:
@@ -91,8 +88,9 @@ def slope_kib_per_1000(points: list[tuple[float, float]]) -> float:
     return sxy / sxx * 1024 * 1000
 
 
-async def drive(driver: Driver, run: Run, receiver: TimedReceiver, n: int, window: int) -> None:
+async def drive(driver: Driver, run: Run, n: int, window: int) -> None:
     """Submit `n` cases, never more than `window` in flight; wait for every webhook."""
+    receiver = driver.receiver
     stop = asyncio.Event()
     reviewers = asyncio.create_task(driver.play_reviewers(run, stop))
     gate = asyncio.Semaphore(1)
@@ -145,19 +143,9 @@ async def main_async(
     args: argparse.Namespace, paths: stack.Paths, info: dict[str, Any]
 ) -> dict[str, Any]:
     urls, infra = info["urls"], info["infra"]
-    patients = seed.seed_patient(
-        infra, "MRN-MEMORY-1", "Memory^Pat", "Memory-Patient", "Pat", "1958-02-03"
-    )
-    receiver = TimedReceiver(paths.root / "webhooks.jsonl")
-    driver = Driver(urls, receiver, patients)
+    driver = await Driver.subscribed(urls, infra, paths.root, "MRN-MEMORY-1", "1958-02-03")
+    receiver = driver.receiver
     try:
-        sub = await driver.client.post(
-            f"{urls['notify']}/v1/subscriptions",
-            headers=auth("demo-partner"),
-            json={"url": receiver.url, "event_types": ["report.ready"]},
-        )
-        sub.raise_for_status()
-        receiver.secret = sub.json()["secret"]
         sampler = MemorySampler(
             stack_pids(paths),
             lambda: len(receiver.arrived),
@@ -167,12 +155,11 @@ async def main_async(
         sampler.start()
         t0 = time.monotonic()
         run = Run("memory")
-        await drive(driver, run, receiver, args.cases, args.window)
+        await drive(driver, run, args.cases, args.window)
         elapsed = time.monotonic() - t0
         sampler.stop()
     finally:
         await driver.close()
-        receiver.server.shutdown()
     return {
         "machine": machine(),
         "command": " ".join(["python -m bench.memory", *sys.argv[1:]]),
@@ -193,18 +180,9 @@ def main() -> None:
     parser.add_argument("--every", type=float, default=10.0, help="seconds between samples")
     parser.add_argument("--state-dir", default="", help="default: a fresh temporary directory")
     args = parser.parse_args()
-    os.environ["LOCAL_STATE_DIR"] = args.state_dir or tempfile.mkdtemp(prefix="router-memory-")
-    os.environ["LOCAL_PORTS"] = "auto"
-    paths = stack.state_paths()
-    paths.root.mkdir(parents=True, exist_ok=True)
-    os.environ["ASSIGNMENT_ROSTER_FILE"] = str(bench_roster(paths))
-    print(f"starting the stack in {paths.root} ...", flush=True)
-    try:
-        info = stack.up(paths)
-        result = asyncio.run(main_async(args, paths, info))
-    finally:
-        print("stopping the stack ...", flush=True)
-        stack.down(paths)
+    paths, result = on_own_stack(
+        args.state_dir, "router-memory-", lambda p, i: main_async(args, p, i)
+    )
     (paths.root / "memory.json").write_text(json.dumps(result, indent=1))
     print("\n" + report(result))
     print(f"\nraw samples in {paths.root / 'memory.json'}")

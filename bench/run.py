@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -41,10 +42,9 @@ import psutil
 from pymongo import MongoClient
 
 from bench import baselines
-from bench.load import Driver, Run, TimedReceiver
+from bench.load import Driver, Run
 from bench.procstats import Sampler
-from deploy.local import seed, stack
-from deploy.local.demo import auth
+from deploy.local import stack
 
 REPO = Path(__file__).resolve().parents[1]
 HOPS = [
@@ -225,19 +225,9 @@ async def bench(
 ) -> dict[str, Any]:
     urls, infra = info["urls"], info["infra"]
     run_id = time.strftime("%H%M%S")
-    imaging_patient, clinic_patient = seed.seed_patient(
-        infra, f"MRN-BENCH-{run_id}", "Bench^Pat", "Bench-Patient", "Pat", "1961-04-12"
-    )
-    receiver = TimedReceiver(paths.root / "webhooks.jsonl")
-    driver = Driver(urls, receiver, (imaging_patient, clinic_patient))
+    driver = await Driver.subscribed(urls, infra, paths.root, f"MRN-BENCH-{run_id}", "1961-04-12")
+    receiver = driver.receiver
     try:
-        sub = await driver.client.post(
-            f"{urls['notify']}/v1/subscriptions",
-            headers=auth("demo-partner"),
-            json={"url": receiver.url, "event_types": ["report.ready"]},
-        )
-        sub.raise_for_status()
-        receiver.secret = sub.json()["secret"]
         print("warm-up ...", flush=True)
         warm = await driver.phase("warm-up", f"{run_id}w", 3, None, 120)
         if len(warm.delivered) != 3:
@@ -274,7 +264,6 @@ async def bench(
         )
     finally:
         await driver.close()
-        receiver.server.shutdown()
     n = max(1, len(sat.submitted))
     published = sum(c["published"] for c in counters1.values()) - sum(
         c["published"] for c in counters0.values()
@@ -431,6 +420,28 @@ def report(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def on_own_stack(
+    state_dir: str,
+    prefix: str,
+    work: Callable[[stack.Paths, dict[str, Any]], Coroutine[Any, Any, dict[str, Any]]],
+) -> tuple[stack.Paths, dict[str, Any]]:
+    """Start a stack of its own (fresh state directory unless given, free ports, the
+    bench roster), run `work` on it, and stop everything it started, whatever happens."""
+    os.environ["LOCAL_STATE_DIR"] = state_dir or tempfile.mkdtemp(prefix=prefix)
+    os.environ["LOCAL_PORTS"] = "auto"
+    paths = stack.state_paths()
+    paths.root.mkdir(parents=True, exist_ok=True)
+    os.environ["ASSIGNMENT_ROSTER_FILE"] = str(bench_roster(paths))
+    print(f"starting the stack in {paths.root} ...", flush=True)
+    try:
+        info = stack.up(paths)
+        result = asyncio.run(work(paths, info))
+    finally:
+        print("stopping the stack ...", flush=True)
+        stack.down(paths)
+    return paths, result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -443,19 +454,8 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="py-spy the services (slows them)")
     parser.add_argument("--state-dir", default="", help="default: a fresh temporary directory")
     args = parser.parse_args()
-    os.environ["LOCAL_STATE_DIR"] = args.state_dir or tempfile.mkdtemp(prefix="router-bench-")
-    os.environ["LOCAL_PORTS"] = "auto"
-    paths = stack.state_paths()
-    paths.root.mkdir(parents=True, exist_ok=True)
-    os.environ["ASSIGNMENT_ROSTER_FILE"] = str(bench_roster(paths))
-    print(f"starting the stack in {paths.root} ...", flush=True)
     t0 = time.monotonic()
-    try:
-        info = stack.up(paths)
-        result = asyncio.run(bench(args, paths, info))
-    finally:
-        print("stopping the stack ...", flush=True)
-        stack.down(paths)
+    paths, result = on_own_stack(args.state_dir, "router-bench-", lambda p, i: bench(args, p, i))
     (paths.root / "bench.json").write_text(json.dumps(result, indent=1, default=str))
     print("\n" + report(result))
     print(f"\nwhole run {time.monotonic() - t0:.0f} s; raw results in {paths.root / 'bench.json'}")
