@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -78,7 +79,7 @@ class CaseAttempt:
         )
         return outbox_entry(event, traceparent=self.doc.get("traceparent", ""))
 
-    def defer(self, fields: Doc, events: list[OutboxEntry] = []) -> None:  # noqa: B006
+    def defer(self, fields: Doc, events: Sequence[OutboxEntry] = ()) -> None:
         """Fields and events to write with the attempt's outcome."""
         self.pending_fields.update(fields)
         self.pending_events.extend(events)
@@ -120,7 +121,8 @@ def _provider_state(
 ) -> None:
     # A failure is news for every kind asked of the provider; what was received has
     # already been told kind by kind (records.progress from the retrieval itself).
-    events = [attempt.progress(rec, k, state, reason=reason) for k in rec.kinds] if reason else []
+    failed = state == "failed"
+    events = [attempt.progress(rec, k, state, reason=reason) for k in rec.kinds] if failed else []
     fields = {
         f"providers.{index}.state": state,
         f"providers.{index}.reason": reason,
