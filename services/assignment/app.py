@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from datetime import timedelta
+import time
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -19,7 +20,7 @@ from pydantic import BaseModel, Field, TypeAdapter
 
 from services.assignment import handlers
 from services.assignment.clock import clock_from
-from services.assignment.dashboard import Dashboard, summarize
+from services.assignment.dashboard import Dashboard, ReportedSummary, summarize
 from services.assignment.domain import Assignment, Reviewer, slot_id_for
 from services.assignment.metrics import COLLECTOR, count_emitted
 from services.assignment.settings import AssignmentSettings
@@ -215,11 +216,33 @@ async def reassign(case_id: str, subspecialty: str, body: Reassign, principal: O
 # ---------------------------------------------------------------- dashboard
 
 
-async def snapshot() -> Dashboard:
+class ReportedCache:
+    """The reported-work summary, recomputed at most every `max_age` seconds by the
+    timer loop: it reads every assignment reported in the turnaround window, so at
+    the loop's pace it would grow to the largest read the service makes, for figures
+    (90-day percentiles) that move slowly. An operator's request is always fresh."""
+
+    def __init__(self, max_age: float) -> None:
+        self.max_age = max_age
+        self.value: ReportedSummary | None = None
+        self.taken_at = 0.0
+
+    async def get(self, now: datetime, *, fresh: bool) -> ReportedSummary:
+        age = time.monotonic() - self.taken_at
+        if fresh or self.value is None or age >= self.max_age:
+            since = now - timedelta(days=settings.turnaround_window_days)
+            self.value = await store.reported_summary(since)
+            self.taken_at = time.monotonic()
+        return self.value
+
+
+reported_cache = ReportedCache(settings.reported_refresh_seconds)
+
+
+async def snapshot(*, fresh: bool = True) -> Dashboard:
     now = clock.now()
-    since = now - timedelta(days=settings.turnaround_window_days)
     with quiet():
-        open_, reported = await store.open_assignments(), await store.reported_summary(since)
+        open_, reported = await store.open_assignments(), await reported_cache.get(now, fresh=fresh)
         roster, load = await store.roster(), await store.active_load()
     COLLECTOR.snapshot = summarize(open_, reported, roster, load, policy, now)
     return COLLECTOR.snapshot
@@ -227,7 +250,7 @@ async def snapshot() -> Dashboard:
 
 @api.get("/v1/dashboard", response_model=Dashboard, tags=["dashboard"])
 async def dashboard_json(_: Ops) -> Dashboard:
-    return await snapshot()
+    return await snapshot(fresh=True)
 
 
 @api.get("/dashboard", include_in_schema=False)
@@ -243,7 +266,7 @@ async def timer_loop() -> None:
         try:
             with quiet():
                 emit(await handlers.fire_timers(store, policy, clock.now()))
-            await snapshot()
+            await snapshot(fresh=False)
         except Exception as exc:  # database or broker down: next pass retries
             log.warning("timer pass failed: %s", type(exc).__name__)
         TICKS.inc()

@@ -48,6 +48,8 @@ class AssignmentSettings(ServiceSettings):
     # Tests inject time: a file holding an ISO instant replaces the system clock.
     clock_file: Path | None = None
     turnaround_window_days: int = 90
+    # How often the timer loop recomputes the reported-work part of the metrics.
+    reported_refresh_seconds: float = 60.0
 
     def policy(self) -> SlaPolicy:
         return SlaPolicy(

@@ -12,7 +12,7 @@ claimed: firing it and emitting its event are the same write.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from pymongo.asynchronous.collection import AsyncCollection
@@ -22,6 +22,8 @@ from services.assignment.dashboard import ReportedSummary, Turnaround
 from services.assignment.domain import ACTIVE_STATES, OPEN_STATES, Assignment, Reviewer
 from shared.envelope import OutboxEntry
 from shared.store import APPLIED_WINDOW, Doc, update_if
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _outbox_ops(update: Doc, event_id: str | None, outbox: Sequence[OutboxEntry]) -> Doc:
@@ -51,6 +53,9 @@ class AssignmentStore:
         await self.assignments.create_index("case_id")
         await self.assignments.create_index("assignment_id")
         await self.assignments.create_index("next_fire_at")
+        # The load per reviewer and the open work are read by state alone.
+        await self.assignments.create_index("state")
+        await self.assignments.create_index("history.assignment_id")
 
     # ------------------------------------------------------------ roster
 
@@ -124,15 +129,19 @@ class AssignmentStore:
         return [d["_id"] for d in docs]
 
     async def slot_of_assignment(self, assignment_id: str) -> str | None:
-        doc = await self.assignments.find_one(
-            {"$or": [{"assignment_id": assignment_id}, {"history.assignment_id": assignment_id}]},
-            {"_id": 1},
-        )
-        return doc["_id"] if doc else None
+        # Two indexed lookups rather than one `$or`, which SecantusDB runs as a scan
+        # of the whole collection.
+        for field in ("assignment_id", "history.assignment_id"):
+            doc = await self.assignments.find_one({field: assignment_id}, {"_id": 1})
+            if doc:
+                return str(doc["_id"])
+        return None
 
     async def due(self, now: datetime, limit: int = 100) -> list[str]:
         docs = (
-            await self.assignments.find({"next_fire_at": {"$lte": now}}, {"_id": 1})
+            # The lower bound keeps the index walk off the assignments with no timer
+            # (next_fire_at null): SecantusDB's range includes them without it.
+            await self.assignments.find({"next_fire_at": {"$gte": EPOCH, "$lte": now}}, {"_id": 1})
             .sort("next_fire_at")
             .to_list(limit)
         )
