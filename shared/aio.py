@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -51,3 +51,41 @@ async def gather_all(*aws: Awaitable[T]) -> list[T]:
         if isinstance(r, BaseException):
             raise r
     return results  # type: ignore[return-value]
+
+
+class Slots:
+    """At most `n` jobs at once, shared by polling loops (which wait for a slot:
+    `async with slots`) and work handed over as it arrives (which only takes a free
+    one: `try_take`, then `start`)."""
+
+    def __init__(self, n: int) -> None:
+        self._free = asyncio.Semaphore(n)
+        self._running: set[asyncio.Task[None]] = set()  # referenced until done
+
+    async def try_take(self) -> bool:
+        if self._free.locked():
+            return False
+        await self._free.acquire()  # returns at once: a slot is free
+        return True
+
+    def release(self) -> None:
+        self._free.release()
+
+    def start(self, job: Coroutine[Any, Any, None], name: str) -> None:
+        """Run `job` in the background in a slot already taken; freed when it ends."""
+
+        async def run() -> None:
+            try:
+                await job
+            finally:
+                self.release()
+
+        task = asyncio.create_task(run(), name=name)
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
+    async def __aenter__(self) -> None:
+        await self._free.acquire()
+
+    async def __aexit__(self, *_: object) -> None:
+        self.release()

@@ -65,6 +65,15 @@ class EventMeta:
             tenant_id=h.get("ce_tenantid", ""),
         )
 
+    def occurred_at(self, default: datetime) -> datetime:
+        """When the producer says the event happened (`ce_time`, optional in
+        CloudEvents), or `default` when it did not say or said it unreadably."""
+        try:
+            at = datetime.fromisoformat(self.time)
+        except ValueError:
+            return default
+        return at if at.tzinfo else at.replace(tzinfo=UTC)
+
 
 class OutboxEntry(BaseModel):
     """An event written to the emitting service's own collection before it is

@@ -339,7 +339,7 @@ def _subscribers(service: Service, store: IntakeStore) -> None:
 
 def _follow(service: Service, store: IntakeStore, model: type[BaseModel], stage: str) -> None:
     async def on_stage(event: Any, meta: EventMeta) -> None:
-        await handlers.record_stage(store, event.case_id, meta.event_id, stage)
+        await handlers.record_stage(store, event.case_id, meta, stage)
 
     on_stage.__name__ = f"on_{stage}"
     service.consumer.on(model)(on_stage)

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from services.intake import domain, fhir
 from services.intake.store import IntakeStore
-from shared.envelope import OutboxEntry, outbox_entry
+from shared.envelope import EventMeta, OutboxEntry, outbox_entry
 from shared.errors import Conflict, InvalidInput, NotFound, PermanentError
 from shared.events import CaseRejected, CaseSubmission, FieldError
 from shared.telemetry import current_traceparent
@@ -296,5 +296,9 @@ async def submit_from_kafka(
     return result.outbox
 
 
-async def record_stage(store: IntakeStore, case_id: str, event_id: str, stage: str) -> None:
-    await store.advance_stage(case_id, event_id, stage, domain.stage_rank(stage))
+async def record_stage(store: IntakeStore, case_id: str, meta: EventMeta, stage: str) -> None:
+    """The stage is dated when the service that reached it says it happened (the
+    event's time), not when intake heard of it: a case is assigned when assignment
+    chose the reviewer."""
+    at = meta.occurred_at(default=datetime.now(UTC))
+    await store.advance_stage(case_id, meta.event_id, stage, domain.stage_rank(stage), at)

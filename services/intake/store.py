@@ -129,14 +129,16 @@ class IntakeStore:
         }
         return await self._transition(ready, "accepted", {"stage_rank": rank}, outbox)
 
-    async def advance_stage(self, case_id: str, event_id: str, stage: str, rank: int) -> None:
-        """Record a downstream stage; the stage shown only moves forward.
+    async def advance_stage(
+        self, case_id: str, event_id: str, stage: str, rank: int, at: datetime
+    ) -> None:
+        """Record a downstream stage reached `at`; the stage shown only moves forward.
 
         One write in the usual case (stages arrive in order); a stage that
         arrives after a later one (report.ready before report.submitted) only
         joins the history, in a second, guarded write."""
         now = datetime.now(UTC)
-        entry = {"history": {"stage": stage, "at": now}}
+        entry = {"history": {"stage": stage, "at": at, "recorded_at": now}}
         forward = {"$push": entry, "$set": {"updated_at": now, "stage": stage, "stage_rank": rank}}
         moved = await apply_once(
             self.cases,

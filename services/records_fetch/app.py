@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Annotated, Any
 
 import httpx
@@ -17,11 +18,14 @@ from services.records_fetch.domain import ProviderRegistry, RetryPolicy
 from services.records_fetch.retrieval import Retrieval
 from services.records_fetch.settings import RecordsFetchSettings
 from services.records_fetch.store import FetchStore
-from shared.aio import drain_forever
+from shared.aio import Slots, drain_forever
 from shared.auth import Principal, require
 from shared.envelope import EventMeta
 from shared.events import CaseAccepted
 from shared.runtime import Service
+from shared.store import Doc
+
+log = logging.getLogger(__name__)
 
 settings = RecordsFetchSettings()
 service = Service(
@@ -53,13 +57,37 @@ policy = RetryPolicy(
     max_attempts=settings.retry_max_attempts,
 )
 _wake = asyncio.Event()
+# The retrievals this process runs at once, shared by the polling workers and the
+# new cases handed straight to a free slot.
+slots = Slots(settings.retrieval_workers)
 
 
 @service.consumer.on(CaseAccepted)
 async def on_case_accepted(event: CaseAccepted, meta: EventMeta) -> None:
-    if entries := await handlers.open_case(store, event, meta):
-        service.emitted(entries)
-        _wake.set()
+    took = await slots.try_take()
+    claim = settings.lease_seconds if took else None
+    try:
+        opened = await handlers.open_case(store, event, meta, claim_seconds=claim)
+    except BaseException:
+        if took:
+            slots.release()
+        raise
+    service.emitted(opened.entries)
+    if opened.claimed is not None:
+        slots.start(_run_handed(opened.claimed), name="retrieval of a new case")
+        return
+    if took:
+        slots.release()
+    if opened.entries:
+        _wake.set()  # no slot was free: the next free worker finds the case
+
+
+async def _run_handed(doc: Doc) -> None:
+    try:
+        await handlers.run_claimed(ctx, policy, doc, settings.lease_seconds)
+        service.relay.wake()
+    except Exception as exc:  # the case's lease runs out and a polling worker retries it
+        log.warning("retrieval of a new case paused: %s", type(exc).__name__)
 
 
 @service.background
@@ -74,7 +102,8 @@ async def retriever() -> None:
 
 
 async def _run_one() -> bool:
-    ran = await handlers.run_due(ctx, policy, settings.lease_seconds)
+    async with slots:
+        ran = await handlers.run_due(ctx, policy, settings.lease_seconds)
     if ran:
         service.relay.wake()
     return ran

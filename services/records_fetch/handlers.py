@@ -2,7 +2,8 @@
 
 * `open_case`: an accepted case → its release requests (one per provider) and
   its requirements stored, due for retrieval now; `records.requested` out.
-  The Kafka consumer returns at once: retrieval runs in the background loop.
+  The Kafka consumer returns at once: retrieval runs in the background (handed
+  straight to a free worker when there is one, else found by the loop).
 * `run_due`: the background loop's step: one due case → a retrieval attempt →
   the completeness manifest → `records.complete`, or `records.incomplete` and a
   re-request scheduled with backoff (until the cap, then a human decides).
@@ -12,7 +13,8 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from services.records_fetch import domain, retrieval
@@ -28,12 +30,28 @@ from shared.events import (
     RecordsRequested,
     RoutingContext,
 )
-from shared.store import Doc, apply_once
+from shared.store import Doc
 from shared.telemetry import attach_traceparent, current_traceparent, detach, quiet
 
 
-async def open_case(store: FetchStore, event: CaseAccepted, meta: EventMeta) -> list[OutboxEntry]:
-    """Record the case's release requests and requirements; retrieval is due now."""
+@dataclass(frozen=True)
+class Opened:
+    """What opening a case gave: the events to publish (none for a repeat), and the
+    case as stored when this process holds its claim and is to retrieve it now."""
+
+    entries: list[OutboxEntry]
+    claimed: Doc | None = None
+
+
+async def open_case(
+    store: FetchStore, event: CaseAccepted, meta: EventMeta, claim_seconds: float | None = None
+) -> Opened:
+    """Record the case's release requests and requirements; retrieval is due now.
+
+    With `claim_seconds`, the case is created already claimed by the caller (a free
+    retrieval worker), which starts at once instead of waking a worker to find and
+    claim it: two database round trips off every case's path. A crash before the
+    retrieval ends leaves the case to the lease, like any other claim."""
     tp = current_traceparent()
     now = datetime.now(UTC)
     routing = event.routing
@@ -67,10 +85,13 @@ async def open_case(store: FetchStore, event: CaseAccepted, meta: EventMeta) -> 
         "traceparent": tp,
         "created_at": now,
     }
-    applied = await apply_once(
-        store.fetches, event.case_id, meta.event_id, {"$setOnInsert": new_case}, outbox
-    )
-    return outbox if applied else []
+    if claim_seconds is not None:
+        lease = now + timedelta(seconds=claim_seconds)
+        new_case |= {"state": "retrieving", "lease_until": lease, "updated_at": now}
+    if not await store.open(event.case_id, meta.event_id, new_case, outbox):
+        return Opened([])
+    claimed = {"_id": event.case_id, **new_case} if claim_seconds is not None else None
+    return Opened(outbox, claimed)
 
 
 async def run_due(ctx: Retrieval, policy: domain.RetryPolicy, lease_seconds: float) -> bool:
@@ -79,6 +100,14 @@ async def run_due(ctx: Retrieval, policy: domain.RetryPolicy, lease_seconds: flo
         doc = await ctx.store.claim_due(lease_seconds)
     if doc is None:
         return False
+    await run_claimed(ctx, policy, doc, lease_seconds)
+    return True
+
+
+async def run_claimed(
+    ctx: Retrieval, policy: domain.RetryPolicy, doc: Doc, lease_seconds: float
+) -> None:
+    """One retrieval attempt of a case this worker holds, under the case's trace."""
     token = attach_traceparent(doc.get("traceparent", ""))
     renewing = asyncio.create_task(_keep_lease(ctx.store, doc["_id"], lease_seconds))
     try:
@@ -87,7 +116,6 @@ async def run_due(ctx: Retrieval, policy: domain.RetryPolicy, lease_seconds: flo
     finally:
         renewing.cancel()
         detach(token)
-    return True
 
 
 async def _keep_lease(store: FetchStore, case_id: str, lease_seconds: float) -> None:

@@ -54,6 +54,7 @@ class CaseAttempt:
     doc: Doc
     unreachable: dict[str, str]
     instances: dict[str, Doc] | None = None  # sop_uid → instance record, once loaded
+    loading: asyncio.Lock = field(default_factory=asyncio.Lock)  # one load, for all providers
     pending_fields: Doc = field(default_factory=dict)
     pending_events: list[OutboxEntry] = field(default_factory=list)
     progress_written_at: float = 0.0
@@ -162,7 +163,12 @@ async def retrieve_imaging(
     """QIDO the patient's studies (current and prior), WADO each missing instance.
 
     Returns True if the PACS holds whole-slide images for the patient."""
-    found = await providers.find_studies(ctx.client, base, rec.patient_id)
+    # What the case already holds is read while the PACS answers the search.
+    holding = asyncio.ensure_future(_instances(ctx, attempt))
+    try:
+        found = await providers.find_studies(ctx.client, base, rec.patient_id)
+    finally:
+        known = await holding
     studies = [s for s in found if _wanted(s, rec.kinds)]
     expected = sum(s.expected for s in studies)
     kind = RecordKind.IMAGING if RecordKind.IMAGING in rec.kinds else RecordKind.PATHOLOGY
@@ -171,7 +177,7 @@ async def retrieve_imaging(
     fields = {
         "studies": _merge_studies(attempt, rec.provider_id, studies),
         f"providers.{index}.state": "in_progress",
-        **_progress_fields(attempt, await _instances(ctx, attempt)),
+        **_progress_fields(attempt, known),
     }
     attempt.progress_written_at = time.monotonic()
     # The write and the instance listings do not depend on each other: both at once.
@@ -182,7 +188,6 @@ async def retrieve_imaging(
         )
     finally:
         await written
-    known = await _instances(ctx, attempt)
     todo = [i for insts in listed for i in insts if not _already_held(ctx, known.get(i.sop_uid))]
     gate = asyncio.Semaphore(RETRIEVALS_IN_FLIGHT)
     failed = asyncio.Event()
@@ -214,8 +219,9 @@ PROGRESS_EVERY_SECONDS = 1.0
 
 async def _instances(ctx: Retrieval, attempt: CaseAttempt) -> dict[str, Doc]:
     """The case's instance records, read once per attempt and kept up to date in memory."""
-    if attempt.instances is None:
-        attempt.instances = await ctx.store.instance_states(attempt.case_id)
+    async with attempt.loading:
+        if attempt.instances is None:
+            attempt.instances = await ctx.store.instance_states(attempt.case_id)
     return attempt.instances
 
 

@@ -16,10 +16,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import DuplicateKeyError
 
 from services.records_fetch.domain import InstanceState
 from shared.envelope import OutboxEntry
-from shared.store import Doc, claim_one, update_if
+from shared.store import REDELIVERIES_SKIPPED, Doc, claim_one, update_if
 
 CLAIMABLE = ["requested", "retrieving", "incomplete"]
 
@@ -45,6 +46,23 @@ class FetchStore:
     async def create_indexes(self) -> None:
         await self.fetches.create_index([("state", 1), ("due_at", 1)])
         await self.instances.create_index([("case_id", 1), ("state", 1)])
+
+    async def open(self, case_id: str, event_id: str, doc: Doc, outbox: list[OutboxEntry]) -> bool:
+        """Create the case's document with its first events; False if it exists (a
+        case is opened once, whatever event redelivers or repeats its acceptance)."""
+        record = {
+            "_id": case_id,
+            **doc,
+            "applied": [event_id],
+            "outbox": [e.model_dump(mode="python") for e in outbox],
+            "has_outbox": bool(outbox),
+        }
+        try:
+            await self.fetches.insert_one(record)
+        except DuplicateKeyError:
+            REDELIVERIES_SKIPPED.inc()
+            return False
+        return True
 
     async def get(self, case_id: str) -> Doc | None:
         return await self.fetches.find_one({"_id": case_id}, {"outbox": 0, "applied": 0})

@@ -5,6 +5,7 @@ history, and a redelivered event is recorded once (services/intake/store.py)."""
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -26,8 +27,11 @@ async def test_stages_move_forward_late_ones_join_history_and_redeliveries_count
         {"_id": case_id, "stage": "accepted", "stage_rank": domain.stage_rank("accepted")}
     )
 
+    reached = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
+
     async def advance(stage: str, event_id: str) -> dict[str, Any]:
-        await store.advance_stage(case_id, event_id, stage, domain.stage_rank(stage))
+        at = reached + timedelta(minutes=int(event_id[1:]))
+        await store.advance_stage(case_id, event_id, stage, domain.stage_rank(stage), at)
         doc = await store.get(case_id)
         assert doc is not None
         return doc
@@ -45,3 +49,9 @@ async def test_stages_move_forward_late_ones_join_history_and_redeliveries_count
         "report_ready",
         "report_submitted",
     ]
+    # Dated when the stage was reached (the event's time), recorded when heard of.
+    minutes = [
+        round((h["at"].replace(tzinfo=UTC) - reached).total_seconds() / 60) for h in doc["history"]
+    ]
+    assert minutes == [1, 3, 2]
+    assert all(h["recorded_at"].replace(tzinfo=UTC) > reached for h in doc["history"])

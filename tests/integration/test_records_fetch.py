@@ -222,10 +222,9 @@ async def test_complete_case_manifest_files_and_chart(
     seeded_patient(infra, [("MR_small.dcm", "20250101")])  # another patient: not fetched
     ctx = make_ctx(db, client, infra, tmp_path, infra["dicomweb_url"])
     event = accepted(pid, clinic_pid)
-    assert [e.topic for e in await handlers.open_case(ctx.store, event, meta())] == [
-        "records.requested",
-        "records.requested",
-    ]
+    opened = await handlers.open_case(ctx.store, event, meta())
+    assert [e.topic for e in opened.entries] == ["records.requested", "records.requested"]
+    assert opened.claimed is None  # no worker slot given: the polling loop finds it
     doc = await attempt(ctx, event)
     assert doc["state"] == "complete"
     [complete] = emitted(doc, "records.complete")
@@ -255,6 +254,50 @@ async def test_complete_case_manifest_files_and_chart(
     proc = next(s for s in summaries if s["resource_type"] == "Procedure")
     assert proc["outcome"] == "Deferred pending second opinion"
     assert sum(s["resource_type"] == "Observation" for s in summaries) == 2
+
+
+async def test_new_case_handed_to_a_free_worker_is_claimed_once_and_retrieved(
+    infra: dict[str, Any],
+    db: AsyncDatabase[Doc],
+    client: httpx.AsyncClient,
+    clinic_pid: str,
+    tmp_path: Path,
+) -> None:
+    pid = seeded_patient(infra, [("MR_small.dcm", "20261001"), ("CT_small.dcm", "20240101")])
+    ctx = make_ctx(db, client, infra, tmp_path, infra["dicomweb_url"])
+    event = accepted(pid, clinic_pid)
+    first = meta()
+    opened = await handlers.open_case(ctx.store, event, first, claim_seconds=60)
+    assert opened.claimed is not None and opened.claimed["state"] == "retrieving"
+    # Held by its lease: no polling worker takes it meanwhile.
+    assert await ctx.store.claim_due(60) is None
+    # A redelivery, or a repeated acceptance, opens nothing and claims nothing.
+    for again in (first, meta()):
+        repeat = await handlers.open_case(ctx.store, event, again, claim_seconds=60)
+        assert repeat == handlers.Opened([])
+    await handlers.run_claimed(ctx, FAST, opened.claimed, lease_seconds=60)
+    doc = await ctx.store.fetches.find_one({"_id": event.case_id})
+    assert doc is not None and doc["state"] == "complete"
+    assert len(emitted(doc, "records.requested")) == 2  # once, not per repeat
+    assert len(emitted(doc, "records.complete")) == 1
+
+
+async def test_handed_case_whose_worker_died_is_taken_up_after_its_lease(
+    infra: dict[str, Any],
+    db: AsyncDatabase[Doc],
+    client: httpx.AsyncClient,
+    clinic_pid: str,
+    tmp_path: Path,
+) -> None:
+    pid = seeded_patient(infra, [("MR_small.dcm", "20261001"), ("CT_small.dcm", "20240101")])
+    ctx = make_ctx(db, client, infra, tmp_path, infra["dicomweb_url"])
+    event = accepted(pid, clinic_pid)
+    opened = await handlers.open_case(ctx.store, event, meta(), claim_seconds=0.5)
+    assert opened.claimed is not None  # ... and its worker dies before retrieving
+    assert await ctx.store.claim_due(60) is None
+    await asyncio.sleep(0.6)
+    doc = await attempt(ctx, event)  # a polling worker claims and completes it
+    assert doc["state"] == "complete"
 
 
 async def test_case_missing_imaging_backs_off_gives_up_and_is_overridden(

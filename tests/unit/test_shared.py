@@ -1,6 +1,7 @@
 """The shared package: envelope, store guard, redaction, auth, event decoding."""
 
 import json
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from pydantic import ValidationError
@@ -38,6 +39,21 @@ def test_headers_round_trip() -> None:
         "/s",
         "t1",
     )
+
+
+def test_event_time_is_the_producers_and_defaults_when_absent_or_unreadable() -> None:
+    sent = datetime(2026, 5, 6, 7, 8, 9, 123000, tzinfo=UTC)
+    h = ce_headers(event_id="e1", ce_type="org.x.v1", source="/s", tenant_id="t1", time=sent)
+    meta = EventMeta.from_headers({k: v.encode() for k, v in h.items()})
+    fallback = datetime(2000, 1, 1, tzinfo=UTC)
+    assert meta.occurred_at(fallback) == sent
+    plus_two = EventMeta("e", "t", "s", "2026-05-06T09:08:09+02:00", "t1")
+    assert plus_two.occurred_at(fallback) == sent.replace(microsecond=0)
+    assert plus_two.occurred_at(fallback).tzinfo == timezone(timedelta(hours=2))
+    naive = EventMeta("e", "t", "s", "2026-05-06T07:08:09", "t1")  # read as UTC
+    assert naive.occurred_at(fallback) == sent.replace(microsecond=0)
+    for bad in ("", "yesterday"):
+        assert EventMeta("e", "t", "s", bad, "t1").occurred_at(fallback) == fallback
 
 
 def test_missing_ce_headers_are_refused() -> None:
