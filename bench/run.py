@@ -12,7 +12,9 @@ seeds one patient's records, registers a partner webhook receiver, and then:
    five concurrent clients), raw pydicom parse of the seeded test files;
 3. saturation: `--cases` submitted at once over HTTP, reviewers played by the
    harness, until every partner webhook arrived: the maximum sustained rate;
-4. half load: `--half-cases` submitted open-loop at half that rate: latency.
+4. half load: `--half-cases` submitted open-loop at half that rate: latency;
+5. low load: `--low-cases` at 0.5 cases/s: the latency floor, each case nearly
+   alone in the stack.
 
 Prints per-hop p50/p95/p99, cases/s with their ratio to each bound, and CPU and
 peak memory per process; writes everything to <state>/bench.json. Stops all it
@@ -56,6 +58,9 @@ HOPS = [
 ]
 HARNESS = "harness"
 INSTANCES_PER_CASE = 2  # the seeded study: MR_small + CT_small
+
+
+LOW_RATE = 0.5  # cases/s: a case's path takes about a second, so cases barely overlap
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -262,6 +267,9 @@ async def bench(
         half = await driver.phase(
             "half load", f"{run_id}h", args.half_cases, half_rate, args.timeout
         )
+        # The floor: what a case's path costs when it has the stack (nearly) to itself.
+        print(f"low load: {args.low_cases} cases at {LOW_RATE}/s ...", flush=True)
+        low = await driver.phase("low load", f"{run_id}l", args.low_cases, LOW_RATE, args.timeout)
     finally:
         await driver.close()
     n = max(1, len(sat.submitted))
@@ -283,7 +291,7 @@ async def bench(
             "db_commands": (ops1["commands"] - ops0["commands"]) / n,
             "dicom_instances": INSTANCES_PER_CASE,
         },
-        "phases": {r.label: summarize(r) for r in (sat, half)},
+        "phases": {r.label: summarize(r) for r in (sat, half, low)},
         "half_rate": half_rate,
         "processes": {
             s.name: {
@@ -395,7 +403,11 @@ def report(r: dict[str, Any]) -> str:
     lines.append(f"  tightest bound: {tight} ({bnd[tight]:.1f} cases/s)")
     lines.append("")
     for label, ph in r["phases"].items():
-        extra = f" at {r['half_rate']:.1f} cases/s" if label == "half load" else " (all at once)"
+        extra = {
+            "saturation": " (all at once)",
+            "half load": f" at {r['half_rate']:.1f} cases/s",
+            "low load": f" at {LOW_RATE} cases/s",
+        }[label]
         lines.append(
             f"latency, {label}{extra}: {ph['cases']} cases, {ph['delivered']} delivered, "
             f"{ph['errors']} submit errors"
@@ -448,6 +460,9 @@ def main() -> None:
     )
     parser.add_argument("--cases", type=int, default=200, help="cases in the saturation phase")
     parser.add_argument("--half-cases", type=int, default=60, help="cases in the half-load phase")
+    parser.add_argument(
+        "--low-cases", type=int, default=10, help=f"cases at {LOW_RATE}/s: the latency floor"
+    )
     parser.add_argument("--raw-messages", type=int, default=20000)
     parser.add_argument("--raw-upserts", type=int, default=600)
     parser.add_argument("--timeout", type=float, default=420, help="seconds per phase")

@@ -126,8 +126,16 @@ class EventConsumer:
         self.dead_lettered = 0
         self.committer = OffsetCommitter()
 
-    def on(self, model: type[M]) -> Callable[[Handler[M]], Handler[M]]:
+    def on(self, model: type[M], *, follower: bool = False) -> Callable[[Handler[M]], Handler[M]]:
+        """Register the handler of `model`'s topic. A `follower` records what happened
+        elsewhere (a status, a notification) and is not on a case's path from
+        submission to report: it fetches with the longer wait."""
         topic: str = model.topic  # type: ignore[attr-defined]
+        wait = (
+            self.settings.kafka_follower_fetch_max_wait_ms
+            if follower
+            else self.settings.kafka_fetch_max_wait_ms
+        )
 
         def register(handler: Handler[M]) -> Handler[M]:
             async def consume(message: KafkaMessage) -> None:
@@ -143,7 +151,7 @@ class EventConsumer:
                 decoder=raw_body,
                 session_timeout_ms=self.settings.kafka_session_timeout_ms,
                 heartbeat_interval_ms=self.settings.kafka_heartbeat_interval_ms,
-                fetch_max_wait_ms=self.settings.kafka_fetch_max_wait_ms,
+                fetch_max_wait_ms=wait,
                 title=f"{self.settings.service_name}:{topic}",
                 description=(model.__doc__ or "").strip(),
             )(consume)

@@ -36,10 +36,12 @@ class ServiceSettings(BaseSettings):
     kafka_heartbeat_interval_ms: int = shared_field(1000, "KAFKA_HEARTBEAT_INTERVAL_MS")
     # How long a fetch may wait for data. Kafka answers a waiting fetch as soon as data
     # arrives, so 500 ms costs nothing there; Tansu answers only when the wait runs out
-    # (measured: a hop's latency is about half this value), so the local default is short.
-    # Each waiting consumer costs the broker one fetch per wait: 50 ms is the compromise
-    # measured in docs/performance.md.
-    kafka_fetch_max_wait_ms: int = shared_field(50, "KAFKA_FETCH_MAX_WAIT_MS")
+    # (measured: a hop's latency is about half this value), so the local default is short
+    # for the consumers on a case's path. Each waiting consumer costs the broker one
+    # fetch per wait, so the followers (status and notification consumers, off that
+    # path: EventConsumer.on(follower=True)) wait longer. See docs/performance.md.
+    kafka_fetch_max_wait_ms: int = shared_field(20, "KAFKA_FETCH_MAX_WAIT_MS")
+    kafka_follower_fetch_max_wait_ms: int = shared_field(500, "KAFKA_FOLLOWER_FETCH_MAX_WAIT_MS")
     topic_partitions: int = shared_field(3, "TOPIC_PARTITIONS")
     # retryWrites=false: see deploy/local/infra.py MONGO_OPTIONS (production sets its own).
     mongo_uri: str = shared_field(

@@ -79,7 +79,7 @@ async def on_records_complete(event: RecordsComplete, meta: EventMeta) -> None:
     emit(await handlers.assign_case(store, policy, clock.now(), event, meta))
 
 
-@service.consumer.on(RecordsIncomplete)
+@service.consumer.on(RecordsIncomplete, follower=True)  # pauses a clock: not urgent
 async def on_records_incomplete(event: RecordsIncomplete, meta: EventMeta) -> None:
     await handlers.records_incomplete(store, policy, clock.now(), event, meta)
 

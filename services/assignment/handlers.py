@@ -9,6 +9,7 @@ loop fires what is due. A submitted report closes the assignment.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Literal
@@ -69,7 +70,8 @@ async def assign_case(
     """Open an assignment per needed subspecialty; for those already open (records
     were re-requested after assignment) the completion resumes the clock."""
     routing, outbox = event.routing, []
-    pool = Pool(await store.roster(), await store.active_load())
+    roster, load = await asyncio.gather(store.roster(), store.active_load())
+    pool = Pool(roster, load)
     for subspecialty in domain.needed_subspecialties(routing):
         slot = domain.slot_id_for(event.case_id, subspecialty)
         if await store.load(slot) is not None:

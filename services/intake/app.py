@@ -342,7 +342,7 @@ def _follow(service: Service, store: IntakeStore, model: type[BaseModel], stage:
         await handlers.record_stage(store, event.case_id, meta, stage)
 
     on_stage.__name__ = f"on_{stage}"
-    service.consumer.on(model)(on_stage)
+    service.consumer.on(model, follower=True)(on_stage)
 
 
 _default: Service | None = None

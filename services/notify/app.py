@@ -185,9 +185,10 @@ async def _fan_out(event: Any, meta: EventMeta) -> None:
 
 
 service.consumer.on(ReportReady)(_fan_out)
-service.consumer.on(CaseRejected)(_fan_out)
-service.consumer.on(RecordsIncomplete)(_fan_out)
-service.consumer.on(SlaBreached)(_fan_out)
+# Off a case's path to its report: the longer fetch wait (EventConsumer.on).
+service.consumer.on(CaseRejected, follower=True)(_fan_out)
+service.consumer.on(RecordsIncomplete, follower=True)(_fan_out)
+service.consumer.on(SlaBreached, follower=True)(_fan_out)
 assert {m.topic for m in (ReportReady, CaseRejected, RecordsIncomplete, SlaBreached)} == set(
     domain.PARTNER_EVENTS
 )

@@ -223,6 +223,6 @@ async def on_case_assigned(event: CaseAssigned, meta: EventMeta) -> None:
     await handlers.record_assignment(store, event, meta)
 
 
-@service.consumer.on(CaseReassigned)
+@service.consumer.on(CaseReassigned, follower=True)  # withdraws the previous offer
 async def on_case_reassigned(event: CaseReassigned, meta: EventMeta) -> None:
     await handlers.record_reassignment(store, event)
