@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from shared import consumer as consumer_mod
-from shared.aio import gather_all
+from shared.aio import Slots, gather_all
 from shared.consumer import EventConsumer
 from shared.envelope import EventMeta, ce_headers
 from shared.errors import PermanentError, ProviderUnavailable
@@ -181,3 +181,28 @@ async def test_gather_all_lets_every_part_finish_then_raises_the_first_failure()
     with pytest.raises(ProviderUnavailable):
         await gather_all(ok("slow", 0.05), broken())
     assert finished == ["slow"]  # not cancelled by the other's failure
+
+
+async def test_slots_are_shared_by_waiting_loops_and_handed_work() -> None:
+    slots = Slots(2)
+    release_jobs = asyncio.Event()
+    ran: list[str] = []
+
+    async def job(name: str, fail: bool = False) -> None:
+        await release_jobs.wait()
+        ran.append(name)
+        if fail:
+            raise RuntimeError("a failed retrieval still frees its slot")
+
+    assert await slots.try_take() and await slots.try_take()
+    assert not await slots.try_take()  # both taken: handed work is refused, not queued
+    slots.start(job("a"), name="a")
+    slots.start(job("b", fail=True), name="b")
+    looped = asyncio.create_task(slots.__aenter__())  # a polling loop waits for a slot
+    await asyncio.sleep(0.01)
+    assert not looped.done()
+    release_jobs.set()
+    await asyncio.wait_for(looped, 1)  # freed by the jobs' end, the failed one's too
+    assert sorted(ran) == ["a", "b"]
+    assert await slots.try_take()  # the second slot is free as well
+    assert not await slots.try_take()
