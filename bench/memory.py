@@ -61,14 +61,23 @@ class MemorySampler:
             self._sample()
 
     def _sample(self) -> None:
-        rss = {}
+        rss, cpu = {}, {}
         for name, proc in self._procs.items():
             try:
                 rss[name] = proc.memory_info().rss / 2**20
+                times = proc.cpu_times()
+                cpu[name] = times.user + times.system
             except psutil.Error:
-                rss[name] = float("nan")
+                rss[name] = cpu[name] = float("nan")
         self.samples.append(
-            {"t": time.monotonic() - self._t0, "delivered": self._delivered(), "rss_mib": rss}
+            {
+                "t": time.monotonic() - self._t0,
+                "delivered": self._delivered(),
+                "rss_mib": rss,
+                # Cumulative CPU seconds: if throughput falls during a run, the
+                # process whose CPU per case rises is the one to look at.
+                "cpu_s": cpu,
+            }
         )
         if self._keep is not None:
             self._keep.write_text(json.dumps(self.samples))
@@ -136,7 +145,26 @@ def report(result: dict[str, Any]) -> str:
             + " ".join(f"{s['rss_mib'][name]:6.0f}" for s in at)
             + f" {slope_kib_per_1000(half):15.0f}"
         )
+    lines += ["", *cpu_per_case_lines(samples, at, names)]
     return "\n".join(lines)
+
+
+def cpu_per_case_lines(
+    samples: list[dict[str, Any]], at: list[dict[str, Any]], names: list[str]
+) -> list[str]:
+    """CPU milliseconds per delivered case over each tenth of the run, per process."""
+    if "cpu_s" not in samples[0]:
+        return []  # samples saved by a harness that did not record CPU
+    lines = ["CPU ms per case over each tenth of the cases (a rising row is a slowing process):"]
+    bounds = list(zip([samples[0], *at[:-1]], at, strict=True))
+    for name in names:
+        cells = []
+        for a, b in bounds:
+            cases = b["delivered"] - a["delivered"]
+            spent = b["cpu_s"][name] - a["cpu_s"][name]
+            cells.append(f"{spent / cases * 1000:6.0f}" if cases > 0 else f"{'-':>6}")
+        lines.append(f"  {name:14} {'':6} " + " ".join(cells))
+    return lines
 
 
 async def main_async(
