@@ -17,6 +17,7 @@ from typing import Literal
 from services.assignment import domain
 from services.assignment.domain import Assignment, Pool, SlaPolicy
 from services.assignment.store import AssignmentStore
+from shared.aio import gather_all
 from shared.envelope import EventMeta, OutboxEntry, outbox_entry
 from shared.errors import Conflict, Forbidden, NotFound, RetryableError
 from shared.events import Event, RecordsComplete, RecordsIncomplete, ReportSubmitted
@@ -70,11 +71,14 @@ async def assign_case(
     """Open an assignment per needed subspecialty; for those already open (records
     were re-requested after assignment) the completion resumes the clock."""
     routing, outbox = event.routing, []
-    roster, load = await asyncio.gather(store.roster(), store.active_load())
+    slots = {s: domain.slot_id_for(event.case_id, s) for s in domain.needed_subspecialties(routing)}
+    # Roster, reviewers' load and the case's existing slots: one round trip's wait.
+    roster, load, existing = await asyncio.gather(
+        store.roster(), store.active_load(), _existing(store, list(slots.values()))
+    )
     pool = Pool(roster, load)
-    for subspecialty in domain.needed_subspecialties(routing):
-        slot = domain.slot_id_for(event.case_id, subspecialty)
-        if await store.load(slot) is not None:
+    for subspecialty, slot in slots.items():
+        if slot in existing:
             resumed = await _resume(store, policy, now, slot, "records", "records complete", meta)
             outbox += resumed
             continue
@@ -88,6 +92,12 @@ async def assign_case(
         if a.reviewer_id:
             pool.busy_on_case[a.reviewer_id] = subspecialty
     return outbox
+
+
+async def _existing(store: AssignmentStore, slots: list[str]) -> set[str]:
+    """Which of these slots are already open (the records were re-requested)."""
+    found = await gather_all(*(store.load(slot) for slot in slots))
+    return {slot for slot, doc in zip(slots, found, strict=True) if doc is not None}
 
 
 async def _resume(

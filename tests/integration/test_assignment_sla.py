@@ -199,6 +199,12 @@ async def test_multi_specialist_decline_pause_report_and_metrics(
             p["clock"]["pauses"][0]["reason"].startswith("waiting on records") for p in paused
         )
 
+        # The records arrive after all: the same parts' clocks run again (no new parts).
+        await publish(bootstrap, multi)
+        running = await eventually(lambda: _running(service, case_id))
+        assert {a["assignment_id"] for a in running} == {p["assignment_id"] for p in paused}
+        assert all(p["clock"]["pauses"][0]["resumed_by"] == "records complete" for p in running)
+
         # The pathology report is in: that part closes, its reviewer is free again.
         path = by_sub["pathology"]
         report = ReportSubmitted(
@@ -229,6 +235,12 @@ async def _count(log: TopicLog, topic: str, case_id: str, n: int) -> list[dict[s
 async def _paused(svc: AssignmentProcess, case_id: str) -> list[dict[str, Any]]:
     found = await assignments(svc, case_id)
     return found if found and all(a["clock"]["paused_for"] for a in found) else []
+
+
+async def _running(svc: AssignmentProcess, case_id: str) -> list[dict[str, Any]]:
+    found = await assignments(svc, case_id)
+    resumed = found and all(a["clock"]["pauses"] and not a["clock"]["paused_for"] for a in found)
+    return found if resumed else []
 
 
 async def _state(svc: AssignmentProcess, case_id: str, sub: str, state: str) -> bool:

@@ -141,6 +141,52 @@ async def test_outbox_relay_publishes_cloudevents_once_and_clears_the_outbox(
     assert doc is not None and doc["outbox"] == [] and doc["has_outbox"] is False
 
 
+async def test_the_running_relay_publishes_each_documents_entries_once_and_in_order(
+    infra: dict[str, Any], db: AsyncDatabase[Doc]
+) -> None:
+    """The pipelined relay loop (shared.store.OutboxRelay.run) on the real broker and
+    database: entries written one after another to several documents, while
+    earlier ones are still being confirmed, arrive once each and, per document,
+    in the order they were written; every outbox ends empty."""
+    model = event_model()
+    await ensure_topics(infra["kafka_bootstrap"], [model.topic], 3)
+    broker = KafkaBroker(infra["kafka_bootstrap"])
+    coll = db["relayed"]
+    received: dict[str, list[str]] = {}
+
+    @broker.subscriber(
+        model.topic, group_id=f"relay{uuid.uuid4().hex[:6]}", auto_offset_reset="earliest"
+    )
+    async def sink(message: KafkaMessage) -> None:
+        record = message.raw_message
+        assert not isinstance(record, tuple)
+        received.setdefault(record.key.decode(), []).append(message.headers["ce_id"])
+
+    cases = [f"r{n}" for n in range(6)]
+    written: dict[str, list[str]] = {c: [] for c in cases}
+    async with broker:
+        await broker.start()
+        relay = OutboxRelay(broker, "/it", [coll], sweep_seconds=30)
+        running = asyncio.create_task(relay.run())
+        try:
+            for step in range(5):
+                for case_id in cases:
+                    entry = outbox_entry(event(model, case_id))
+                    await apply_once(coll, case_id, None, {"$set": {"step": step}}, [entry])
+                    written[case_id].append(entry.id)
+                    relay.wake()
+                await asyncio.sleep(0.01)  # the next writes meet unconfirmed ones
+            await eventually(lambda: _true(sum(map(len, received.values())) >= 30), within=60)
+            await asyncio.sleep(1)  # a duplicate would arrive by now
+        finally:
+            running.cancel()
+            await asyncio.gather(running, return_exceptions=True)
+
+    assert received == written  # once each, and in order per document
+    left = await coll.count_documents({"has_outbox": True})
+    assert left == 0
+
+
 async def test_offsets_are_committed_soon_after_processing_and_never_ahead_of_it(
     infra: dict[str, Any], db: AsyncDatabase[Doc]
 ) -> None:
