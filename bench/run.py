@@ -439,6 +439,10 @@ def on_own_stack(
 ) -> tuple[stack.Paths, dict[str, Any]]:
     """Start a stack of its own (fresh state directory unless given, free ports, the
     bench roster), run `work` on it, and stop everything it started, whatever happens."""
+    if state_dir and Path(state_dir).exists() and any(Path(state_dir).iterdir()):
+        # A previous run's stores would be replayed into this one: its consumer groups
+        # resume on old topics and its counts and webhooks mix with the new ones.
+        raise SystemExit(f"--state-dir must be new or empty: {state_dir} holds a previous run")
     os.environ["LOCAL_STATE_DIR"] = state_dir or tempfile.mkdtemp(prefix=prefix)
     os.environ["LOCAL_PORTS"] = "auto"
     paths = stack.state_paths()
