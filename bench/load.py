@@ -105,16 +105,18 @@ class Driver:
         async with gate:
             t = time.time()
             for _ in range(SUBMIT_TRIES):
+                # A pooled connection the server closed as idle just as it was reused
+                # (seen once in 6,718 cases), or a 503 (a dependency briefly away): the
+                # case's idempotency key makes sending it again safe.
                 try:
                     resp = await self.client.post(
                         f"{self.urls['intake']}/v1/cases", json=case, headers=auth("demo-int")
                     )
-                    break
                 except httpx.TransportError:
-                    # A pooled connection the server closed as idle just as it was
-                    # reused (seen once in 6,718 cases): the case's idempotency key
-                    # makes sending it again safe.
                     continue
+                if resp.status_code != 503:
+                    break
+                await asyncio.sleep(float(resp.headers.get("Retry-After", "1")))
             else:
                 run.errors += 1
                 return

@@ -77,14 +77,18 @@ class UnregisteredEndpoint(PermanentError):
 
 def is_retryable(exc: BaseException) -> bool:
     """True for failures that another attempt may cure (infrastructure, not data)."""
-    if isinstance(exc, RetryableError):
-        return True
+    return isinstance(exc, (RetryableError, *transient_errors()))
+
+
+def transient_errors() -> tuple[type[Exception], ...]:
+    """The driver errors of a dependency that is briefly away (database, broker,
+    an HTTP peer), as opposed to anything wrong with the data."""
     # Imported lazily so the domain layer never pulls in driver packages.
     from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError
     from httpx import TransportError
     from pymongo.errors import AutoReconnect, ConnectionFailure, ServerSelectionTimeoutError
 
-    transient = (
+    return (
         AutoReconnect,
         ConnectionFailure,
         ServerSelectionTimeoutError,
@@ -94,4 +98,3 @@ def is_retryable(exc: BaseException) -> bool:
         ConnectionError,
         TimeoutError,
     )
-    return isinstance(exc, transient)

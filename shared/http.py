@@ -3,6 +3,7 @@ health, readiness and Prometheus metrics."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Request
@@ -10,13 +11,20 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from shared.errors import RouterError
+from shared.errors import RetryableError, RouterError, transient_errors
 
 PROBLEM = "application/problem+json"
+# What a client is told to wait before sending a request again after a 503.
+RETRY_AFTER_SECONDS = 1
+log = logging.getLogger(__name__)
 
 
 def problem(
-    status: int, title: str, detail: str, errors: list[dict[str, str]] | None = None
+    status: int,
+    title: str,
+    detail: str,
+    errors: list[dict[str, str]] | None = None,
+    headers: dict[str, str] | None = None,
 ) -> JSONResponse:
     body: dict[str, object] = {
         "type": "about:blank",
@@ -26,7 +34,7 @@ def problem(
     }
     if errors:
         body["errors"] = errors
-    return JSONResponse(body, status_code=status, media_type=PROBLEM)
+    return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
 
 
 def field_errors(exc: RequestValidationError) -> list[dict[str, str]]:
@@ -39,7 +47,21 @@ def field_errors(exc: RequestValidationError) -> list[dict[str, str]]:
 
 async def _router_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RouterError)
-    return problem(exc.status_code, exc.title, exc.detail, exc.errors or None)
+    retry = {"Retry-After": str(RETRY_AFTER_SECONDS)} if isinstance(exc, RetryableError) else None
+    return problem(exc.status_code, exc.title, exc.detail, exc.errors or None, retry)
+
+
+async def _dependency_away(_: Request, exc: Exception) -> JSONResponse:
+    """The database or broker dropped out under a request: 503 and when to retry,
+    not a bare 500 (the write may or may not have landed; every write API is
+    idempotent, so sending the request again is safe)."""
+    log.warning("request failed on a dependency: %s", type(exc).__name__)  # no message: PHI
+    return problem(
+        503,
+        "Temporarily unavailable",
+        "a service this request needs was briefly unavailable; send the request again",
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
 
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
@@ -53,6 +75,8 @@ def create_api(
     app = FastAPI(title=title, description=description, version=version)
     app.add_exception_handler(RouterError, _router_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    for transient in transient_errors():
+        app.add_exception_handler(transient, _dependency_away)
 
     @app.get("/healthz", tags=["ops"], summary="Liveness")
     async def healthz() -> dict[str, str]:

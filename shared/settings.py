@@ -45,7 +45,8 @@ class ServiceSettings(BaseSettings):
     topic_partitions: int = shared_field(3, "TOPIC_PARTITIONS")
     # retryWrites=false: see deploy/local/infra.py MONGO_OPTIONS (production sets its own).
     mongo_uri: str = shared_field(
-        "mongodb://127.0.0.1:27017/?directConnection=true&retryWrites=false", "MONGO_URI"
+        "mongodb://127.0.0.1:27017/?directConnection=true&retryWrites=false&maxIdleTimeMS=240000",
+        "MONGO_URI",
     )
     mongo_database: str = "router"
     http_host: str = "127.0.0.1"

@@ -92,7 +92,10 @@ LOOPBACK = "127.0.0.1"
 # one (up to 10,000, pruned by a scan and a sort on every write): measured over a
 # long run, that took the pipeline from 2.4 to 0.5 cases/s within 400 cases
 # (docs/performance.md). Production (deploy/k8s) keeps retryWrites=true.
-MONGO_OPTIONS = "directConnection=true&retryWrites=false"
+# SecantusDB closes a connection idle for 300 s (mongo_server.IDLE_CLOSE_SECONDS);
+# a pooled connection idle that long was reused after the server had closed it and
+# failed the write (one case submission in 10,000): the pool drops its own first.
+MONGO_OPTIONS = "directConnection=true&retryWrites=false&maxIdleTimeMS=240000"
 
 PART_ORDER = ["s3", "kafka", "mongo", "pacs", "fhir"]
 # What `--only` accepts, and which parts each name brings along.

@@ -19,6 +19,9 @@ import sys
 
 from secantus import SecantusDBServer
 
+# SecantusDB's own default, kept explicit: infra.MONGO_OPTIONS is derived from it.
+IDLE_CLOSE_SECONDS = 300.0
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -29,6 +32,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # bound; change streams only need recent entries.
     parser.add_argument("--oplog-max-entries", type=int, default=20_000)
     parser.add_argument("--oplog-retention-seconds", type=float, default=3600.0)
+    # SecantusDB closes a connection idle this long; clients must drop theirs sooner
+    # (infra.MONGO_OPTIONS maxIdleTimeMS), or they reuse one the server has closed.
+    parser.add_argument("--client-idle-timeout", type=float, default=IDLE_CLOSE_SECONDS)
     parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
 
@@ -54,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         durable=True,
         oplog_max_entries=args.oplog_max_entries,
         oplog_retention_seconds=args.oplog_retention_seconds,
+        client_idle_timeout_s=args.client_idle_timeout,
     )
 
     def handle_signal(signum: int, _frame: object) -> None:
