@@ -44,7 +44,8 @@ def mongo(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
             str(SERVER_IDLE_SECONDS),
             "--log-level",
             "WARNING",
-        ]
+        ],
+        start_new_session=True,  # its own process group, which stop_pid stops
     )
     try:
         yield f"mongodb://127.0.0.1:{port}/?directConnection=true&retryWrites=false", proc
