@@ -1,6 +1,6 @@
 """Memory over a long run: does any process grow with the number of cases?
 
-    python -m bench.memory --cases 10000        # hours on 2 cores (docs/performance.md)
+    python -m bench.memory --cases 10000        # about an hour on 2 cores (docs/performance.md)
     python -m bench.memory --cases 500          # a quick look
 
 Starts its own stack like `bench.run`, then drives `--cases` cases end to end
