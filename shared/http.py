@@ -53,8 +53,8 @@ async def _router_error(_: Request, exc: Exception) -> JSONResponse:
 
 async def _dependency_away(_: Request, exc: Exception) -> JSONResponse:
     """The database or broker dropped out under a request: 503 and when to retry,
-    not a bare 500 (the write may or may not have landed; every write API is
-    idempotent, so sending the request again is safe)."""
+    not a bare 500. The write may or may not have landed; sending it again is safe
+    (a case submission is idempotent by external_id, a repeated opinion is a 409)."""
     log.warning("request failed on a dependency: %s", type(exc).__name__)  # no message: PHI
     return problem(
         503,
