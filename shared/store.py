@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -138,7 +139,9 @@ class OutboxRelay:
     saturation). A document whose entries are still unconfirmed is left out of
     the next passes until they are confirmed, so no entry is sent ahead of an
     earlier one of its document (as before: a failed send is retried with the
-    document's whole outbox, and consumers de-duplicate)."""
+    document's whole outbox, and consumers de-duplicate); and a pass that read a
+    document just before its entries were confirmed and removed does not send
+    them again (`_cleared`)."""
 
     def __init__(
         self,
@@ -158,6 +161,9 @@ class OutboxRelay:
         self._confirming: set[asyncio.Task[int]] = set()
         # Documents a pass skipped because they were in flight: they have news.
         self._waiting: set[tuple[str, Any]] = set()
+        # Ids of entries confirmed and removed lately. A pass whose read began before
+        # a removal sees them still there: they must not be sent again.
+        self._cleared: OrderedDict[str, None] = OrderedDict()
 
     def wake(self) -> None:
         self._wake.set()
@@ -208,7 +214,9 @@ class OutboxRelay:
             if key in self._in_flight:
                 self._waiting.add(key)  # its confirm wakes the relay for another pass
                 continue
-            entries = _entries(doc)  # none left: the pass only clears `has_outbox`
+            entries = [e for e in _entries(doc) if e.id not in self._cleared]
+            if len(entries) < len(doc.get("outbox", [])) and not entries:
+                continue  # read before its entries were confirmed and removed
             self._in_flight.add(key)
             try:
                 futures = [await self.publish(e, confirm=False) for e in entries]
@@ -245,6 +253,7 @@ class OutboxRelay:
                 confirmed += len(one.ids)
             if removals:
                 await coll.bulk_write(removals, ordered=True)
+                self._remember_cleared([i for one in sent for i in one.ids])
             return confirmed
         finally:
             keys = {(coll.name, one.doc_id) for one in sent}
@@ -252,6 +261,12 @@ class OutboxRelay:
             if keys & self._waiting:  # entries written meanwhile were skipped: look again
                 self._waiting -= keys
                 self._wake.set()
+
+    def _remember_cleared(self, ids: list[str]) -> None:
+        for entry_id in ids:
+            self._cleared[entry_id] = None
+        while len(self._cleared) > CLEARED_MEMORY:
+            self._cleared.popitem(last=False)
 
     async def publish(self, entry: OutboxEntry, *, confirm: bool = True) -> Any:
         """Publish one entry under the trace it was emitted in. With confirm=False
@@ -275,6 +290,9 @@ class OutboxRelay:
             detach(token)
 
 
+# Confirmed entry ids a relay remembers: far more than can be confirmed during
+# one read of the outbox, and a bounded memory.
+CLEARED_MEMORY = 10_000
 # How long a stopping relay waits for the broker to confirm what it already sent.
 CONFIRM_ON_STOP_SECONDS = 5.0
 

@@ -43,10 +43,13 @@ class FakeBroker:
 
 
 class Found:
-    def __init__(self, docs: list[dict[str, Any]]) -> None:
+    def __init__(self, docs: list[dict[str, Any]], gate: asyncio.Event | None) -> None:
         self._docs = docs
+        self._gate = gate
 
     async def to_list(self, n: int) -> list[dict[str, Any]]:
+        if self._gate is not None:  # the read is slow: the world moves on meanwhile
+            await self._gate.wait()
         return self._docs[:n]
 
 
@@ -57,6 +60,7 @@ class FakeCollection:
     name: str = "cases"
     docs: dict[str, dict[str, Any]] = field(default_factory=dict)
     reads: int = 0
+    read_gate: asyncio.Event | None = None
 
     def write(self, doc_id: str, *entries: dict[str, Any]) -> None:
         doc = self.docs.setdefault(doc_id, {"_id": doc_id, "outbox": []})
@@ -66,7 +70,7 @@ class FakeCollection:
     def find(self, query: dict[str, Any], _projection: Any) -> Found:
         self.reads += 1
         assert query == {"has_outbox": True}
-        return Found([dict(d) for d in self.docs.values() if d["has_outbox"]])
+        return Found([dict(d) for d in self.docs.values() if d["has_outbox"]], self.read_gate)
 
     async def bulk_write(self, ops: list[UpdateOne], ordered: bool) -> None:
         for op in ops:
@@ -137,6 +141,26 @@ async def test_a_documents_later_entry_waits_for_its_earlier_one_to_be_confirmed
     broker.confirm_all()
     await settle()
     assert coll.docs["c1"]["outbox"] == [] and coll.docs["c1"]["has_outbox"] is False
+    await stop(task)
+
+
+async def test_an_entry_confirmed_while_a_pass_was_reading_is_not_sent_again() -> None:
+    broker, coll = FakeBroker(), FakeCollection()
+    relay = make_relay(broker, coll)
+    e = entry("c1")
+    coll.write("c1", e)
+    task = await running(relay)
+    assert broker.sent == [("c1", e["id"])]
+
+    coll.read_gate = asyncio.Event()
+    relay.wake()  # a pass reads c1 (still holding e) and waits for its answer
+    await settle()
+    broker.confirm_all()  # meanwhile e is confirmed and removed
+    await settle()
+    assert coll.docs["c1"]["outbox"] == []
+    coll.read_gate.set()  # the pass goes on with what it read before the removal
+    await settle()
+    assert broker.sent == [("c1", e["id"])]  # not published twice
     await stop(task)
 
 
