@@ -99,6 +99,23 @@ async def running(relay: OutboxRelay) -> asyncio.Task[None]:
     return task
 
 
+@dataclass
+class Rig:
+    broker: FakeBroker
+    coll: FakeCollection
+    relay: OutboxRelay
+    task: asyncio.Task[None]
+    first: dict[str, Any]  # the entry c1 held when the relay started
+
+
+async def relay_running_with_one_entry() -> Rig:
+    broker, coll = FakeBroker(), FakeCollection()
+    relay = make_relay(broker, coll)
+    first = entry("c1")
+    coll.write("c1", first)
+    return Rig(broker, coll, relay, await running(relay), first)
+
+
 async def stop(task: asyncio.Task[None]) -> None:
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
@@ -124,12 +141,8 @@ async def test_a_new_entry_is_sent_while_earlier_confirms_are_pending() -> None:
 
 
 async def test_a_documents_later_entry_waits_for_its_earlier_one_to_be_confirmed() -> None:
-    broker, coll = FakeBroker(), FakeCollection()
-    relay = make_relay(broker, coll)
-    first, second = entry("c1"), entry("c1")
-    coll.write("c1", first)
-    task = await running(relay)
-
+    rig = await relay_running_with_one_entry()
+    broker, coll, relay, first, second = rig.broker, rig.coll, rig.relay, rig.first, entry("c1")
     coll.write("c1", second)
     relay.wake()
     await settle()
@@ -141,15 +154,12 @@ async def test_a_documents_later_entry_waits_for_its_earlier_one_to_be_confirmed
     broker.confirm_all()
     await settle()
     assert coll.docs["c1"]["outbox"] == [] and coll.docs["c1"]["has_outbox"] is False
-    await stop(task)
+    await stop(rig.task)
 
 
 async def test_an_entry_confirmed_while_a_pass_was_reading_is_not_sent_again() -> None:
-    broker, coll = FakeBroker(), FakeCollection()
-    relay = make_relay(broker, coll)
-    e = entry("c1")
-    coll.write("c1", e)
-    task = await running(relay)
+    rig = await relay_running_with_one_entry()
+    broker, coll, relay, e = rig.broker, rig.coll, rig.relay, rig.first
     assert broker.sent == [("c1", e["id"])]
 
     coll.read_gate = asyncio.Event()
@@ -161,15 +171,12 @@ async def test_an_entry_confirmed_while_a_pass_was_reading_is_not_sent_again() -
     coll.read_gate.set()  # the pass goes on with what it read before the removal
     await settle()
     assert broker.sent == [("c1", e["id"])]  # not published twice
-    await stop(task)
+    await stop(rig.task)
 
 
 async def test_a_failed_send_keeps_the_documents_outbox_for_the_next_pass() -> None:
-    broker, coll = FakeBroker(), FakeCollection()
-    relay = make_relay(broker, coll)
-    e = entry("c1")
-    coll.write("c1", e)
-    task = await running(relay)
+    rig = await relay_running_with_one_entry()
+    broker, coll, relay, e = rig.broker, rig.coll, rig.relay, rig.first
     broker.confirm_all(error=ConnectionError("broker away"))
     await settle()
     assert coll.docs["c1"]["outbox"] == [e]  # nothing removed, nothing lost
@@ -180,7 +187,7 @@ async def test_a_failed_send_keeps_the_documents_outbox_for_the_next_pass() -> N
     broker.confirm_all()
     await settle()
     assert coll.docs["c1"]["outbox"] == []
-    await stop(task)
+    await stop(rig.task)
 
 
 async def test_flush_returns_once_everything_is_confirmed() -> None:
