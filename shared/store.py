@@ -215,7 +215,7 @@ class OutboxRelay:
                 self._waiting.add(key)  # its confirm wakes the relay for another pass
                 continue
             entries = [e for e in _entries(doc) if e.id not in self._cleared]
-            if len(entries) < len(doc.get("outbox", [])) and not entries:
+            if doc.get("outbox") and not entries:
                 continue  # read before its entries were confirmed and removed
             self._in_flight.add(key)
             try:
@@ -243,18 +243,13 @@ class OutboxRelay:
         document that were all acknowledged; the others are kept whole and
         published again by a later pass (consumers de-duplicate)."""
         try:
-            removals: list[UpdateOne] = []
-            confirmed = 0
-            for one in sent:
-                results = await asyncio.gather(*one.futures, return_exceptions=True)
-                if any(isinstance(r, BaseException) for r in results):
-                    continue
-                removals += _removal(one)
-                confirmed += len(one.ids)
-            if removals:
-                await coll.bulk_write(removals, ordered=True)
-                self._remember_cleared([i for one in sent for i in one.ids])
-            return confirmed
+            acknowledged = [one for one in sent if await _all_acknowledged(one)]
+            if acknowledged:
+                await coll.bulk_write(
+                    [op for one in acknowledged for op in _removal(one)], ordered=True
+                )
+                self._remember_cleared([i for one in acknowledged for i in one.ids])
+            return sum(len(one.ids) for one in acknowledged)
         finally:
             keys = {(coll.name, one.doc_id) for one in sent}
             self._in_flight -= keys
@@ -304,6 +299,11 @@ class Sent:
     doc_id: Any
     ids: list[str]
     futures: list[Any]
+
+
+async def _all_acknowledged(sent: Sent) -> bool:
+    results = await asyncio.gather(*sent.futures, return_exceptions=True)
+    return not any(isinstance(r, BaseException) for r in results)
 
 
 def _removal(sent: Sent) -> list[UpdateOne]:

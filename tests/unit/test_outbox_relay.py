@@ -190,6 +190,27 @@ async def test_a_failed_send_keeps_the_documents_outbox_for_the_next_pass() -> N
     await stop(rig.task)
 
 
+async def test_a_failed_send_beside_a_confirmed_one_is_still_sent_again() -> None:
+    broker, coll = FakeBroker(), FakeCollection()
+    relay = make_relay(broker, coll)
+    lost, kept = entry("c1"), entry("c2")
+    coll.write("c1", lost)
+    coll.write("c2", kept)
+    task = await running(relay)
+    broker.confirms[0].set_exception(ConnectionError("broker away"))  # c1's send fails
+    broker.confirms[1].set_result(None)  # c2's is confirmed, in the same pass
+    await settle()
+    assert coll.docs["c2"]["outbox"] == [] and coll.docs["c1"]["outbox"] == [lost]
+
+    relay.wake()  # the sweep's turn: c1's entry goes out again
+    await settle()
+    assert broker.sent[-1] == ("c1", lost["id"])
+    broker.confirm_all()
+    await settle()
+    assert coll.docs["c1"]["outbox"] == []
+    await stop(task)
+
+
 async def test_flush_returns_once_everything_is_confirmed() -> None:
     broker, coll = FakeBroker(), FakeCollection()
     relay = make_relay(broker, coll)
