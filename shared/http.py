@@ -15,7 +15,7 @@ from shared.errors import RetryableError, RouterError, transient_errors
 
 PROBLEM = "application/problem+json"
 # What a client is told to wait before sending a request again after a 503.
-RETRY_AFTER_SECONDS = 1
+RETRY_AFTER = {"Retry-After": "1"}
 log = logging.getLogger(__name__)
 
 
@@ -47,7 +47,7 @@ def field_errors(exc: RequestValidationError) -> list[dict[str, str]]:
 
 async def _router_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RouterError)
-    retry = {"Retry-After": str(RETRY_AFTER_SECONDS)} if isinstance(exc, RetryableError) else None
+    retry = RETRY_AFTER if isinstance(exc, RetryableError) else None
     return problem(exc.status_code, exc.title, exc.detail, exc.errors or None, retry)
 
 
@@ -60,7 +60,7 @@ async def _dependency_away(_: Request, exc: Exception) -> JSONResponse:
         503,
         "Temporarily unavailable",
         "a service this request needs was briefly unavailable; send the request again",
-        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        headers=RETRY_AFTER,
     )
 
 
