@@ -25,7 +25,8 @@ from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from prometheus_client import REGISTRY
 from pymongo.asynchronous.collection import AsyncCollection
 
-from shared.auth import Credentials
+from shared.auth import Credentials, Principal, require
+from shared.clock import SYSTEM_CLOCK, Clock
 from shared.consumer import EventConsumer
 from shared.envelope import OutboxEntry
 from shared.errors import is_retryable
@@ -75,8 +76,16 @@ async def start_broker(broker: KafkaBroker) -> None:
 class Service:
     """One running service: broker, database, outbox relay and HTTP API."""
 
-    def __init__(self, settings: ServiceSettings, *, title: str, description: str) -> None:
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        *,
+        title: str,
+        description: str,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
         self.settings = settings
+        self.clock = clock
         self.tracer_provider = setup_telemetry(settings.service_name, settings.trace_dir)
         self.broker = KafkaBroker(
             settings.kafka_bootstrap,
@@ -113,6 +122,11 @@ class Service:
         if outbox:
             self._outbox_collections.append(coll)
         return coll
+
+    def require(self, *roles: str) -> Callable[..., Principal]:
+        """The FastAPI dependency for a route: authenticates the caller, checks the
+        role and records the access in the service's audit trail."""
+        return require(self.credentials, *roles)
 
     def on_startup(self, hook: Hook) -> Hook:
         self._startup.append(hook)

@@ -51,8 +51,19 @@ def connect(uri: str, database: str) -> tuple[AsyncMongoClient[Doc], AsyncDataba
     return client, db
 
 
-def _with_guard(update: Doc, event_id: str | None, outbox: Sequence[OutboxEntry]) -> Doc:
-    """`update` plus the applied-id record and the outbox push."""
+# ---------------------------------------------------------------- the outbox API
+# Every store writes its events through these three functions and nothing else
+# touches the `outbox` / `has_outbox` / `applied` fields (docs/architecture.md,
+# "Delivery semantics"): the state change, the id of the event being applied and
+# the events to emit land in one single-document write.
+
+OUTBOX_FIELDS = ("outbox", "has_outbox", "applied")
+# A projection that leaves the outbox bookkeeping out of what a store returns.
+WITHOUT_OUTBOX: Doc = {"outbox": 0, "has_outbox": 0, "applied": 0}
+
+
+def with_outbox(update: Doc, outbox: Sequence[OutboxEntry], event_id: str | None = None) -> Doc:
+    """`update` plus the outbox push and (if given) the applied-event record."""
     merged = {op: dict(fields) for op, fields in update.items()}
     push = merged.setdefault("$push", {})
     if event_id:
@@ -65,6 +76,49 @@ def _with_guard(update: Doc, event_id: str | None, outbox: Sequence[OutboxEntry]
     return merged
 
 
+def new_with_outbox(doc: Doc, outbox: Sequence[OutboxEntry], event_id: str | None = None) -> Doc:
+    """A new document (with `_id`) carrying its first events."""
+    return {
+        **doc,
+        "applied": [event_id] if event_id else [],
+        "outbox": [e.model_dump(mode="python") for e in outbox],
+        "has_outbox": bool(outbox),
+    }
+
+
+async def insert_with_outbox(
+    coll: AsyncCollection[Doc],
+    doc: Doc,
+    outbox: Sequence[OutboxEntry] = (),
+    event_id: str | None = None,
+) -> bool:
+    """Insert `doc` with its first events; False if a document with its `_id` exists
+    (a redelivered event, or a repeated request: the first one won)."""
+    try:
+        await coll.insert_one(new_with_outbox(doc, outbox, event_id))
+    except DuplicateKeyError:
+        REDELIVERIES_SKIPPED.inc()
+        return False
+    return True
+
+
+async def update_with_outbox(
+    coll: AsyncCollection[Doc],
+    query: Doc,
+    update: Doc,
+    outbox: Sequence[OutboxEntry] = (),
+    event_id: str | None = None,
+) -> bool:
+    """A guarded update: apply `update` and its events to the document matching
+    `query` (which names its `_id`, and may add a version or state condition),
+    unless `event_id` was already applied. False when nothing matched."""
+    guarded = dict(query)
+    if event_id:
+        guarded["applied"] = {"$ne": event_id}
+    result = await coll.update_one(guarded, with_outbox(update, outbox, event_id))
+    return bool(result.matched_count)
+
+
 async def apply_once(
     coll: AsyncCollection[Doc],
     doc_id: str,
@@ -75,7 +129,8 @@ async def apply_once(
     upsert: bool = True,
     where: Doc | None = None,
 ) -> bool:
-    """Apply `update` to document `doc_id` unless `event_id` was already applied.
+    """Apply `update` to document `doc_id` unless `event_id` was already applied,
+    creating the document if needed (upsert).
 
     Returns False when the event was a redelivery (or, with upsert=False, the
     document does not exist or does not match the extra condition `where`).
@@ -84,7 +139,7 @@ async def apply_once(
     if event_id:
         query["applied"] = {"$ne": event_id}
     try:
-        result = await coll.update_one(query, _with_guard(update, event_id, outbox), upsert=upsert)
+        result = await coll.update_one(query, with_outbox(update, outbox, event_id), upsert=upsert)
     except DuplicateKeyError:
         # The document exists and already holds event_id: the upsert's insert collided.
         REDELIVERIES_SKIPPED.inc()

@@ -19,13 +19,13 @@ from prometheus_client import Counter
 from pydantic import BaseModel, Field, TypeAdapter
 
 from services.assignment import handlers
-from services.assignment.clock import clock_from
 from services.assignment.dashboard import Dashboard, ReportedSummary, summarize
 from services.assignment.domain import Assignment, Reviewer, slot_id_for
 from services.assignment.metrics import COLLECTOR, count_emitted
 from services.assignment.settings import AssignmentSettings
 from services.assignment.store import AssignmentStore
-from shared.auth import Principal, require
+from shared.auth import Principal
+from shared.clock import clock_from
 from shared.envelope import EventMeta, OutboxEntry
 from shared.errors import InvalidInput, NotFound
 from shared.events import RecordsComplete, RecordsIncomplete, ReportSubmitted
@@ -47,8 +47,8 @@ service = Service(
 store = AssignmentStore(
     service.collection("reviewers"), service.collection("assignments", outbox=True)
 )
-operations = require(service.credentials, "operations")
-reviewer = require(service.credentials, "reviewer")
+operations = service.require("operations")
+reviewer = service.require("reviewer")
 Ops = Annotated[Principal, Depends(operations)]
 Rev = Annotated[Principal, Depends(reviewer)]
 api = service.api

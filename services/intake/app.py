@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from services.intake import domain, fhir, handlers
 from services.intake.settings import IntakeSettings
 from services.intake.store import IntakeStore
-from shared.auth import Principal, require
+from shared.auth import Principal
 from shared.envelope import EventMeta
 from shared.errors import PermanentError
 from shared.events import (
@@ -195,7 +195,7 @@ def create_service(settings: IntakeSettings | None = None) -> Service:
 
 def _http_routes(service: Service, store: IntakeStore, settings: IntakeSettings) -> None:
     api = service.api
-    integrator = require(service.credentials, "integrator")
+    integrator = service.require("integrator")
 
     @api.middleware("http")
     async def limit_body_size(request: Request, call_next: Any) -> Response:
@@ -270,8 +270,8 @@ def _http_routes(service: Service, store: IntakeStore, settings: IntakeSettings)
 
 def _case_routes(service: Service, store: IntakeStore) -> None:
     api = service.api
-    integrator = require(service.credentials, "integrator")
-    operations = require(service.credentials, "operations")
+    integrator = service.require("integrator")
+    operations = service.require("operations")
 
     @api.get("/v1/cases/{case_id}", response_model=CaseStatus, tags=["cases"])
     async def case_status(

@@ -16,7 +16,7 @@ from services.notify.channels import Channel, EmailChannel, WebhookChannel
 from services.notify.settings import NotifySettings
 from services.notify.store import NotifyStore
 from shared.aio import drain_forever
-from shared.auth import Principal, require
+from shared.auth import Principal
 from shared.envelope import EventMeta
 from shared.events import CaseRejected, RecordsIncomplete, ReportReady, SlaBreached
 from shared.runtime import Service
@@ -33,7 +33,7 @@ store = NotifyStore(
     service.collection("subscriptions"), service.collection("deliveries", outbox=True)
 )
 service.on_startup(store.create_indexes)
-partner = require(service.credentials, "partner")
+partner = service.require("partner")
 Caller = Annotated[Principal, Depends(partner)]
 api = service.api
 app = service.asyncapi

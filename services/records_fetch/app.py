@@ -19,7 +19,7 @@ from services.records_fetch.retrieval import Retrieval
 from services.records_fetch.settings import RecordsFetchSettings
 from services.records_fetch.store import FetchStore
 from shared.aio import Slots, drain_forever
-from shared.auth import Principal, require
+from shared.auth import Principal
 from shared.envelope import EventMeta
 from shared.events import CaseAccepted
 from shared.runtime import Service
@@ -37,8 +37,8 @@ store = FetchStore(service.collection("fetches", outbox=True), service.collectio
 service.on_startup(store.create_indexes)
 api = service.api
 app = service.asyncapi
-reader = require(service.credentials, "integrator", "operations")
-operations = require(service.credentials, "operations")
+reader = service.require("integrator", "operations")
+operations = service.require("operations")
 
 
 def load_registry() -> ProviderRegistry:

@@ -15,7 +15,7 @@ from services.reporting.domain import Addendum, OpinionDraft
 from services.reporting.keys import KeyRing
 from services.reporting.settings import ReportingSettings
 from services.reporting.store import ReportingStore
-from shared.auth import Principal, require
+from shared.auth import Principal
 from shared.envelope import EventMeta
 from shared.events import CaseAssigned, CaseReassigned
 from shared.runtime import Service
@@ -34,8 +34,8 @@ store = ReportingStore(
 )
 service.on_startup(store.create_indexes)
 signer = handlers.Signer(KeyRing(settings.key_dir), settings.base_url)
-reviewer = require(service.credentials, "reviewer")
-reader = require(service.credentials, "partner", "reviewer")
+reviewer = service.require("reviewer")
+reader = service.require("partner", "reviewer")
 api = service.api
 app = service.asyncapi
 

@@ -11,7 +11,7 @@ from shared.consumer import decode_event, validation_reason
 from shared.envelope import EventMeta, ce_headers, outbox_entry
 from shared.errors import PermanentError, ProviderUnavailable, UnknownEventType, is_retryable
 from shared.events import ALL_TOPICS, TOPIC_MODELS, CaseRejected, CaseSubmission, FieldError
-from shared.store import _with_guard
+from shared.store import with_outbox
 from shared.telemetry import redact_attributes
 
 
@@ -94,12 +94,12 @@ def test_validation_reason_never_quotes_the_input() -> None:
 
 def test_guard_adds_applied_id_and_outbox_to_the_same_update() -> None:
     entry = outbox_entry(rejected())
-    update = _with_guard({"$set": {"a": 1}, "$push": {"h": 1}}, "e1", [entry])
+    update = with_outbox({"$set": {"a": 1}, "$push": {"h": 1}}, [entry], "e1")
     assert update["$set"] == {"a": 1, "has_outbox": True}
     assert update["$push"]["h"] == 1
     assert update["$push"]["applied"]["$each"] == ["e1"]
     assert update["$push"]["outbox"]["$each"][0]["id"] == entry.id
-    assert _with_guard({"$set": {"a": 1}}, None, []) == {"$set": {"a": 1}}
+    assert with_outbox({"$set": {"a": 1}}, []) == {"$set": {"a": 1}}
 
 
 def test_redaction_removes_query_strings_and_statements() -> None:
