@@ -47,6 +47,9 @@ Handler = Callable[[M, EventMeta], Awaitable[None]]
 BUG_ATTEMPTS = 3
 MAX_BACKOFF_SECONDS = 10.0
 COMMIT_INTERVAL_SECONDS = 0.2
+# A dead letter carries the original bytes if they fit below the broker's limit
+# (as the relay's MAX_EVENT_BYTES), else only where the original is.
+MAX_DEAD_LETTER_BYTES = 900_000
 
 
 def validation_reason(exc: ValidationError) -> str:
@@ -68,7 +71,7 @@ def decode_event(model: type[M], meta: EventMeta, body: bytes) -> M:
     except ValidationError as exc:
         raise PermanentError(validation_reason(exc)) from None
     tenant = getattr(event, "tenant_id", None)
-    if meta.tenant_id and tenant != meta.tenant_id:
+    if tenant != meta.tenant_id:
         raise PermanentError("ce_tenantid header does not match the body's tenant_id")
     return event
 
@@ -210,8 +213,15 @@ class EventConsumer:
                 "dlq_service": self.settings.service_name,
             }
         )
+        value = raw.value or b""
+        if len(value) + sum(len(k) + len(v) for k, v in headers.items()) > MAX_DEAD_LETTER_BYTES:
+            # Too large to publish again: the dead letter names where the original
+            # still is (topic, partition, offset) and its size, without the bytes.
+            headers["dlq_payload_omitted_bytes"] = str(len(value))
+            headers = {k: v[:1000] for k, v in headers.items()}
+            value = b""
         await self.broker.publish(
-            raw.value or b"", topic=dead_letter_topic(raw.topic), key=raw.key, headers=headers
+            value, topic=dead_letter_topic(raw.topic), key=raw.key, headers=headers
         )
         self.dead_lettered += 1
         log.warning(

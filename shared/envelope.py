@@ -14,9 +14,13 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from shared.clock import SYSTEM_CLOCK
 from shared.errors import UnknownEventType
 
 SPEC_VERSION = "1.0"
+# `ce_tenantid` is required too: every event names its tenant outside the body, and
+# the consumer checks that the body's tenant is the same (shared.consumer).
+REQUIRED_HEADERS = ("ce_id", "ce_type", "ce_source", "ce_specversion", "ce_tenantid")
 CONTENT_TYPE = "application/json"
 
 
@@ -33,7 +37,7 @@ def ce_headers(
         "ce_id": event_id,
         "ce_type": ce_type,
         "ce_source": source,
-        "ce_time": (time or datetime.now(UTC)).isoformat(),
+        "ce_time": (time or SYSTEM_CLOCK.now()).isoformat(),
         "ce_tenantid": tenant_id,
         "content-type": CONTENT_TYPE,
     }
@@ -52,7 +56,7 @@ class EventMeta:
     @classmethod
     def from_headers(cls, headers: dict[str, Any]) -> EventMeta:
         h = {k: v.decode() if isinstance(v, bytes) else str(v) for k, v in headers.items()}
-        missing = [k for k in ("ce_id", "ce_type", "ce_source", "ce_specversion") if not h.get(k)]
+        missing = [k for k in REQUIRED_HEADERS if not h.get(k)]
         if missing:
             raise UnknownEventType(f"not a CloudEvent: missing headers {', '.join(missing)}")
         if h["ce_specversion"] != SPEC_VERSION:
@@ -62,7 +66,7 @@ class EventMeta:
             ce_type=h["ce_type"],
             source=h["ce_source"],
             time=h.get("ce_time", ""),
-            tenant_id=h.get("ce_tenantid", ""),
+            tenant_id=h["ce_tenantid"],
         )
 
     def occurred_at(self, default: datetime) -> datetime:
@@ -89,8 +93,11 @@ class OutboxEntry(BaseModel):
     created_at: datetime
 
 
-def outbox_entry(event: Any, *, traceparent: str = "", key: str | None = None) -> OutboxEntry:
-    """Wrap a topic model instance (shared.events) as an outbox entry."""
+def outbox_entry(
+    event: Any, *, traceparent: str = "", key: str | None = None, now: datetime | None = None
+) -> OutboxEntry:
+    """Wrap a topic model instance (shared.events) as an outbox entry; `now` (the
+    service's clock) dates it, the system clock when not given."""
     return OutboxEntry(
         id=new_event_id(),
         topic=event.topic,
@@ -99,5 +106,5 @@ def outbox_entry(event: Any, *, traceparent: str = "", key: str | None = None) -
         tenant_id=event.tenant_id,
         body=event.model_dump(mode="json"),
         traceparent=traceparent,
-        created_at=datetime.now(UTC),
+        created_at=now or SYSTEM_CLOCK.now(),
     )

@@ -14,9 +14,27 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
+from annotated_types import MaxLen
 from pydantic import BaseModel, ConfigDict, Field
+
+from shared.bounds import (
+    Clipped64,
+    Clipped128,
+    Clipped200,
+    Clipped300,
+    Clipped500,
+    Clipped1000,
+    NonEmpty64,
+    Text10,
+    Text32,
+    Text64,
+    Text128,
+    Text200,
+    Text2000,
+    clip_items,
+)
 
 
 class Urgency(StrEnum):
@@ -67,6 +85,12 @@ class Event(BaseModel):
 # ---------------------------------------------------------------- shared parts
 
 
+# A patient's identifier at a provider, as the router sends it in a FHIR search
+# (`subject=Patient/<id>`) or a QIDO query (`PatientID=<id>`): one value, never a
+# list (`,` is OR in FHIR search), a wildcard (`*`, `?` in QIDO) or a path.
+PATIENT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+
 class PatientIdentifier(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     system: str = Field(min_length=1, max_length=200)
@@ -78,8 +102,13 @@ class ProviderRecords(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     provider_id: str = Field(min_length=1, max_length=64)
-    patient_id: str = Field(min_length=1, max_length=100, description="Patient id at provider")
-    kinds: list[RecordKind] = Field(min_length=1)
+    patient_id: str = Field(
+        max_length=64,
+        pattern=PATIENT_ID_PATTERN,
+        description="Patient id at the provider: letters, digits, '.', '_' and '-' "
+        "(no wildcards, commas, slashes or spaces: it is sent as one search value)",
+    )
+    kinds: Annotated[list[RecordKind], Field(min_length=1, max_length=len(RecordKind))]
     authorized: bool = Field(description="Release authorization on file for this provider")
 
 
@@ -87,9 +116,9 @@ class FirstOpinionSource(BaseModel):
     """Who gave the first opinion: what an independent reviewer must not share."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    clinician_id: str = ""
-    institution: str = ""
-    affiliations: list[str] = []
+    clinician_id: Text64 = ""
+    institution: Text200 = ""
+    affiliations: Annotated[list[Text200], Field(max_length=20)] = []
 
 
 class RoutingContext(BaseModel):
@@ -97,7 +126,7 @@ class RoutingContext(BaseModel):
     event so that no service has to read another's data or rely on cross-topic order."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    subspecialties: list[str] = Field(min_length=1)
+    subspecialties: Annotated[list[NonEmpty64], Field(min_length=1, max_length=10)]
     urgency: Urgency = Urgency.ROUTINE
     service_tier: ServiceTier = ServiceTier.SPECIALIST_OPINION
     jurisdiction: str = Field(min_length=2, max_length=16)
@@ -110,10 +139,10 @@ class RoutingContext(BaseModel):
 class CaseSubmittedPatient(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: str = Field(min_length=1, max_length=200)
-    birth_date: str = Field(pattern=r"^\d{4}-\d{2}-\d{2}$")
-    sex: str = Field(default="unknown", pattern=r"^(female|male|other|unknown)$")
+    birth_date: str = Field(max_length=10, pattern=r"^\d{4}-\d{2}-\d{2}$")
+    sex: str = Field(default="unknown", max_length=8, pattern=r"^(female|male|other|unknown)$")
     jurisdiction: str = Field(min_length=2, max_length=16, description="e.g. US-CA")
-    identifiers: list[PatientIdentifier] = []
+    identifiers: Annotated[list[PatientIdentifier], Field(max_length=10)] = []
 
 
 class CaseSubmittedFirstOpinion(BaseModel):
@@ -124,7 +153,7 @@ class CaseSubmittedFirstOpinion(BaseModel):
     clinician_id: str = Field(default="", max_length=64)
     clinician_name: str = Field(default="", max_length=200)
     institution: str = Field(default="", max_length=200)
-    affiliations: list[str] = []
+    affiliations: Annotated[list[Text200], Field(max_length=20)] = []
 
 
 class EarlierOpinion(BaseModel):
@@ -137,7 +166,7 @@ class EarlierOpinion(BaseModel):
     )
     diagnosis: str = Field(default="", max_length=2000)
     institution: str = Field(default="", max_length=200)
-    given_on: str | None = Field(default=None, pattern=r"^\d{4}-\d{2}-\d{2}$")
+    given_on: str | None = Field(default=None, max_length=10, pattern=r"^\d{4}-\d{2}-\d{2}$")
 
 
 class CaseSubmission(BaseModel):
@@ -152,14 +181,17 @@ class CaseSubmission(BaseModel):
     first_opinion: CaseSubmittedFirstOpinion
     urgency: Urgency = Urgency.ROUTINE
     service_tier: ServiceTier = ServiceTier.SPECIALIST_OPINION
-    records: list[ProviderRecords] = Field(min_length=1)
+    records: Annotated[list[ProviderRecords], Field(min_length=1, max_length=20)]
     treating_clinician_email: str = Field(default="", max_length=200)
     earlier_opinions: list[EarlierOpinion] = Field(default=[], max_length=20)
     treatment_start_date: str | None = Field(
-        default=None, pattern=r"^\d{4}-\d{2}-\d{2}$", description="Planned start of treatment"
+        default=None,
+        max_length=10,
+        pattern=r"^\d{4}-\d{2}-\d{2}$",
+        description="Planned start of treatment",
     )
     symptoms_status: str = Field(
-        default="unknown", pattern=r"^(persistent|improving|resolved|unknown)$"
+        default="unknown", max_length=16, pattern=r"^(persistent|improving|resolved|unknown)$"
     )
 
 
@@ -179,29 +211,29 @@ class CaseSubmitted(BaseModel):
 
 class CaseAccepted(Event):
     topic: ClassVar[str] = "case.accepted"
-    external_id: str
+    external_id: Text128
     routing: RoutingContext
-    records: list[ProviderRecords]
-    triage_signals: list[str] = []
-    # Why intake routed it so (design.md §3 intake): signal/subspecialty name -> reason.
-    triage_reasons: dict[str, str] = {}
-    subspecialty_reasons: dict[str, str] = {}
-    urgency_reason: str = ""
-    earlier_case_ids: list[str] = []
-    treatment_start_date: str | None = None
+    records: Annotated[list[ProviderRecords], Field(max_length=20)]
+    triage_signals: Annotated[list[Clipped64], clip_items(20), MaxLen(20)] = []
+    # Why intake routed it so (docs/intake.md): signal/subspecialty name -> reason.
+    triage_reasons: Annotated[dict[Clipped64, Clipped500], clip_items(20), MaxLen(20)] = {}
+    subspecialty_reasons: Annotated[dict[Clipped64, Clipped500], clip_items(20), MaxLen(20)] = {}
+    urgency_reason: Clipped500 = ""
+    earlier_case_ids: Annotated[list[Text128], Field(max_length=20)] = []
+    treatment_start_date: Text10 | None = None
 
 
 class FieldError(BaseModel):
     model_config = ConfigDict(frozen=True)
-    loc: str
-    msg: str
-    type: str
+    loc: Clipped200
+    msg: Clipped500
+    type: Clipped64
 
 
 class CaseRejected(Event):
     topic: ClassVar[str] = "case.rejected"
-    external_id: str
-    errors: list[FieldError]
+    external_id: Clipped128
+    errors: Annotated[list[FieldError], clip_items(50), MaxLen(50)]
 
 
 # ---------------------------------------------------------------- records_fetch
@@ -209,18 +241,18 @@ class CaseRejected(Event):
 
 class RecordsRequested(Event):
     topic: ClassVar[str] = "records.requested"
-    provider_id: str
-    kinds: list[RecordKind]
+    provider_id: Text64
+    kinds: Annotated[list[RecordKind], Field(max_length=len(RecordKind))]
 
 
 class RecordsProgress(Event):
     topic: ClassVar[str] = "records.progress"
-    provider_id: str
+    provider_id: Text64
     kind: RecordKind
-    state: str = Field(pattern=r"^(requested|in_progress|received|failed)$")
+    state: str = Field(max_length=16, pattern=r"^(requested|in_progress|received|failed)$")
     expected: int = 0
     received: int = 0
-    reason: str = ""
+    reason: Clipped500 = ""
 
 
 class ManifestItem(BaseModel):
@@ -228,15 +260,15 @@ class ManifestItem(BaseModel):
     kind: RecordKind
     present: bool
     count: int = 0
-    detail: str = ""
+    detail: Clipped500 = ""
 
 
 class RecordsComplete(Event):
     topic: ClassVar[str] = "records.complete"
     routing: RoutingContext
-    manifest: list[ManifestItem]
+    manifest: Annotated[list[ManifestItem], clip_items(20), MaxLen(20)]
     completed_at: datetime
-    override_reason: str = ""
+    override_reason: Clipped1000 = ""
 
 
 class RecordsIncomplete(Event):
@@ -244,7 +276,7 @@ class RecordsIncomplete(Event):
     the integrator (via notify) while records_fetch re-requests them with backoff."""
 
     topic: ClassVar[str] = "records.incomplete"
-    missing: list[ManifestItem]
+    missing: Annotated[list[ManifestItem], clip_items(20), MaxLen(20)]
     attempt: int = 1
     next_retry_at: datetime | None = None
     gave_up: bool = False
@@ -255,11 +287,11 @@ class RecordsIncomplete(Event):
 
 class CaseAssigned(Event):
     topic: ClassVar[str] = "case.assigned"
-    assignment_id: str
-    reviewer_id: str
-    subspecialty: str
+    assignment_id: Text128
+    reviewer_id: Text64
+    subspecialty: Text64
     due_at: datetime
-    reason: str
+    reason: Clipped1000
     # Who the reviewer is, as the signed opinion names them (reporting does not own the roster).
     reviewer_name: str = Field(default="", max_length=200)
     reviewer_credentials: str = Field(default="", max_length=300, description="e.g. MD, ABR CAQ")
@@ -267,31 +299,32 @@ class CaseAssigned(Event):
 
 class CaseReassigned(Event):
     topic: ClassVar[str] = "case.reassigned"
-    assignment_id: str
-    from_reviewer_id: str
-    to_reviewer_id: str = ""
-    reason: str
+    assignment_id: Text128
+    from_reviewer_id: Text64
+    to_reviewer_id: Text64 = ""
+    reason: Clipped1000
 
 
 class CaseUnassignable(Event):
     """`case.unassignable`: no eligible reviewer; an alert for operations."""
 
     topic: ClassVar[str] = "case.unassignable"
-    subspecialty: str
-    reason: str
-    excluded: dict[str, str] = {}
+    subspecialty: Text64
+    reason: Clipped1000
+    # Why each reviewer was not chosen (the first 100 of a large roster).
+    excluded: Annotated[dict[Clipped64, Clipped300], clip_items(100), MaxLen(100)] = {}
 
 
 class SlaWarning(Event):
     topic: ClassVar[str] = "sla.warning"
-    assignment_id: str
+    assignment_id: Text128
     due_at: datetime
     fraction_elapsed: float
 
 
 class SlaBreached(Event):
     topic: ClassVar[str] = "sla.breached"
-    assignment_id: str
+    assignment_id: Text128
     due_at: datetime
     escalation_level: int = 0
 
@@ -301,9 +334,9 @@ class SlaBreached(Event):
 
 class ReportSubmitted(Event):
     topic: ClassVar[str] = "report.submitted"
-    report_id: str
-    reviewer_id: str
-    assignment_id: str = ""
+    report_id: Text128
+    reviewer_id: Text64
+    assignment_id: Text128 = ""
     concordance: Concordance
 
 
@@ -311,21 +344,21 @@ class ReportLinks(BaseModel):
     """Where an authorised partner fetches the report (paths on the reporting API)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    report: str
-    fhir: str = ""
-    pdf: str = ""
-    signature: str = ""
+    report: Text2000
+    fhir: Text2000 = ""
+    pdf: Text2000 = ""
+    signature: Text2000 = ""
 
 
 class ReportReady(Event):
     """`report.ready`: links to fetch the signed report, not the PHI payload itself."""
 
     topic: ClassVar[str] = "report.ready"
-    report_id: str
-    reviewer_id: str
+    report_id: Text128
+    reviewer_id: Text64
     concordance: Concordance
     signed_at: datetime
-    content_sha256: str
+    content_sha256: Text64
     links: ReportLinks
 
 
@@ -334,11 +367,11 @@ class ReportAddendum(Event):
     report (the report itself is never edited); links, not the PHI payload."""
 
     topic: ClassVar[str] = "report.addendum"
-    report_id: str
-    addendum_id: str
-    reviewer_id: str
+    report_id: Text128
+    addendum_id: Text128
+    reviewer_id: Text64
     signed_at: datetime
-    content_sha256: str
+    content_sha256: Text64
     links: ReportLinks
 
 
@@ -347,11 +380,11 @@ class ReportAddendum(Event):
 
 class NotificationDelivered(Event):
     topic: ClassVar[str] = "notification.delivered"
-    delivery_id: str
-    event_type: str
-    channel: str
-    subscription_id: str = ""
-    status: str = Field(pattern=r"^(delivered|dead_letter)$")
+    delivery_id: Text128
+    event_type: Text64
+    channel: Text32
+    subscription_id: Text128 = ""
+    status: str = Field(max_length=16, pattern=r"^(delivered|dead_letter)$")
 
 
 TOPIC_MODELS: dict[str, type[BaseModel]] = {

@@ -114,6 +114,8 @@ class Service:
             f"/router/{settings.service_name}",
             self._outbox_collections,
             settings.outbox_sweep_seconds,
+            dead_letters=self.db["outbox_dead_letters"],
+            clock=clock,
         )
 
     def collection(self, name: str, *, outbox: bool = False) -> AsyncCollection[Doc]:

@@ -10,12 +10,15 @@ removes them once the broker has them.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from prometheus_client import Counter
 from pymongo import AsyncMongoClient, UpdateOne, WriteConcern
 from pymongo.asynchronous.collection import AsyncCollection
@@ -23,6 +26,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from shared.aio import sleep_until_woken
+from shared.clock import SYSTEM_CLOCK, Clock
 from shared.envelope import OutboxEntry, ce_headers
 from shared.telemetry import attach_traceparent, detach, quiet
 
@@ -38,6 +42,18 @@ Doc = dict[str, Any]
 # crash, an outbox entry republished); the fault tier reports it.
 REDELIVERIES_SKIPPED = Counter(
     "router_redeliveries_skipped_total", "Events whose effect was already applied, skipped"
+)
+
+
+# The largest event the relay hands to the producer: below the producer's request
+# limit and the broker's default `message.max.bytes` (1 MiB), with room for the
+# CloudEvents headers. The contract's field and list bounds keep every event far
+# below it (shared/events.py); an entry over it is set aside, never retried.
+MAX_EVENT_BYTES = 900_000
+OUTBOX_DEAD_LETTERS = Counter(
+    "router_outbox_dead_letters_total",
+    "Outbox entries that could never be published and were set aside (alert on any)",
+    ["topic"],
 )
 
 
@@ -204,8 +220,12 @@ class OutboxRelay:
         source: str,
         collections: list[AsyncCollection[Doc]],
         sweep_seconds: float = 2.0,
+        dead_letters: AsyncCollection[Doc] | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._broker = broker
+        self._dead_letters = dead_letters
+        self._clock = clock
         self._source = source
         # Shared with the owner, which appends the collections it declares later.
         self._collections = collections
@@ -273,13 +293,73 @@ class OutboxRelay:
             if doc.get("outbox") and not entries:
                 continue  # read before its entries were confirmed and removed
             self._in_flight.add(key)
+            ids: list[str] = []
+            futures: list[Any] = []
             try:
-                futures = [await self.publish(e, confirm=False) for e in entries]
+                for entry in entries:
+                    future = await self._hand_over(coll, doc["_id"], entry)
+                    if future is not None:
+                        ids.append(entry.id)
+                        futures.append(future)
             except BaseException:
                 self._in_flight.discard(key)
                 raise
-            sent.append(Sent(doc["_id"], [e.id for e in entries], futures))
+            sent.append(Sent(doc["_id"], ids, futures))
         return sent
+
+    async def _hand_over(self, coll: AsyncCollection[Doc], doc_id: Any, entry: OutboxEntry) -> Any:
+        """The producer's delivery future for `entry`, or None when the entry can
+        never be published and was set aside. One bad event must not hold back its
+        document's later events, nor (by failing every pass) every other document's;
+        a transient failure (broker away) still raises and ends the pass."""
+        size = len(json.dumps(entry.body, ensure_ascii=False).encode())
+        if size > MAX_EVENT_BYTES:
+            reason = f"event of {size} bytes exceeds the limit of {MAX_EVENT_BYTES}"
+        else:
+            try:
+                return await self.publish(entry, confirm=False)
+            except MessageSizeTooLargeError:
+                reason = "the producer refused the event's size"
+            except KafkaError as exc:
+                if getattr(exc, "retriable", False) or not _is_entry_error(exc):
+                    raise
+                reason = f"the producer refused the event: {type(exc).__name__}"
+            except (TypeError, ValueError) as exc:
+                reason = f"the event cannot be serialised: {type(exc).__name__}"
+        await self.set_aside(coll, doc_id, entry, reason)
+        return None
+
+    async def set_aside(
+        self, coll: AsyncCollection[Doc], doc_id: Any, entry: OutboxEntry, reason: str
+    ) -> None:
+        """Move an unpublishable entry out of the outbox into the service's
+        `outbox_dead_letters` collection (kept whole, so it can be republished once
+        the cause is fixed), count it and log it by its ids only (no PHI)."""
+        if self._dead_letters is None:
+            raise RuntimeError(f"unpublishable outbox entry {entry.id}: {reason}")
+        record = {
+            "_id": entry.id,
+            "collection": coll.name,
+            "doc_id": doc_id,
+            "topic": entry.topic,
+            "ce_type": entry.ce_type,
+            "tenant_id": entry.tenant_id,
+            "reason": reason,
+            "set_aside_at": self._clock.now(),
+            "entry": entry.model_dump(mode="python"),
+        }
+        with suppress(DuplicateKeyError):  # set aside by an earlier pass that then failed
+            await self._dead_letters.insert_one(record)
+        await coll.bulk_write(_removal(Sent(doc_id, [entry.id], [])), ordered=True)
+        OUTBOX_DEAD_LETTERS.labels(entry.topic).inc()
+        log.error(
+            "outbox entry %s (%s of %s/%s) set aside: %s",
+            entry.id,
+            entry.topic,
+            coll.name,
+            doc_id,
+            reason,
+        )
 
     async def _confirm_later(self, coll: AsyncCollection[Doc], sent: list[Sent]) -> int:
         if sent:
@@ -298,7 +378,17 @@ class OutboxRelay:
         document that were all acknowledged; the others are kept whole and
         published again by a later pass (consumers de-duplicate)."""
         try:
-            acknowledged = [one for one in sent if await _all_acknowledged(one)]
+            acknowledged = []
+            for one in sent:
+                results = await asyncio.gather(*one.futures, return_exceptions=True)
+                if not any(isinstance(r, BaseException) for r in results):
+                    acknowledged.append(one)
+                    continue
+                # The broker refused a record itself (too large for its limit): that
+                # entry is set aside; the others are sent again by a later pass.
+                for entry_id, result in zip(one.ids, results, strict=True):
+                    if _refused_for_good(result):
+                        await self._set_aside_by_id(coll, one.doc_id, entry_id, result)
             if acknowledged:
                 await coll.bulk_write(
                     [op for one in acknowledged for op in _removal(one)], ordered=True
@@ -311,6 +401,15 @@ class OutboxRelay:
             if keys & self._waiting:  # entries written meanwhile were skipped: look again
                 self._waiting -= keys
                 self._wake.set()
+
+    async def _set_aside_by_id(
+        self, coll: AsyncCollection[Doc], doc_id: Any, entry_id: str, error: BaseException
+    ) -> None:
+        doc = await coll.find_one({"_id": doc_id}, {"outbox": 1})
+        for entry in _entries(doc or {}):
+            if entry.id == entry_id:
+                reason = f"the broker refused the event: {type(error).__name__}"
+                await self.set_aside(coll, doc_id, entry, reason)
 
     def _remember_cleared(self, ids: list[str]) -> None:
         for entry_id in ids:
@@ -356,9 +455,10 @@ class Sent:
     futures: list[Any]
 
 
-async def _all_acknowledged(sent: Sent) -> bool:
-    results = await asyncio.gather(*sent.futures, return_exceptions=True)
-    return not any(isinstance(r, BaseException) for r in results)
+def _refused_for_good(result: Any) -> bool:
+    return isinstance(result, MessageSizeTooLargeError) or (
+        isinstance(result, KafkaError) and _is_entry_error(result)
+    )
 
 
 def _removal(sent: Sent) -> list[UpdateOne]:
@@ -366,6 +466,13 @@ def _removal(sent: Sent) -> list[UpdateOne]:
         UpdateOne({"_id": sent.doc_id}, {"$pull": {"outbox": {"id": {"$in": sent.ids}}}}),
         UpdateOne({"_id": sent.doc_id, "outbox": {"$size": 0}}, {"$set": {"has_outbox": False}}),
     ]
+
+
+def _is_entry_error(exc: KafkaError) -> bool:
+    """Errors about the record itself, not about the broker or the connection."""
+    from aiokafka.errors import InvalidTopicError, RecordListTooLargeError
+
+    return isinstance(exc, InvalidTopicError | RecordListTooLargeError)
 
 
 def _entries(doc: Doc) -> list[OutboxEntry]:
