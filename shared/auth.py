@@ -19,7 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import Header
+from fastapi import Depends
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, TypeAdapter
 
 from shared.errors import Forbidden, RouterError
@@ -73,13 +74,25 @@ def bearer_key(authorization: str) -> str:
     return key.strip()
 
 
+# Declared as the OpenAPI `bearer` security scheme, so generated clients and the
+# /docs page send the key (a header parameter named Authorization is ignored by
+# OpenAPI 3.1 tooling).
+BEARER = HTTPBearer(
+    auto_error=False,
+    scheme_name="apiKey",
+    description="Authorization: Bearer <key_id>.<secret> (a per-tenant API key)",
+)
+
+
 def require(credentials: Credentials, *roles: str) -> Callable[..., Principal]:
     """A FastAPI dependency that authenticates and checks the caller's role."""
 
     def dependency(
-        authorization: Annotated[str, Header(description="Bearer <api key>")] = "",
+        given: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)],
     ) -> Principal:
-        principal = credentials.authenticate(bearer_key(authorization))
+        if given is None:
+            raise Unauthorized("expected 'Authorization: Bearer <key>'")
+        principal = credentials.authenticate(given.credentials.strip())
         if roles and principal.role not in roles:
             raise Forbidden(f"role {principal.role!r} may not call this endpoint")
         return principal

@@ -10,6 +10,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.errors import RetryableError, RouterError, transient_errors
 
@@ -92,3 +94,92 @@ def create_api(
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+# ---------------------------------------------------------------- the request gate
+
+
+class PayloadTooLarge(RouterError):
+    status_code = 413
+    title = "Payload too large"
+
+
+class RequestGate:
+    """ASGI middleware in front of every route: the caller is authenticated before
+    a byte of the body is read, and no body is read past its cap.
+
+    * A route that is not public needs a valid `Authorization: Bearer <key>`;
+      without one the answer is 401 at once, whatever the body (the role is
+      checked by the route's own dependency, `Service.require`).
+    * A declared `Content-Length` over the cap is 413 at once; a body without
+      one (chunked) is counted as it is read and refused with 413 when it passes
+      the cap, so nothing larger is ever held in memory.
+
+    Public routes (health, the API description, report verification, the
+    dashboard page) have a smaller cap of their own."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        authenticate: Callable[[str], object],
+        public: Callable[[str], bool],
+        max_body_bytes: int,
+        public_max_body_bytes: int,
+    ) -> None:
+        self.app = app
+        self.authenticate = authenticate
+        self.public = public
+        self.max_body_bytes = max_body_bytes
+        self.public_max_body_bytes = public_max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        headers = Headers(scope=scope)
+        public = self.public(path)
+        if not public:
+            from shared.auth import Unauthorized, bearer_key
+
+            try:
+                self.authenticate(bearer_key(headers.get("authorization", "")))
+            except Unauthorized as exc:
+                await problem(401, exc.title, exc.detail)(scope, receive, send)
+                return
+        cap = self.public_max_body_bytes if public else self.max_body_bytes
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > cap:
+            await problem(413, "Payload too large", f"body exceeds {cap} bytes")(
+                scope, receive, send
+            )
+            return
+        seen, exceeded, started = 0, False, False
+
+        async def counted() -> Message:
+            nonlocal seen, exceeded
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > cap:
+                    exceeded = True
+                    raise PayloadTooLarge(f"body exceeds {cap} bytes")
+            return message
+
+        async def guarded(message: Message) -> None:
+            nonlocal started
+            if exceeded:
+                return  # whatever the route made of the cut body, the answer is 413
+            started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counted, guarded)
+        except Exception:
+            if not exceeded or started:
+                raise
+        if exceeded and not started:
+            await problem(413, "Payload too large", f"body exceeds {cap} bytes")(
+                scope, receive, send
+            )

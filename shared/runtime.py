@@ -13,9 +13,10 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager, suppress
-from typing import Any
+from typing import Annotated, Any
 
 import uvicorn
+from fastapi import Depends, Query, Request
 from faststream import FastStream
 from faststream.kafka import KafkaBroker
 from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
@@ -25,13 +26,14 @@ from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from prometheus_client import REGISTRY
 from pymongo.asynchronous.collection import AsyncCollection
 
+from shared.audit import STATE_KEY, AuditOutcome, AuditTrail
 from shared.auth import Credentials, Principal, require
 from shared.clock import SYSTEM_CLOCK, Clock
 from shared.consumer import EventConsumer
 from shared.envelope import OutboxEntry
 from shared.errors import is_retryable
 from shared.events import ALL_TOPICS
-from shared.http import create_api
+from shared.http import RequestGate, create_api
 from shared.settings import ServiceSettings
 from shared.store import Doc, OutboxRelay, connect
 from shared.telemetry import setup_telemetry
@@ -40,13 +42,15 @@ log = logging.getLogger(__name__)
 Hook = Callable[[], Coroutine[Any, Any, Any]]
 
 
-async def ensure_topics(bootstrap: str, topics: list[str], partitions: int) -> None:
+async def ensure_topics(
+    bootstrap: str, topics: list[str], partitions: int, **client_options: Any
+) -> None:
     """Create the router's topics if missing (production clusters pre-create them
     from deploy/; this keeps a fresh local broker usable)."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import TopicAlreadyExistsError
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **client_options)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -84,6 +88,7 @@ class Service:
         description: str,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
+        settings.check_production()
         self.settings = settings
         self.clock = clock
         self.tracer_provider = setup_telemetry(settings.service_name, settings.trace_dir)
@@ -91,6 +96,7 @@ class Service:
             settings.kafka_bootstrap,
             acks="all",
             enable_idempotence=settings.kafka_idempotent_producer,
+            security=settings.kafka_security(),
             middlewares=[
                 KafkaTelemetryMiddleware(tracer_provider=self.tracer_provider),
                 KafkaPrometheusMiddleware(registry=REGISTRY, app_name=settings.service_name),
@@ -102,8 +108,25 @@ class Service:
         )
         self.consumer = EventConsumer(self.broker, settings)
         self.client, self.db = connect(settings.mongo_uri, settings.mongo_database)
-        self.credentials = Credentials.load(settings.credentials_file)
+        self.credentials = Credentials.load(settings.credentials_path())
         self.api = create_api(title, description, self.ready)
+        self.audit = AuditTrail(
+            self.db["audit_events"], settings.service_name, clock, settings.audit_retention_days
+        )
+        # Paths anyone may call (no key): health, the API description, and what a
+        # service declares with `public(...)`. In production /metrics needs a key.
+        self._public: list[str] = ["/healthz", "/readyz", "/docs", "/openapi.json", "/redoc"]
+        if settings.dev_mode or settings.metrics_public:
+            self._public.append("/metrics")
+        self.api.add_middleware(AuditOutcome, trail=self.audit)
+        self.api.add_middleware(
+            RequestGate,
+            authenticate=self.credentials.authenticate,
+            public=self.is_public,
+            max_body_bytes=settings.max_body_bytes,
+            public_max_body_bytes=settings.public_max_body_bytes,
+        )
+        self._audit_route()
         self.api.router.lifespan_context = self._lifespan
         FastAPIInstrumentor.instrument_app(self.api, tracer_provider=self.tracer_provider)
         self._outbox_collections: list[AsyncCollection[Doc]] = []
@@ -125,10 +148,51 @@ class Service:
             self._outbox_collections.append(coll)
         return coll
 
-    def require(self, *roles: str) -> Callable[..., Principal]:
+    def require(self, *roles: str) -> Callable[..., Any]:
         """The FastAPI dependency for a route: authenticates the caller, checks the
-        role and records the access in the service's audit trail."""
-        return require(self.credentials, *roles)
+        role and records the access in the service's audit trail before the route
+        runs (shared.audit: a call whose record cannot be written is refused)."""
+        authorized = require(self.credentials, *roles)
+
+        async def audited(
+            request: Request, principal: Annotated[Principal, Depends(authorized)]
+        ) -> Principal:
+            route = getattr(request.scope.get("route"), "path", request.url.path)
+            client = request.client.host if request.client else ""
+            event = self.audit.event(
+                principal, request.method, route, dict(request.path_params), client
+            )
+            request.scope.setdefault("state", {})[STATE_KEY] = await self.audit.record(event)
+            return principal
+
+        return audited
+
+    def public(self, *prefixes: str) -> None:
+        """Declare paths (prefixes) anyone may call without a key."""
+        self._public.extend(prefixes)
+
+    def is_public(self, path: str) -> bool:
+        return any(path == p or path.startswith(p.rstrip("/") + "/") for p in self._public)
+
+    def _audit_route(self) -> None:
+        operations = self.require("operations")
+
+        @self.api.get("/v1/audit", tags=["ops"], summary="The audit trail (FHIR AuditEvent)")
+        async def audit_events(
+            _: Annotated[Principal, Depends(operations)],
+            case_id: Annotated[str, Query(max_length=64)] = "",
+            key_id: Annotated[str, Query(max_length=64)] = "",
+            limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        ) -> dict[str, Any]:
+            """Who read or changed what on this service, newest first, as a FHIR
+            searchset Bundle of AuditEvent resources (IHE BALP)."""
+            events = await self.audit.search(case_id=case_id, key_id=key_id, limit=limit)
+            return {
+                "resourceType": "Bundle",
+                "type": "searchset",
+                "total": len(events),
+                "entry": [{"resource": e} for e in events],
+            }
 
     def on_startup(self, hook: Hook) -> Hook:
         self._startup.append(hook)
@@ -151,12 +215,16 @@ class Service:
         return bool(self.broker._connection)  # started and connected
 
     async def _prepare(self) -> None:
+        await self.audit.create_indexes()
         for coll in self._outbox_collections:
             await coll.create_index("has_outbox")
         for hook in self._startup:
             await hook()
         await ensure_topics(
-            self.settings.kafka_bootstrap, ALL_TOPICS, self.settings.topic_partitions
+            self.settings.kafka_bootstrap,
+            ALL_TOPICS,
+            self.settings.topic_partitions,
+            **self.settings.kafka_client_options(),
         )
         await start_broker(self.broker)
 

@@ -9,13 +9,20 @@ fall back to the shared, unprefixed names (``KAFKA_BOOTSTRAP``, ``MONGO_URI``).
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# The public development keys of the local stack (their plaintext is in the README).
+DEV_CREDENTIALS = REPO_ROOT / "deploy" / "local" / "dev-credentials.json"
+
+
+class InsecureSettings(ValueError):
+    """Settings that are only safe for development, refused in production."""
 
 
 def shared_field(default: Any, name: str) -> Any:
@@ -30,6 +37,20 @@ class ServiceSettings(BaseSettings):
 
     service_name: str = "service"
     kafka_bootstrap: str = shared_field("127.0.0.1:9092", "KAFKA_BOOTSTRAP")
+    # How the service authenticates to the broker (docs/security.md, "Kafka"):
+    # production uses SASL_SSL with SCRAM-SHA-512, one user per service whose ACLs
+    # allow producing only the topics it owns (deploy/k8s/base/kafka-users.yaml).
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = (
+        shared_field("PLAINTEXT", "KAFKA_SECURITY_PROTOCOL")
+    )
+    kafka_sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] = shared_field(
+        "SCRAM-SHA-512", "KAFKA_SASL_MECHANISM"
+    )
+    kafka_sasl_username: str = shared_field("", "KAFKA_SASL_USERNAME")
+    kafka_sasl_password: SecretStr = shared_field(SecretStr(""), "KAFKA_SASL_PASSWORD")
+    kafka_ssl_cafile: Path | None = shared_field(None, "KAFKA_SSL_CAFILE")
+    # An unauthenticated broker outside development must be asked for explicitly.
+    kafka_allow_plaintext: bool = shared_field(False, "KAFKA_ALLOW_PLAINTEXT")
     # Tansu and aiokafka's idempotent producer disagree (infra.md); on for real Kafka.
     kafka_idempotent_producer: bool = shared_field(False, "KAFKA_IDEMPOTENT_PRODUCER")
     kafka_session_timeout_ms: int = shared_field(6000, "KAFKA_SESSION_TIMEOUT_MS")
@@ -52,12 +73,97 @@ class ServiceSettings(BaseSettings):
     http_host: str = "127.0.0.1"
     http_port: int = 8000
     trace_dir: Path = shared_field(REPO_ROOT / ".run" / "traces", "TRACE_DIR")
-    credentials_file: Path = shared_field(
-        REPO_ROOT / "deploy" / "local" / "dev-credentials.json", "CREDENTIALS_FILE"
-    )
-    # Local development allows http:// and loopback endpoints; production refuses them.
-    dev_mode: bool = shared_field(True, "DEV_MODE")
+    # The API keys (hashed). No default outside development: a production service
+    # without CREDENTIALS_FILE refuses to start rather than accept the public
+    # development keys of deploy/local.
+    credentials_file: Path | None = shared_field(None, "CREDENTIALS_FILE")
+    # Development (DEV_MODE=true, set by deploy/local and the tests) allows http://
+    # and loopback endpoints, the development keys and an unauthenticated broker;
+    # anything else is production, which refuses them.
+    dev_mode: bool = shared_field(False, "DEV_MODE")
     outbox_sweep_seconds: float = 2.0
+    # The most any request body may be (shared.http.RequestGate), and the smaller
+    # cap of the routes anyone may call without a key.
+    max_body_bytes: int = 1_048_576
+    public_max_body_bytes: int = 262_144
+    # /metrics without a key (development always): production scrapes with an
+    # operations key unless the metrics port is reachable only by Prometheus.
+    metrics_public: bool = shared_field(False, "METRICS_PUBLIC")
+    # How long audit records are kept (shared.audit): six years, as HIPAA asks of
+    # documentation.
+    audit_retention_days: int = shared_field(2190, "AUDIT_RETENTION_DAYS")
+
+    def credentials_path(self) -> Path:
+        """The credentials file to load; raises `InsecureSettings` in production
+        when none is configured."""
+        if self.credentials_file is not None:
+            return self.credentials_file
+        if self.dev_mode:
+            return DEV_CREDENTIALS
+        raise InsecureSettings("CREDENTIALS_FILE is not set (DEV_MODE is off)")
+
+    def check_production(self) -> None:
+        """Fail closed: refuse settings that are only safe for development."""
+        if self.dev_mode:
+            return
+        self.credentials_path()
+        if self.credentials_file == DEV_CREDENTIALS:
+            raise InsecureSettings("the development credentials are refused outside DEV_MODE")
+        if self.kafka_security_protocol == "PLAINTEXT" and not self.kafka_allow_plaintext:
+            raise InsecureSettings(
+                "KAFKA_SECURITY_PROTOCOL=PLAINTEXT outside DEV_MODE "
+                "(use SASL_SSL, or set KAFKA_ALLOW_PLAINTEXT=true to accept it)"
+            )
+        if self.kafka_security_protocol.startswith("SASL") and not self.kafka_sasl_username:
+            raise InsecureSettings("KAFKA_SASL_USERNAME is not set")
+
+    def kafka_security(self) -> Any:
+        """The faststream security object for the broker (None: PLAINTEXT)."""
+        from faststream.security import (
+            BaseSecurity,
+            SASLPlaintext,
+            SASLScram256,
+            SASLScram512,
+        )
+
+        protocol = self.kafka_security_protocol
+        if protocol == "PLAINTEXT":
+            return None
+        context = self.kafka_ssl_context() if protocol.endswith("SSL") else None
+        if protocol == "SSL":
+            return BaseSecurity(ssl_context=context, use_ssl=True)
+        kind = {
+            "SCRAM-SHA-512": SASLScram512,
+            "SCRAM-SHA-256": SASLScram256,
+            "PLAIN": SASLPlaintext,
+        }[self.kafka_sasl_mechanism]
+        return kind(
+            self.kafka_sasl_username,
+            self.kafka_sasl_password.get_secret_value(),
+            ssl_context=context,
+            use_ssl=context is not None,
+        )
+
+    def kafka_client_options(self) -> dict[str, Any]:
+        """The same security as keyword arguments of plain aiokafka clients (admin)."""
+        protocol = self.kafka_security_protocol
+        options: dict[str, Any] = {"security_protocol": protocol}
+        if protocol.endswith("SSL"):
+            options["ssl_context"] = self.kafka_ssl_context()
+        if protocol.startswith("SASL"):
+            options.update(
+                sasl_mechanism=self.kafka_sasl_mechanism,
+                sasl_plain_username=self.kafka_sasl_username,
+                sasl_plain_password=self.kafka_sasl_password.get_secret_value(),
+            )
+        return options
+
+    def kafka_ssl_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(
+            cafile=str(self.kafka_ssl_cafile) if self.kafka_ssl_cafile else None
+        )
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        return context
 
     @property
     def consumer_group(self) -> str:

@@ -28,6 +28,11 @@ from hypothesis import settings as hypothesis_settings
 from deploy.local import stack
 
 REPO = Path(__file__).resolve().parents[1]
+# The tests run the services in development mode (the local stack's keys, http://
+# and loopback endpoints, an unauthenticated local broker); production fails closed
+# without these (shared/settings.py). A test of production behaviour says so itself.
+os.environ.setdefault("DEV_MODE", "true")
+os.environ.setdefault("CREDENTIALS_FILE", str(REPO / "deploy" / "local" / "dev-credentials.json"))
 
 # Property-based tests (hypothesis, schemathesis) explore new inputs on every
 # local run; CI replays a fixed set so that a landing never hinges on luck.

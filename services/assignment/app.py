@@ -52,6 +52,8 @@ reviewer = service.require("reviewer")
 Ops = Annotated[Principal, Depends(operations)]
 Rev = Annotated[Principal, Depends(reviewer)]
 api = service.api
+# The page and its script hold no data; /v1/dashboard needs an operations key.
+service.public("/dashboard")
 app = service.asyncapi
 api.mount("/dashboard/static", StaticFiles(directory=STATIC), name="dashboard-static")
 

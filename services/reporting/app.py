@@ -33,6 +33,8 @@ store = ReportingStore(
     service.collection("addenda", outbox=True),
 )
 service.on_startup(store.create_indexes)
+# Verification is for anyone holding a report (a partner, a clinician, an auditor).
+service.public("/v1/verify", "/v1/keys", "/.well-known")
 signer = handlers.Signer(KeyRing(settings.key_dir), settings.base_url)
 reviewer = service.require("reviewer")
 reader = service.require("partner", "reviewer")
