@@ -21,26 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from shared.errors import InvalidInput
 from shared.events import Concordance
-
-# Subspecialties whose opinion is an image re-read: the imaging section is required.
-IMAGING_SUBSPECIALTIES = frozenset(
-    {
-        "neuroradiology",
-        "body_imaging",
-        "musculoskeletal_radiology",
-        "breast_imaging",
-        "radiology",
-        "nuclear_medicine",
-        "cardiac_imaging",
-        "pediatric_radiology",
-    }
-)
-
-
-def is_imaging(subspecialty: str) -> bool:
-    return subspecialty in IMAGING_SUBSPECIALTIES or subspecialty.endswith(
-        ("_radiology", "_imaging")
-    )
+from shared.vocabulary import imaging_reread
 
 
 class OriginalReportReference(StrEnum):
@@ -144,7 +125,7 @@ def opinion_gaps(draft: OpinionDraft, subspecialty: str) -> list[tuple[str, str]
     if draft.concordance is None:
         gaps.append(("concordance", "confirmed, refined or changed_diagnosis"))
     gaps += _consistency_gaps(draft)
-    if is_imaging(subspecialty) or draft.imaging is not None:
+    if imaging_reread(subspecialty) or draft.imaging is not None:
         gaps += _imaging_gaps(draft.imaging)
     return gaps
 

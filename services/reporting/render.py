@@ -18,8 +18,8 @@ from typing import Any
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from fpdf import FPDF
 
-from services.reporting.domain import is_imaging
 from services.reporting.signing import Signature, b64url_decode
+from shared.vocabulary import imaging_reread
 
 SYSTEM = "https://secondopinion.example/fhir"
 SIGNATURE_EXT = f"{SYSTEM}/StructureDefinition/report-signature"
@@ -89,7 +89,7 @@ def fhir_report(
 ) -> dict[str, Any]:
     """The signed report as a validated FHIR DiagnosticReport (JSON dict)."""
     opinion, reviewer = doc["opinion"], doc["reviewer"]
-    category = "RAD" if is_imaging(doc["subspecialty"]) else "OTH"
+    category = "RAD" if imaging_reread(doc["subspecialty"]) else "OTH"
     resource: dict[str, Any] = {
         "resourceType": "DiagnosticReport",
         "id": doc["report_id"],

@@ -173,7 +173,6 @@ def test_empty_draft_names_every_missing_part_and_non_imaging_needs_no_imaging()
     agreeing = {**opinion_json(), "agrees_with_diagnosis": True, "concordance": "refined"}
     agreeing.pop("imaging")
     assert domain.opinion_gaps(domain.OpinionDraft.model_validate(agreeing), "oncology") == []
-    assert domain.is_imaging("body_imaging") and not domain.is_imaging("pathology")
 
 
 def test_addendum_is_signed_and_keeps_the_original_signature_valid(tmp_path: Path) -> None:
