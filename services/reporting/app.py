@@ -30,6 +30,8 @@ from shared.envelope import EventMeta
 from shared.events import CaseAssigned, CaseReassigned
 from shared.runtime import Service
 
+JWKS_PATH = "/.well-known/jwks.json"
+
 
 class OpenAssignment(BaseModel):
     case_id: str
@@ -210,7 +212,7 @@ def _partner_routes(service: Service, ctx: Reporting) -> None:
         return {
             "report": report.signature.model_dump(mode="json"),
             "addenda": {a.addendum_id: a.signature.model_dump(mode="json") for a in addenda},
-            "keys": f"{base_url}/v1/keys",
+            "keys": f"{base_url}{JWKS_PATH}",
         }
 
     @api.get("/v1/reports/{report_id}/fhir", tags=["reports"])
@@ -240,9 +242,15 @@ def _verification_routes(service: Service, ctx: Reporting) -> None:
     api = service.api
     keys = ctx.signer.keys
 
+    @api.get(JWKS_PATH, tags=["verification"])
+    async def jwks() -> dict[str, Any]:
+        """The reviewers' public Ed25519 verification keys as a JWK set (RFC 7517):
+        each one's current key and rotated-out keys until they are retired. Public."""
+        return {"keys": keys.public_jwks()}
+
     @api.get("/v1/keys", tags=["verification"])
     async def published_keys() -> dict[str, Any]:
-        """The reviewers' public Ed25519 verification keys (a JWK set)."""
+        """The same JWK set as /.well-known/jwks.json (kept for existing partners)."""
         return {"keys": keys.public_jwks()}
 
     @api.post("/v1/verify", response_model=VerificationResult, tags=["verification"])

@@ -185,6 +185,8 @@ async def submit_opinion(
         reviewer,
         opinion,
         iso(signed_at),
+        patient=assignment.patient,
+        clinical_question=assignment.clinical_question,
     )
     sig = ctx.signer.sign(document)
     links = ctx.signer.links(document["report_id"])

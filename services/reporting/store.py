@@ -22,7 +22,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 from pymongo.asynchronous.collection import AsyncCollection
 
-from services.reporting.domain import OpinionDraft
+from services.reporting.domain import OpinionDraft, Patient
 from services.reporting.signing import Signature
 from shared.envelope import OutboxEntry
 from shared.store import WITHOUT_OUTBOX, Doc, apply_once, insert_with_outbox, update_if
@@ -57,6 +57,9 @@ class AssignmentCopy(Stored):
     report_id: str = ""
     withdrawn: bool = False
     draft: OpinionDraft | None = None
+    # Signed into the report when known; case.assigned does not carry them today.
+    patient: Patient | None = None
+    clinical_question: str = ""
 
 
 class StoredReport(Stored):

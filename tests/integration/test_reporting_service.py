@@ -43,6 +43,7 @@ from shared.runtime import Service, ensure_topics
 from shared.store import connect
 from tests.conftest import REPO, eventually
 from tests.unit.test_reporting_domain import opinion_json
+from tests.unit.test_reporting_signatures import joserfc_payload
 
 TENANT = "demo-health"
 SIGNING_TIME = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
@@ -319,8 +320,12 @@ async def test_signed_report_end_to_end(
     (add_event,) = await topic_events(infra["kafka_bootstrap"], "report.addendum", case_id, 1)
     parsed = ReportAddendum.model_validate(add_event["body"])
     assert (parsed.report_id, parsed.addendum_id) == (report_id, added.json()["addendum_id"])
-    keys = (await client.get("/v1/keys")).json()["keys"]
-    assert [k["owner"] for k in keys] == ["rev-neuro-1"] and all("d" not in k for k in keys)
+    jwks = (await client.get("/.well-known/jwks.json")).json()
+    assert [k["owner"] for k in jwks["keys"]] == ["rev-neuro-1"]
+    assert all("d" not in k for k in jwks["keys"])
+    # A partner's JOSE library, from the published keys alone, reads the signed report.
+    assert joserfc_payload(bundle["signature"]["jws"], jwks) == bundle["report"]
+    assert joserfc_payload(addendum["signature"]["jws"], jwks) == addendum["addendum"]
     assert all((f.stat().st_mode & 0o077) == 0 for f in reporting.key_dir.glob("*.pem"))
 
 
