@@ -185,3 +185,19 @@ async def test_rotated_keys_stay_published_and_verifiable_until_retired(
         f"no published key {old.kid}"
     ]
     assert (await http.get("/v1/keys")).json() == jwks  # the older address, same set
+
+
+def test_key_command_rotates_lists_and_retires(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from services.reporting import keys
+
+    key_dir = ["--key-dir", str(tmp_path / "keys")]
+    first = KeyRing(tmp_path / "keys").rotate("rev-neuro-1")  # creates the first key
+    assert keys.main([*key_dir, "rotate", "rev-neuro-1"]) == 0
+    second = capsys.readouterr().out.strip()
+    assert keys.main([*key_dir, "list"]) == 0
+    assert {k["kid"] for k in json.loads(capsys.readouterr().out)["keys"]} == {first, second}
+    assert keys.main([*key_dir, "retire", first]) == 0
+    assert keys.main([*key_dir, "retire", first]) == 1  # already gone
+    assert [k["kid"] for k in KeyRing(tmp_path / "keys").public_jwks()] == [second]
