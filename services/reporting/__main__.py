@@ -1,5 +1,5 @@
 """`python -m services.reporting` runs the reporting service."""
 
-from services.reporting.app import service
+from services.reporting.app import create_service
 
-service.run()
+create_service().run()

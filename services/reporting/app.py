@@ -1,9 +1,17 @@
 """reporting's wiring: the reviewer API (assignments, drafts, opinions, addenda),
 the partner API (signed report as JSON, FHIR and PDF), the published keys and
-verification, and the case.assigned / case.reassigned subscribers."""
+verification, and the case.assigned / case.reassigned subscribers.
 
-from __future__ import annotations
+`create_service(settings, clock)` builds one reporting process; `python -m
+services.reporting` runs it. The module names `service`, `api` and `app` (the
+AsyncAPI app) are built on first use, so tests build their own service with
+their own settings and clock, and importing this module builds nothing.
+"""
 
+# No `from __future__ import annotations`: FastAPI resolves the routes' dependency
+# annotations at definition time, and they name closures of create_service.
+
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import Body, Depends
@@ -12,41 +20,24 @@ from pydantic import BaseModel
 
 from services.reporting import handlers, render, signing
 from services.reporting.domain import Addendum, OpinionDraft
+from services.reporting.handlers import Reporting, Signer
 from services.reporting.keys import KeyRing
 from services.reporting.settings import ReportingSettings
-from services.reporting.store import ReportingStore
+from services.reporting.store import ReportingStore, StoredAddendum, StoredReport
 from shared.auth import Principal
+from shared.clock import SYSTEM_CLOCK, Clock
 from shared.envelope import EventMeta
 from shared.events import CaseAssigned, CaseReassigned
 from shared.runtime import Service
-from shared.store import Doc
 
-settings = ReportingSettings()
-service = Service(
-    settings,
-    title="Second-opinion reporting",
-    description="Reviewers submit structured, signed opinions; partners fetch and verify them.",
-)
-store = ReportingStore(
-    service.collection("assignments"),
-    service.collection("reports", outbox=True),
-    service.collection("addenda", outbox=True),
-)
-service.on_startup(store.create_indexes)
-# Verification is for anyone holding a report (a partner, a clinician, an auditor).
-service.public("/v1/verify", "/v1/keys", "/.well-known")
-signer = handlers.Signer(KeyRing(settings.key_dir), settings.base_url)
-reviewer = service.require("reviewer")
-reader = service.require("partner", "reviewer")
-api = service.api
-app = service.asyncapi
+JWKS_PATH = "/.well-known/jwks.json"
 
 
 class OpenAssignment(BaseModel):
     case_id: str
     assignment_id: str
     subspecialty: str
-    due_at: Any
+    due_at: datetime
 
 
 class Submitted(BaseModel):
@@ -71,160 +62,235 @@ class VerificationResult(BaseModel):
     problems: list[str]
 
 
+def create_service(
+    settings: ReportingSettings | None = None, clock: Clock | None = None
+) -> Service:
+    """One reporting process: store, signer, routes and subscribers on a new Service."""
+    settings = settings or ReportingSettings()
+    service = Service(
+        settings,
+        title="Second-opinion reporting",
+        description="Reviewers submit structured, signed opinions; partners fetch and verify them.",
+        clock=clock or SYSTEM_CLOCK,
+    )
+    store = ReportingStore(
+        service.collection("assignments"),
+        service.collection("reports", outbox=True),
+        service.collection("addenda", outbox=True),
+    )
+    service.on_startup(store.create_indexes)
+    # Verification is for anyone holding a report (a partner, a clinician, an auditor).
+    service.public("/v1/verify", "/v1/keys", "/.well-known")
+    ctx = Reporting(store, Signer(KeyRing(settings.key_dir), settings.base_url), service.clock)
+    _reviewer_routes(service, ctx)
+    _partner_routes(service, ctx)
+    _verification_routes(service, ctx)
+    _subscribers(service, ctx)
+    return service
+
+
 # ---------------------------------------------------------------- reviewers
 
 
-@api.get("/v1/reviewer/assignments", response_model=list[OpenAssignment], tags=["reviewer"])
-async def my_assignments(
-    principal: Annotated[Principal, Depends(reviewer)],
-) -> list[OpenAssignment]:
-    docs = await handlers.open_assignments(store, principal.subject)
-    return [OpenAssignment(assignment_id=d["_id"], **d) for d in docs]
+def _reviewer_routes(service: Service, ctx: Reporting) -> None:
+    api = service.api
+    reviewer = service.require("reviewer")
 
+    @api.get("/v1/reviewer/assignments", response_model=list[OpenAssignment], tags=["reviewer"])
+    async def my_assignments(
+        principal: Annotated[Principal, Depends(reviewer)],
+    ) -> list[OpenAssignment]:
+        copies = await handlers.open_assignments(ctx, principal.subject)
+        return [
+            OpenAssignment(
+                case_id=c.case_id,
+                assignment_id=c.assignment_id,
+                subspecialty=c.subspecialty,
+                due_at=c.due_at,
+            )
+            for c in copies
+        ]
 
-@api.put("/v1/assignments/{assignment_id}/draft", response_model=DraftSaved, tags=["reviewer"])
-async def save_draft(
-    assignment_id: str, draft: OpinionDraft, principal: Annotated[Principal, Depends(reviewer)]
-) -> DraftSaved:
-    """Save an unfinished opinion; the answer lists the parts still missing."""
-    gaps = await handlers.save_draft(store, assignment_id, principal.subject, draft)
-    return DraftSaved(missing=[{"loc": f"body.{f}", "msg": m} for f, m in gaps])
+    @api.put("/v1/assignments/{assignment_id}/draft", response_model=DraftSaved, tags=["reviewer"])
+    async def save_draft(
+        assignment_id: str,
+        draft: OpinionDraft,
+        principal: Annotated[Principal, Depends(reviewer)],
+    ) -> DraftSaved:
+        """Save an unfinished opinion; the answer lists the parts still missing."""
+        gaps = await handlers.save_draft(ctx, assignment_id, principal.subject, draft)
+        return DraftSaved(missing=[{"loc": f"body.{f}", "msg": m} for f, m in gaps])
 
-
-@api.post(
-    "/v1/assignments/{assignment_id}/opinion",
-    response_model=Submitted,
-    status_code=201,
-    tags=["reviewer"],
-)
-async def submit_opinion(
-    assignment_id: str,
-    principal: Annotated[Principal, Depends(reviewer)],
-    opinion: Annotated[OpinionDraft | None, Body()] = None,
-) -> Submitted:
-    """Sign and submit the opinion (the body, or the saved draft when there is none).
-    Refused with 422 naming every missing part."""
-    report_id, outbox = await handlers.submit_opinion(
-        store, signer, assignment_id, principal.subject, opinion
+    @api.post(
+        "/v1/assignments/{assignment_id}/opinion",
+        response_model=Submitted,
+        status_code=201,
+        tags=["reviewer"],
     )
-    service.emitted(outbox)
-    return Submitted(report_id=report_id)
+    async def submit_opinion(
+        assignment_id: str,
+        principal: Annotated[Principal, Depends(reviewer)],
+        opinion: Annotated[OpinionDraft | None, Body()] = None,
+    ) -> Submitted:
+        """Sign and submit the opinion (the body, or the saved draft when there is none).
+        Refused with 422 naming every missing part."""
+        report_id, outbox = await handlers.submit_opinion(
+            ctx, assignment_id, principal.subject, opinion
+        )
+        service.emitted(outbox)
+        return Submitted(report_id=report_id)
 
-
-@api.post(
-    "/v1/cases/{case_id}/opinion", response_model=Submitted, status_code=201, tags=["reviewer"]
-)
-async def submit_case_opinion(
-    case_id: str, opinion: OpinionDraft, principal: Annotated[Principal, Depends(reviewer)]
-) -> Submitted:
-    """The same, addressed by case when the reviewer holds one assignment on it."""
-    assignment_id = await handlers.assignment_for_case(store, case_id, principal.subject)
-    report_id, outbox = await handlers.submit_opinion(
-        store, signer, assignment_id, principal.subject, opinion
+    @api.post(
+        "/v1/cases/{case_id}/opinion",
+        response_model=Submitted,
+        status_code=201,
+        tags=["reviewer"],
     )
-    service.emitted(outbox)
-    return Submitted(report_id=report_id)
+    async def submit_case_opinion(
+        case_id: str, opinion: OpinionDraft, principal: Annotated[Principal, Depends(reviewer)]
+    ) -> Submitted:
+        """The same, addressed by case when the reviewer holds one assignment on it."""
+        assignment_id = await handlers.assignment_for_case(ctx, case_id, principal.subject)
+        report_id, outbox = await handlers.submit_opinion(
+            ctx, assignment_id, principal.subject, opinion
+        )
+        service.emitted(outbox)
+        return Submitted(report_id=report_id)
 
-
-@api.post(
-    "/v1/reports/{report_id}/addenda",
-    response_model=AddendumCreated,
-    status_code=201,
-    tags=["reviewer"],
-)
-async def add_addendum(
-    report_id: str, addendum: Addendum, principal: Annotated[Principal, Depends(reviewer)]
-) -> AddendumCreated:
-    """Answer a follow-up question: a new signed addendum; the report is never edited."""
-    addendum_id, outbox = await handlers.add_addendum(
-        store, signer, report_id, principal.subject, addendum
+    @api.post(
+        "/v1/reports/{report_id}/addenda",
+        response_model=AddendumCreated,
+        status_code=201,
+        tags=["reviewer"],
     )
-    service.emitted(outbox)
-    return AddendumCreated(addendum_id=addendum_id)
+    async def add_addendum(
+        report_id: str, addendum: Addendum, principal: Annotated[Principal, Depends(reviewer)]
+    ) -> AddendumCreated:
+        """Answer a follow-up question: a new signed addendum; the report is never edited."""
+        addendum_id, outbox = await handlers.add_addendum(
+            ctx, report_id, principal.subject, addendum
+        )
+        service.emitted(outbox)
+        return AddendumCreated(addendum_id=addendum_id)
 
 
 # ---------------------------------------------------------------- partners
 
 
-async def _readable(report_id: str, p: Principal) -> tuple[Doc, list[Doc]]:
-    return await handlers.readable_report(store, report_id, p.role, p.tenant_id, p.subject)
+def _signed(record: StoredReport | StoredAddendum) -> tuple[dict[str, Any], signing.Signature]:
+    return record.document, record.signature
 
 
-def _signed(doc: Doc) -> tuple[dict[str, Any], signing.Signature]:
-    return doc["document"], signing.Signature.model_validate(doc["signature"])
+def _partner_routes(service: Service, ctx: Reporting) -> None:
+    api = service.api
+    reader = service.require("partner", "reviewer")
+    base_url = ctx.signer.base_url
 
+    async def readable(report_id: str, p: Principal) -> tuple[StoredReport, list[StoredAddendum]]:
+        return await handlers.readable_report(ctx, report_id, p.role, p.tenant_id, p.subject)
 
-@api.get("/v1/reports/{report_id}", tags=["reports"])
-async def get_report(
-    report_id: str, principal: Annotated[Principal, Depends(reader)]
-) -> dict[str, Any]:
-    """The signed canonical report, its signature, its signed addenda and links."""
-    report, addenda = await _readable(report_id, principal)
-    return {
-        "report": report["document"],
-        "signature": report["signature"],
-        "addenda": [{"addendum": a["document"], "signature": a["signature"]} for a in addenda],
-        "links": signer.links(report_id).model_dump(),
-    }
+    @api.get("/v1/reports/{report_id}", tags=["reports"])
+    async def get_report(
+        report_id: str, principal: Annotated[Principal, Depends(reader)]
+    ) -> dict[str, Any]:
+        """The signed canonical report, its signature, its signed addenda and links."""
+        report, addenda = await readable(report_id, principal)
+        return {
+            "report": report.document,
+            "signature": report.signature.model_dump(mode="json"),
+            "addenda": [
+                {"addendum": a.document, "signature": a.signature.model_dump(mode="json")}
+                for a in addenda
+            ],
+            "links": ctx.signer.links(report_id).model_dump(),
+        }
 
+    @api.get("/v1/reports/{report_id}/signature", tags=["reports"])
+    async def get_signature(
+        report_id: str, principal: Annotated[Principal, Depends(reader)]
+    ) -> dict[str, Any]:
+        """The detached signatures and where the verification keys are published."""
+        report, addenda = await readable(report_id, principal)
+        return {
+            "report": report.signature.model_dump(mode="json"),
+            "addenda": {a.addendum_id: a.signature.model_dump(mode="json") for a in addenda},
+            "keys": f"{base_url}{JWKS_PATH}",
+        }
 
-@api.get("/v1/reports/{report_id}/signature", tags=["reports"])
-async def get_signature(
-    report_id: str, principal: Annotated[Principal, Depends(reader)]
-) -> dict[str, Any]:
-    """The detached signatures and where the verification keys are published."""
-    report, addenda = await _readable(report_id, principal)
-    return {
-        "report": report["signature"],
-        "addenda": {a["_id"]: a["signature"] for a in addenda},
-        "keys": f"{settings.base_url}/v1/keys",
-    }
+    @api.get("/v1/reports/{report_id}/fhir", tags=["reports"])
+    async def get_fhir(
+        report_id: str, principal: Annotated[Principal, Depends(reader)]
+    ) -> Response:
+        """The report as a FHIR R4 DiagnosticReport (signature as an extension)."""
+        report, addenda = await readable(report_id, principal)
+        doc, sig = _signed(report)
+        pdf_url = ctx.signer.links(report_id).pdf
+        body = render.fhir_report(doc, sig, [_signed(a) for a in addenda], pdf_url)
+        return JSONResponse(body, media_type="application/fhir+json")
 
-
-@api.get("/v1/reports/{report_id}/fhir", tags=["reports"])
-async def get_fhir(report_id: str, principal: Annotated[Principal, Depends(reader)]) -> Response:
-    """The report as a FHIR R4 DiagnosticReport (signature as an extension)."""
-    report, addenda = await _readable(report_id, principal)
-    doc, sig = _signed(report)
-    body = render.fhir_report(doc, sig, [_signed(a) for a in addenda], signer.links(report_id).pdf)
-    return JSONResponse(body, media_type="application/fhir+json")
-
-
-@api.get("/v1/reports/{report_id}/pdf", tags=["reports"])
-async def get_pdf(report_id: str, principal: Annotated[Principal, Depends(reader)]) -> Response:
-    """The report as a PDF for the treating physician."""
-    report, addenda = await _readable(report_id, principal)
-    doc, sig = _signed(report)
-    pdf = render.pdf_report(doc, sig, [_signed(a) for a in addenda])
-    return Response(pdf, media_type="application/pdf")
+    @api.get("/v1/reports/{report_id}/pdf", tags=["reports"])
+    async def get_pdf(report_id: str, principal: Annotated[Principal, Depends(reader)]) -> Response:
+        """The report as a PDF for the treating physician."""
+        report, addenda = await readable(report_id, principal)
+        doc, sig = _signed(report)
+        pdf = render.pdf_report(doc, sig, [_signed(a) for a in addenda])
+        return Response(pdf, media_type="application/pdf")
 
 
 # ---------------------------------------------------------------- verification
 
 
-@api.get("/v1/keys", tags=["verification"])
-async def published_keys() -> dict[str, Any]:
-    """The reviewers' public Ed25519 verification keys (a JWK set)."""
-    return {"keys": signer.keys.public_jwks()}
+def _verification_routes(service: Service, ctx: Reporting) -> None:
+    api = service.api
+    keys = ctx.signer.keys
 
+    @api.get(JWKS_PATH, tags=["verification"])
+    async def jwks() -> dict[str, Any]:
+        """The reviewers' public Ed25519 verification keys as a JWK set (RFC 7517):
+        each one's current key and rotated-out keys until they are retired. Public."""
+        return {"keys": keys.public_jwks()}
 
-@api.post("/v1/verify", response_model=VerificationResult, tags=["verification"])
-async def verify(body: Verification) -> VerificationResult:
-    """Check a document against its signature and the published keys."""
-    problems = signing.verification_problems(
-        body.document, body.signature, signer.keys.public_jwks()
-    )
-    return VerificationResult(valid=not problems, problems=problems)
+    @api.get("/v1/keys", tags=["verification"])
+    async def published_keys() -> dict[str, Any]:
+        """The same JWK set as /.well-known/jwks.json (kept for existing partners)."""
+        return {"keys": keys.public_jwks()}
+
+    @api.post("/v1/verify", response_model=VerificationResult, tags=["verification"])
+    async def verify(body: Verification) -> VerificationResult:
+        """Check a document against its signature and the published keys."""
+        problems = signing.verification_problems(body.document, body.signature, keys.public_jwks())
+        return VerificationResult(valid=not problems, problems=problems)
 
 
 # ---------------------------------------------------------------- subscribers
 
 
-@service.consumer.on(CaseAssigned)
-async def on_case_assigned(event: CaseAssigned, meta: EventMeta) -> None:
-    await handlers.record_assignment(store, event, meta)
+def _subscribers(service: Service, ctx: Reporting) -> None:
+    @service.consumer.on(CaseAssigned)
+    async def on_case_assigned(event: CaseAssigned, meta: EventMeta) -> None:
+        await handlers.record_assignment(ctx, event, meta)
+
+    @service.consumer.on(CaseReassigned, follower=True)  # withdraws the previous offer
+    async def on_case_reassigned(event: CaseReassigned, meta: EventMeta) -> None:
+        await handlers.record_reassignment(ctx, event)
 
 
-@service.consumer.on(CaseReassigned, follower=True)  # withdraws the previous offer
-async def on_case_reassigned(event: CaseReassigned, meta: EventMeta) -> None:
-    await handlers.record_reassignment(store, event)
+_default: Service | None = None
+
+
+def default_service() -> Service:
+    """The process's service, built from the environment on first use."""
+    global _default
+    if _default is None:
+        _default = create_service()
+    return _default
+
+
+def __getattr__(name: str) -> Any:
+    if name == "service":
+        return default_service()
+    if name == "api":
+        return default_service().api
+    if name == "app":
+        return default_service().asyncapi
+    raise AttributeError(name)

@@ -1,6 +1,6 @@
 """reporting's domain, free of I/O: the structured second opinion, the rules
-that say when it is complete, the signed report and its addenda, and their
-canonical form (the bytes a signature covers).
+that say when it is complete, and the documents that are signed: the report
+and its addenda (their canonical form and signature: `signing`).
 
 A reviewer may save an incomplete `OpinionDraft`; submission turns it into an
 `Opinion` only when every required part is there (`complete_opinion`), and
@@ -11,8 +11,6 @@ signed in turn, so the original signature stays valid for ever.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import uuid
 from enum import StrEnum
 from typing import Any
@@ -21,26 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from shared.errors import InvalidInput
 from shared.events import Concordance
-
-# Subspecialties whose opinion is an image re-read: the imaging section is required.
-IMAGING_SUBSPECIALTIES = frozenset(
-    {
-        "neuroradiology",
-        "body_imaging",
-        "musculoskeletal_radiology",
-        "breast_imaging",
-        "radiology",
-        "nuclear_medicine",
-        "cardiac_imaging",
-        "pediatric_radiology",
-    }
-)
-
-
-def is_imaging(subspecialty: str) -> bool:
-    return subspecialty in IMAGING_SUBSPECIALTIES or subspecialty.endswith(
-        ("_radiology", "_imaging")
-    )
+from shared.vocabulary import imaging_reread
 
 
 class OriginalReportReference(StrEnum):
@@ -144,7 +123,7 @@ def opinion_gaps(draft: OpinionDraft, subspecialty: str) -> list[tuple[str, str]
     if draft.concordance is None:
         gaps.append(("concordance", "confirmed, refined or changed_diagnosis"))
     gaps += _consistency_gaps(draft)
-    if is_imaging(subspecialty) or draft.imaging is not None:
+    if imaging_reread(subspecialty) or draft.imaging is not None:
         gaps += _imaging_gaps(draft.imaging)
     return gaps
 
@@ -179,11 +158,30 @@ def report_id_for(case_id: str, assignment_id: str) -> str:
     return "rpt-" + uuid.uuid5(uuid.NAMESPACE_URL, f"{case_id}/{assignment_id}").hex[:20]
 
 
+class Patient(BaseModel):
+    """Who the opinion is about, as far as reporting was told (all optional)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str = Field(default="", max_length=200)
+    birth_date: str = Field(default="", pattern=r"^(\d{4}-\d{2}-\d{2})?$")
+    mrn: str = Field(default="", max_length=100, description="Medical record number")
+
+
 def report_document(
-    assignment: dict[str, Any], reviewer: Reviewer, opinion: Opinion, signed_at: str
+    assignment: dict[str, Any],
+    reviewer: Reviewer,
+    opinion: Opinion,
+    signed_at: str,
+    patient: Patient | None = None,
+    clinical_question: str = "",
 ) -> dict[str, Any]:
-    """The report as signed: everything a partner relies on, nothing else."""
-    return {
+    """The report as signed: everything a partner relies on, nothing else.
+
+    The case reference (`case_id`, with `tenant_id` and `assignment_id`) is always
+    signed; the patient's identifiers and the clinical question are signed when
+    reporting holds them (case.assigned does not carry them today), so a report
+    cannot be presented as being about another patient or question."""
+    document: dict[str, Any] = {
         "kind": "second_opinion",
         "report_id": report_id_for(assignment["case_id"], assignment["assignment_id"]),
         "case_id": assignment["case_id"],
@@ -195,6 +193,11 @@ def report_document(
         "opinion": opinion.model_dump(mode="json"),
         "signed_at": signed_at,
     }
+    if patient is not None:
+        document["patient"] = patient.model_dump(exclude_defaults=True)
+    if clinical_question:
+        document["clinical_question"] = clinical_question
+    return document
 
 
 def addendum_document(
@@ -215,12 +218,3 @@ def addendum_document(
         "answer": addendum.answer,
         "signed_at": signed_at,
     }
-
-
-def canonical_bytes(document: dict[str, Any]) -> bytes:
-    """Deterministic JSON (sorted keys, no whitespace, UTF-8): what is hashed and signed."""
-    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def content_sha256(document: dict[str, Any]) -> str:
-    return hashlib.sha256(canonical_bytes(document)).hexdigest()

@@ -5,8 +5,9 @@ Both are views of the signed canonical document, never the thing signed: the
 signature (and each addendum's) travels with them so a reader can check it
 against the published keys. The FHIR resource is built and validated with
 `fhir.resources`' R4B models (DiagnosticReport is unchanged from R4); the
-signature is a complex extension holding a FHIR `Signature` plus the key id
-and the content hash. The PDF uses fpdf2's core fonts, so text is mapped to
+signature is a complex extension holding a FHIR `Signature` (its `data` the
+compact JWS, `sigFormat` application/jose) plus the key id and the content
+hash. The PDF uses fpdf2's core fonts, so text is mapped to
 Latin-1 (no font file needs to be installed on the machine).
 """
 
@@ -18,8 +19,8 @@ from typing import Any
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from fpdf import FPDF
 
-from services.reporting.domain import is_imaging
-from services.reporting.signing import Signature, b64url_decode
+from services.reporting.signing import Signature
+from shared.vocabulary import imaging_reread
 
 SYSTEM = "https://secondopinion.example/fhir"
 SIGNATURE_EXT = f"{SYSTEM}/StructureDefinition/report-signature"
@@ -46,7 +47,8 @@ def _signature_extension(doc: dict[str, Any], sig: Signature) -> dict[str, Any]:
             "display": reviewer.get("name") or reviewer["reviewer_id"],
         },
         "targetFormat": "application/json",
-        "data": base64.b64encode(b64url_decode(sig.value)).decode(),
+        "sigFormat": "application/jose",
+        "data": base64.b64encode(sig.jws.encode("ascii")).decode(),
     }
     return {
         "url": SIGNATURE_EXT,
@@ -89,7 +91,7 @@ def fhir_report(
 ) -> dict[str, Any]:
     """The signed report as a validated FHIR DiagnosticReport (JSON dict)."""
     opinion, reviewer = doc["opinion"], doc["reviewer"]
-    category = "RAD" if is_imaging(doc["subspecialty"]) else "OTH"
+    category = "RAD" if imaging_reread(doc["subspecialty"]) else "OTH"
     resource: dict[str, Any] = {
         "resourceType": "DiagnosticReport",
         "id": doc["report_id"],
@@ -166,7 +168,7 @@ class _Pdf(FPDF):
         lines = [
             f"Digitally signed {doc['signed_at']} ({sig.alg}), key {sig.kid}",
             f"SHA-256 of canonical content: {sig.content_sha256}",
-            f"Signature: {sig.value}",
+            f"Signature (JWS, EdDSA): {sig.value}",
         ]
         for line in lines:
             self.multi_cell(0, 3.5, _latin1(line), new_x="LMARGIN", new_y="NEXT")

@@ -1,23 +1,99 @@
-"""reporting's own collections:
+"""reporting's own collections and the typed documents it keeps in them:
 
-- `assignments`: one document per assignment id (learnt from case.assigned;
-  withdrawn by case.reassigned), with the reviewer's saved draft;
-- `reports`: signed opinions (canonical document + detached signature), with
-  the outbox; never updated after insertion except by the relay;
-- `addenda`: signed answers to follow-up questions, one document each.
+- `assignments`: one `AssignmentCopy` per assignment id (learnt from
+  case.assigned; withdrawn by case.reassigned), with the reviewer's saved draft;
+- `reports`: one `StoredReport` per signed opinion (the document exactly as
+  signed, its signature), with the outbox; never updated after insertion
+  except by the relay;
+- `addenda`: one `StoredAddendum` per signed answer to a follow-up question.
+
+Events are written with the shared outbox API (`shared.store`), never by hand.
+The signed `document` is kept as the JSON object that was signed, not as a
+model: a round trip through a model could change its bytes (a timestamp's
+format, a default filled in) and so break its signature. The fields a handler
+reads (ids, tenant, reviewer, `signed_at` as a datetime) are typed beside it.
 """
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import DuplicateKeyError
 
+from services.reporting.domain import OpinionDraft, Patient
+from services.reporting.signing import Signature
 from shared.envelope import OutboxEntry
-from shared.store import Doc
+from shared.store import WITHOUT_OUTBOX, Doc, apply_once, insert_with_outbox, update_if
 
-_HIDDEN = {"applied": 0, "traceparent": 0, "draft": 0}
+
+class Stored(BaseModel):
+    """A document of one of reporting's collections: `_id` is the model's id field."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="ignore")
+
+    def to_mongo(self) -> Doc:
+        return self.model_dump(by_alias=True)
+
+
+class AssignmentCopy(Stored):
+    """What reporting keeps of one case.assigned: who may report, on what, until
+    when; plus the reviewer's unfinished draft and whether it was reported."""
+
+    assignment_id: str = Field(alias="_id")
+    case_id: str
+    tenant_id: str
+    reviewer_id: str
+    reviewer_name: str = ""
+    reviewer_credentials: str = ""
+    subspecialty: str
+    due_at: datetime
+    # Orders the assignments of one case (one partition, so arrival order).
+    received_at: datetime
+    # The case's trace, continued by the report's events.
+    traceparent: str = ""
+    reported: bool = False
+    report_id: str = ""
+    withdrawn: bool = False
+    draft: OpinionDraft | None = None
+    # Signed into the report when known; case.assigned does not carry them today.
+    patient: Patient | None = None
+    clinical_question: str = ""
+
+
+class StoredReport(Stored):
+    report_id: str = Field(alias="_id")
+    case_id: str
+    tenant_id: str
+    reviewer_id: str
+    assignment_id: str
+    signed_at: datetime
+    document: dict[str, Any]  # exactly as signed
+    signature: Signature
+
+
+class StoredAddendum(Stored):
+    addendum_id: str = Field(alias="_id")
+    report_id: str
+    sequence: int
+    signed_at: datetime
+    document: dict[str, Any]  # exactly as signed
+    signature: Signature
+
+
+# What case.assigned sets on an assignment copy; the rest is reporting's own state.
+_FROM_EVENT = {
+    "case_id",
+    "tenant_id",
+    "reviewer_id",
+    "reviewer_name",
+    "reviewer_credentials",
+    "subspecialty",
+    "due_at",
+    "received_at",
+    "traceparent",
+}
 
 
 class ReportingStore:
@@ -34,10 +110,22 @@ class ReportingStore:
     async def create_indexes(self) -> None:
         await self.assignments.create_index([("reviewer_id", 1), ("reported", 1)])
         await self.assignments.create_index([("case_id", 1), ("subspecialty", 1)])
+        await self.assignments.create_index([("case_id", 1), ("reviewer_id", 1)])
         await self.addenda.create_index([("report_id", 1), ("sequence", 1)])
 
-    async def assignment(self, assignment_id: str) -> Doc | None:
-        return await self.assignments.find_one({"_id": assignment_id})
+    # ------------------------------------------------------------ assignments
+
+    async def record_assignment(self, copy: AssignmentCopy, event_id: str | None) -> bool:
+        """Store what case.assigned says, once per event (a redelivery is skipped);
+        a draft or a report already made on the assignment is kept."""
+        fields = copy.model_dump(include=_FROM_EVENT)
+        update = {"$set": fields, "$setOnInsert": {"reported": False}}
+        return await apply_once(self.assignments, copy.assignment_id, event_id, update)
+
+    async def assignment(self, assignment_id: str) -> AssignmentCopy | None:
+        doc = await self.assignments.find_one({"_id": assignment_id}, WITHOUT_OUTBOX)
+        # A document without case_id was never made by a case.assigned.
+        return AssignmentCopy.model_validate(doc) if doc and "case_id" in doc else None
 
     async def latest_assignment_id(self, case_id: str, subspecialty: str) -> str | None:
         """The assignment the newest case.assigned for this case and subspecialty made."""
@@ -46,38 +134,66 @@ class ReportingStore:
             {"_id": 1},
             sort=[("received_at", -1)],
         )
-        return doc["_id"] if doc else None
+        return str(doc["_id"]) if doc else None
 
-    async def open_assignments(self, reviewer_id: str, case_id: str | None = None) -> list[Doc]:
+    async def open_assignments(self, reviewer_id: str) -> list[AssignmentCopy]:
         query: Doc = {"reviewer_id": reviewer_id, "reported": False}
-        if case_id:
-            query["case_id"] = case_id
         # Withdrawn ones are dropped here, not in the query: a third condition makes
         # SecantusDB scan the whole collection instead of the (reviewer_id, reported)
         # index, and a reviewer's unreported assignments are few (their capacity).
-        docs = await self.assignments.find(query, _HIDDEN).to_list()
-        return [d for d in docs if not d.get("withdrawn")]
+        docs = await self.assignments.find(query, WITHOUT_OUTBOX).to_list()
+        copies = [AssignmentCopy.model_validate(d) for d in docs if "case_id" in d]
+        return [c for c in copies if not c.withdrawn]
 
-    async def save_draft(self, assignment_id: str, draft: dict[str, Any]) -> None:
-        await self.assignments.update_one({"_id": assignment_id}, {"$set": {"draft": draft}})
+    async def has_reported(self, case_id: str, reviewer_id: str) -> bool:
+        """Whether this reviewer already reported on an assignment of the case."""
+        query = {"case_id": case_id, "reviewer_id": reviewer_id, "reported": True}
+        return await self.assignments.find_one(query, {"_id": 1}) is not None
 
-    async def mark_reported(self, assignment_id: str, report_id: str) -> None:
-        await self.assignments.update_one(
-            {"_id": assignment_id}, {"$set": {"reported": True, "report_id": report_id}}
+    async def withdraw_open(self, case_id: str, reviewer_id: str) -> None:
+        """The reviewer's unreported assignments on the case are no longer theirs
+        (setting a flag is idempotent, so a redelivery needs no guard)."""
+        await self.assignments.update_many(
+            {"case_id": case_id, "reviewer_id": reviewer_id, "reported": False},
+            {"$set": {"withdrawn": True}},
         )
 
-    async def insert(self, coll: AsyncCollection[Doc], doc: Doc, outbox: list[OutboxEntry]) -> bool:
-        """Insert a signed document and its events in one write; False if it exists."""
-        doc = {**doc, "outbox": [e.model_dump() for e in outbox], "has_outbox": bool(outbox)}
-        try:
-            await coll.insert_one(doc)
-        except DuplicateKeyError:
-            return False
-        return True
+    async def save_draft(self, assignment_id: str, draft: OpinionDraft) -> None:
+        await update_if(
+            self.assignments,
+            {"_id": assignment_id},
+            {"$set": {"draft": draft.model_dump(mode="json")}},
+        )
 
-    async def report(self, report_id: str) -> Doc | None:
-        return await self.reports.find_one({"_id": report_id}, {"outbox": 0, "has_outbox": 0})
+    async def mark_reported(self, assignment_id: str, report_id: str) -> None:
+        await update_if(
+            self.assignments,
+            {"_id": assignment_id},
+            {"$set": {"reported": True, "report_id": report_id}},
+        )
 
-    async def report_addenda(self, report_id: str) -> list[Doc]:
-        cursor = self.addenda.find({"report_id": report_id}, {"outbox": 0, "has_outbox": 0})
-        return await cursor.sort("sequence", 1).to_list()
+    # ------------------------------------------------------------ reports
+
+    async def insert_report(self, report: StoredReport, outbox: list[OutboxEntry]) -> bool:
+        """Store a signed report and its events in one write; False if it exists."""
+        return await insert_with_outbox(self.reports, _signed_doc(report), outbox)
+
+    async def insert_addendum(self, addendum: StoredAddendum, outbox: list[OutboxEntry]) -> bool:
+        """Store a signed addendum and its event in one write; False if its id exists."""
+        return await insert_with_outbox(self.addenda, _signed_doc(addendum), outbox)
+
+    async def report(self, report_id: str) -> StoredReport | None:
+        doc = await self.reports.find_one({"_id": report_id}, WITHOUT_OUTBOX)
+        return StoredReport.model_validate(doc) if doc else None
+
+    async def report_addenda(self, report_id: str) -> list[StoredAddendum]:
+        cursor = self.addenda.find({"report_id": report_id}, WITHOUT_OUTBOX)
+        docs = await cursor.sort("sequence", 1).to_list()
+        return [StoredAddendum.model_validate(d) for d in docs]
+
+
+def _signed_doc(record: StoredReport | StoredAddendum) -> Doc:
+    doc = record.to_mongo()
+    doc["signature"] = record.signature.model_dump(mode="json")
+    doc["document"] = record.document  # untouched, as signed
+    return doc

@@ -4,11 +4,12 @@
     python -m services.reporting.verify report.json --keys keys.json      # offline
 
 The source is the JSON of GET /v1/reports/{id} (a URL or a saved file). The
-keys are the published JWK set (GET /v1/keys; by default fetched from the
-report's own server, or a saved file). The report and every addendum are
-checked: the Ed25519 signature over the canonical JSON, the content hash, that
-the key belongs to the reviewer the report names, and that each addendum
-quotes the hash of the report as signed. Exit status 0 when all verify.
+keys are the published JWK set (GET /.well-known/jwks.json; by default fetched
+from the report's own server, or a saved file). The report and every addendum
+are checked: the JWS (EdDSA) against the key its header names, that its
+payload is the RFC 8785 canonical form of the document shown, the content
+hash, that the key belongs to the reviewer the report names, and that each
+addendum quotes the hash of the report as signed. Exit status 0 when all verify.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def _load(source: str, api_key: str = "") -> Any:
 
 def _keys_url(source: str) -> str:
     parts = urlsplit(source)
-    return f"{parts.scheme}://{parts.netloc}/v1/keys"
+    return f"{parts.scheme}://{parts.netloc}/.well-known/jwks.json"
 
 
 def check(bundle: dict[str, Any], jwks: list[dict[str, Any]]) -> list[str]:
@@ -58,7 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("source", help="report URL or JSON file (GET /v1/reports/{id})")
-    parser.add_argument("--keys", default="", help="JWK set URL or file (default: /v1/keys)")
+    parser.add_argument(
+        "--keys", default="", help="JWK set URL or file (default: /.well-known/jwks.json)"
+    )
     parser.add_argument("--api-key", default="", help="partner API key for a report URL")
     args = parser.parse_args(argv)
     if not args.keys and not args.source.startswith(("http://", "https://")):

@@ -1,8 +1,15 @@
-"""The reporting service as a process against the real broker and database:
-case.assigned consumed from the real topic, opinions submitted over HTTP,
-report.ready / report.addendum read back from the real topics, reports fetched
-as JSON, FHIR and PDF by the tenant's partner and verified with the partner's
-command; reassignment, wrong reviewers, other tenants and tampering refused."""
+"""The reporting service against the real broker and database.
+
+In-process (`create_service(settings, ManualClock)`, the FastAPI app with its
+lifespan: the real Kafka consumers and outbox relay, a fresh database):
+case.assigned consumed from the real topic, opinions submitted over HTTP and
+signed at the clock's instant, report.ready / report.addendum read back from
+the real topics, reports fetched as JSON, FHIR and PDF by the tenant's partner;
+reassignment, wrong reviewers, other tenants and tampering refused.
+
+As a process (`python -m services.reporting`, settings from the environment),
+one test: what only a process shows, that the module entry point serves and
+that the partner's verify command checks a report fetched over real HTTP."""
 
 from __future__ import annotations
 
@@ -15,7 +22,9 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -25,13 +34,19 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from pypdf import PdfReader
 
+from services.reporting.app import create_service
+from services.reporting.settings import ReportingSettings
+from shared.clock import ManualClock
 from shared.envelope import ce_headers, new_event_id
 from shared.events import ALL_TOPICS, CaseAssigned, CaseReassigned, ReportAddendum, ReportReady
-from shared.runtime import ensure_topics
+from shared.runtime import Service, ensure_topics
+from shared.store import connect
 from tests.conftest import REPO, eventually
 from tests.unit.test_reporting_domain import opinion_json
+from tests.unit.test_reporting_signatures import joserfc_payload
 
 TENANT = "demo-health"
+SIGNING_TIME = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
 
 
 def key(key_id: str) -> dict[str, str]:
@@ -45,7 +60,9 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def reporting(infra: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def reporting_process(
+    infra: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
     """`python -m services.reporting` on a free port, its own database and key dir."""
     state = tmp_path_factory.mktemp("reporting")
     port, run = free_port(), uuid.uuid4().hex[:8]
@@ -84,6 +101,44 @@ def reporting(infra: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -
         assert all((f.stat().st_mode & 0o077) == 0 for f in key_files)
 
 
+@dataclass
+class InProcess:
+    service: Service
+    clock: ManualClock
+    http: httpx.AsyncClient
+    key_dir: Path
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def reporting(
+    infra: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[InProcess]:
+    """The service in this process on a manual clock, with its consumers and relay."""
+    state = tmp_path_factory.mktemp("reporting-inproc")
+    run = uuid.uuid4().hex[:8]
+    settings = ReportingSettings(
+        kafka_bootstrap=infra["kafka_bootstrap"],
+        mongo_uri=infra["mongo_uri"],
+        mongo_database=f"it_reporting_{run}",
+        service_name=f"reporting-it-{run}",
+        trace_dir=state / "traces",
+        key_dir=state / "keys",
+        outbox_sweep_seconds=0.5,
+        public_base_url="https://reports.example",
+    )
+    clock = ManualClock(SIGNING_TIME)
+    service = create_service(settings, clock)
+    transport = httpx.ASGITransport(app=service.api)
+    async with (
+        service.api.router.lifespan_context(service.api),
+        httpx.AsyncClient(transport=transport, base_url="http://reporting", timeout=30) as http,
+    ):
+        yield InProcess(service, clock, http, settings.key_dir)
+    client, _ = connect(infra["mongo_uri"], settings.mongo_database)
+    await client.drop_database(settings.mongo_database)
+    await client.close()
+
+
 @pytest_asyncio.fixture(loop_scope="session")
 async def producer(infra: dict[str, Any]) -> AsyncIterator[AIOKafkaProducer]:
     await ensure_topics(infra["kafka_bootstrap"], ALL_TOPICS, 3)
@@ -108,6 +163,7 @@ async def publish(producer: AIOKafkaProducer, event: CaseAssigned | CaseReassign
 
 
 def assigned(case_id: str, assignment_id: str, reviewer: str, name: str = "") -> CaseAssigned:
+    """A case.assigned (its due date is the assignment's business, read from the wall clock)."""
     return CaseAssigned(
         case_id=case_id,
         tenant_id=TENANT,
@@ -172,133 +228,163 @@ def verify_cli(url: str, report_id: str) -> subprocess.CompletedProcess[str]:
 
 
 async def test_signed_report_end_to_end(
-    reporting: str, producer: AIOKafkaProducer, infra: dict[str, Any]
+    reporting: InProcess, producer: AIOKafkaProducer, infra: dict[str, Any]
+) -> None:
+    client = reporting.http
+    case_id, asg = f"case-it-{uuid.uuid4().hex[:8]}", f"asg-{uuid.uuid4().hex[:8]}"
+    await publish(producer, assigned(case_id, asg, "rev-neuro-1", "Dr. Ines Moreau"))
+    await eventually(lambda: open_assignment(client, "rev-neuro-1", asg))
+    # A reviewer not assigned is refused; an incomplete opinion is refused by field.
+    other = await client.post(
+        f"/v1/assignments/{asg}/opinion", json=opinion_json(), headers=key("rev-neuro-2")
+    )
+    assert other.status_code == 403
+    incomplete = {**opinion_json(), "diagnosis_rationale": ""}
+    resp = await client.post(
+        f"/v1/assignments/{asg}/opinion", json=incomplete, headers=key("rev-neuro-1")
+    )
+    assert resp.status_code == 422 and resp.headers["content-type"] == "application/problem+json"
+    assert [e["loc"] for e in resp.json()["errors"]] == ["body.diagnosis_rationale"]
+    # Draft, then submit the saved draft.
+    saved = await client.put(
+        f"/v1/assignments/{asg}/draft", json=incomplete, headers=key("rev-neuro-1")
+    )
+    assert saved.json()["missing"][0]["loc"] == "body.diagnosis_rationale"
+    await client.put(
+        f"/v1/assignments/{asg}/draft", json=opinion_json(), headers=key("rev-neuro-1")
+    )
+    reporting.clock.set(SIGNING_TIME + timedelta(hours=3, microseconds=5))
+    resp = await client.post(f"/v1/assignments/{asg}/opinion", headers=key("rev-neuro-1"))
+    assert resp.status_code == 201, resp.text
+    report_id = resp.json()["report_id"]
+    again = await client.post(
+        f"/v1/assignments/{asg}/opinion", json=opinion_json(), headers=key("rev-neuro-1")
+    )
+    assert again.status_code == 409  # a signed report is never replaced
+    assert not await open_assignment(client, "rev-neuro-1", asg)
+
+    (ready,) = await topic_events(infra["kafka_bootstrap"], "report.ready", case_id, 1)
+    event = ReportReady.model_validate(ready["body"])
+    # Ids a receiver builds its own links from; the links are informational only.
+    assert (event.case_id, event.report_id, event.tenant_id) == (case_id, report_id, TENANT)
+    assert event.signed_at == SIGNING_TIME + timedelta(hours=3)  # the clock's, to the second
+    assert event.links.report == f"https://reports.example/v1/reports/{report_id}"
+    assert "Subacute" not in json.dumps(ready["body"])  # ids, not the opinion
+
+    partner = key("demo-partner")
+    bundle = (await client.get(f"/v1/reports/{report_id}", headers=partner)).json()
+    assert bundle["report"]["reviewer"]["name"] == "Dr. Ines Moreau"
+    assert bundle["report"]["signed_at"] == "2026-11-20T13:00:00+00:00"
+    assert bundle["signature"]["content_sha256"] == event.content_sha256
+    for path in ("", "/fhir", "/pdf", "/signature"):
+        foreign = await client.get(f"/v1/reports/{report_id}{path}", headers=key("other-partner"))
+        assert foreign.status_code == 404
+    fhir = (await client.get(f"/v1/reports/{report_id}/fhir", headers=partner)).json()
+    assert DiagnosticReport.model_validate(fhir).status == "final"
+    pdf = (await client.get(f"/v1/reports/{report_id}/pdf", headers=partner)).content
+    text = " ".join(" ".join(p.extract_text() for p in PdfReader(io.BytesIO(pdf)).pages).split())
+    assert "Subacute infarct rather than neoplasm" in text and "Dr. Ines Moreau" in text
+
+    tampered = {
+        **bundle["report"],
+        "opinion": {**bundle["report"]["opinion"], "concordance": "confirmed"},
+    }
+    result = await client.post(
+        "/v1/verify", json={"document": tampered, "signature": bundle["signature"]}
+    )
+    assert result.json()["valid"] is False
+    genuine = await client.post(
+        "/v1/verify", json={"document": bundle["report"], "signature": bundle["signature"]}
+    )
+    assert genuine.json() == {"valid": True, "problems": []}
+
+    # A follow-up answer is a signed addendum; the report and its signature stay as they were.
+    not_author = await client.post(
+        f"/v1/reports/{report_id}/addenda",
+        json={"question": "Biopsy?", "answer": "Yes."},
+        headers=key("rev-neuro-2"),
+    )
+    assert not_author.status_code == 403
+    reporting.clock.advance(timedelta(days=1))
+    added = await client.post(
+        f"/v1/reports/{report_id}/addenda",
+        json={"question": "Is a biopsy needed?", "answer": "Not before the follow-up MRI."},
+        headers=key("rev-neuro-1"),
+    )
+    assert added.status_code == 201
+    after = (await client.get(f"/v1/reports/{report_id}", headers=partner)).json()
+    assert after["report"] == bundle["report"] and after["signature"] == bundle["signature"]
+    (addendum,) = after["addenda"]
+    assert addendum["addendum"]["report_sha256"] == event.content_sha256
+    assert addendum["addendum"]["signed_at"] == "2026-11-21T13:00:00+00:00"
+    (add_event,) = await topic_events(infra["kafka_bootstrap"], "report.addendum", case_id, 1)
+    parsed = ReportAddendum.model_validate(add_event["body"])
+    assert (parsed.report_id, parsed.addendum_id) == (report_id, added.json()["addendum_id"])
+    jwks = (await client.get("/.well-known/jwks.json")).json()
+    assert [k["owner"] for k in jwks["keys"]] == ["rev-neuro-1"]
+    assert all("d" not in k for k in jwks["keys"])
+    # A partner's JOSE library, from the published keys alone, reads the signed report.
+    assert joserfc_payload(bundle["signature"]["jws"], jwks) == bundle["report"]
+    assert joserfc_payload(addendum["signature"]["jws"], jwks) == addendum["addendum"]
+    assert all((f.stat().st_mode & 0o077) == 0 for f in reporting.key_dir.glob("*.pem"))
+
+
+async def test_reassignment_moves_the_right_to_submit(
+    reporting: InProcess, producer: AIOKafkaProducer
+) -> None:
+    client = reporting.http
+    case_id = f"case-it-{uuid.uuid4().hex[:8]}"
+    first, second = f"asg-{uuid.uuid4().hex[:8]}", f"asg-{uuid.uuid4().hex[:8]}"
+    await publish(producer, assigned(case_id, first, "rev-neuro-1"))
+    await eventually(lambda: open_assignment(client, "rev-neuro-1", first))
+    reporting.clock.advance(timedelta(minutes=5))  # the later case.assigned is the newer one
+    await publish(producer, assigned(case_id, second, "rev-neuro-2"))
+    await publish(
+        producer,
+        CaseReassigned(
+            case_id=case_id,
+            tenant_id=TENANT,
+            assignment_id=second,
+            from_reviewer_id="rev-neuro-1",
+            to_reviewer_id="rev-neuro-2",
+            reason="declined",
+        ),
+    )
+    await eventually(lambda: open_assignment(client, "rev-neuro-2", second))
+    assert not await open_assignment(client, "rev-neuro-1", first)
+    stale = await client.post(
+        f"/v1/assignments/{first}/opinion", json=opinion_json(), headers=key("rev-neuro-1")
+    )
+    assert stale.status_code == 403
+    # The case-addressed route (the demo's reviewer bot) finds the new reviewer's assignment.
+    ok = await client.post(
+        f"/v1/cases/{case_id}/opinion", json=opinion_json(), headers=key("rev-neuro-2")
+    )
+    assert ok.status_code == 201, ok.text
+    twice = await client.post(
+        f"/v1/cases/{case_id}/opinion", json=opinion_json(), headers=key("rev-neuro-2")
+    )
+    assert twice.status_code == 409  # already reported: an addendum, not a second opinion
+
+
+async def test_the_process_serves_and_the_partner_command_verifies_over_http(
+    reporting_process: str, producer: AIOKafkaProducer
 ) -> None:
     case_id, asg = f"case-it-{uuid.uuid4().hex[:8]}", f"asg-{uuid.uuid4().hex[:8]}"
     await publish(producer, assigned(case_id, asg, "rev-neuro-1", "Dr. Ines Moreau"))
-    async with httpx.AsyncClient(base_url=reporting, timeout=30) as client:
+    async with httpx.AsyncClient(base_url=reporting_process, timeout=30) as client:
         await eventually(lambda: open_assignment(client, "rev-neuro-1", asg))
-        # A reviewer not assigned is refused; an incomplete opinion is refused by field.
-        other = await client.post(
-            f"/v1/assignments/{asg}/opinion", json=opinion_json(), headers=key("rev-neuro-2")
-        )
-        assert other.status_code == 403
-        incomplete = {**opinion_json(), "diagnosis_rationale": ""}
         resp = await client.post(
-            f"/v1/assignments/{asg}/opinion", json=incomplete, headers=key("rev-neuro-1")
-        )
-        assert (
-            resp.status_code == 422 and resp.headers["content-type"] == "application/problem+json"
-        )
-        assert [e["loc"] for e in resp.json()["errors"]] == ["body.diagnosis_rationale"]
-        # Draft, then submit the saved draft.
-        saved = await client.put(
-            f"/v1/assignments/{asg}/draft", json=incomplete, headers=key("rev-neuro-1")
-        )
-        assert saved.json()["missing"][0]["loc"] == "body.diagnosis_rationale"
-        await client.put(
-            f"/v1/assignments/{asg}/draft", json=opinion_json(), headers=key("rev-neuro-1")
-        )
-        resp = await client.post(f"/v1/assignments/{asg}/opinion", headers=key("rev-neuro-1"))
-        assert resp.status_code == 201, resp.text
-        report_id = resp.json()["report_id"]
-        again = await client.post(
             f"/v1/assignments/{asg}/opinion", json=opinion_json(), headers=key("rev-neuro-1")
         )
-        assert again.status_code == 409  # a signed report is never replaced
-
-        (ready,) = await topic_events(infra["kafka_bootstrap"], "report.ready", case_id, 1)
-        event = ReportReady.model_validate(ready["body"])
-        assert event.report_id == report_id and event.links.pdf.endswith(f"{report_id}/pdf")
-        assert "Subacute" not in json.dumps(ready["body"])  # links, not the opinion
-
-        partner = key("demo-partner")
-        bundle = (await client.get(f"/v1/reports/{report_id}", headers=partner)).json()
-        assert bundle["report"]["reviewer"]["name"] == "Dr. Ines Moreau"
-        assert bundle["signature"]["content_sha256"] == event.content_sha256
-        for path in ("", "/fhir", "/pdf", "/signature"):
-            foreign = await client.get(
-                f"/v1/reports/{report_id}{path}", headers=key("other-partner")
-            )
-            assert foreign.status_code == 404
-        fhir = (await client.get(event.links.fhir, headers=partner)).json()
-        assert DiagnosticReport.model_validate(fhir).status == "final"
-        pdf = (await client.get(event.links.pdf, headers=partner)).content
-        text = " ".join(
-            " ".join(p.extract_text() for p in PdfReader(io.BytesIO(pdf)).pages).split()
-        )
-        assert "Subacute infarct rather than neoplasm" in text and "Dr. Ines Moreau" in text
-
-        checked = verify_cli(reporting, report_id)
-        assert checked.returncode == 0 and checked.stdout.startswith("VALID"), checked.stdout
-        tampered = {
-            **bundle["report"],
-            "opinion": {**bundle["report"]["opinion"], "concordance": "confirmed"},
-        }
-        result = await client.post(
-            "/v1/verify", json={"document": tampered, "signature": bundle["signature"]}
-        )
-        assert result.json()["valid"] is False
-        genuine = await client.post(
-            "/v1/verify", json={"document": bundle["report"], "signature": bundle["signature"]}
-        )
-        assert genuine.json() == {"valid": True, "problems": []}
-
-        # A follow-up answer is a signed addendum; the report and its signature stay as they were.
-        not_author = await client.post(
-            f"/v1/reports/{report_id}/addenda",
-            json={"question": "Biopsy?", "answer": "Yes."},
-            headers=key("rev-neuro-2"),
-        )
-        assert not_author.status_code == 403
+        assert resp.status_code == 201, resp.text
+        report_id = resp.json()["report_id"]
         added = await client.post(
             f"/v1/reports/{report_id}/addenda",
             json={"question": "Is a biopsy needed?", "answer": "Not before the follow-up MRI."},
             headers=key("rev-neuro-1"),
         )
         assert added.status_code == 201
-        after = (await client.get(f"/v1/reports/{report_id}", headers=partner)).json()
-        assert after["report"] == bundle["report"] and after["signature"] == bundle["signature"]
-        assert after["addenda"][0]["addendum"]["report_sha256"] == event.content_sha256
-        checked = verify_cli(reporting, report_id)
-        assert checked.returncode == 0 and "1 addenda verified" in checked.stdout, checked.stdout
-        (add_event,) = await topic_events(infra["kafka_bootstrap"], "report.addendum", case_id, 1)
-        assert (
-            ReportAddendum.model_validate(add_event["body"]).addendum_id
-            == added.json()["addendum_id"]
-        )
-        keys = (await client.get("/v1/keys")).json()["keys"]
-        assert [k["owner"] for k in keys] == ["rev-neuro-1"] and all("d" not in k for k in keys)
-
-
-async def test_reassignment_moves_the_right_to_submit(
-    reporting: str, producer: AIOKafkaProducer
-) -> None:
-    case_id = f"case-it-{uuid.uuid4().hex[:8]}"
-    first, second = f"asg-{uuid.uuid4().hex[:8]}", f"asg-{uuid.uuid4().hex[:8]}"
-    await publish(producer, assigned(case_id, first, "rev-neuro-1"))
-    async with httpx.AsyncClient(base_url=reporting, timeout=30) as client:
-        await eventually(lambda: open_assignment(client, "rev-neuro-1", first))
-        await publish(producer, assigned(case_id, second, "rev-neuro-2"))
-        await publish(
-            producer,
-            CaseReassigned(
-                case_id=case_id,
-                tenant_id=TENANT,
-                assignment_id=second,
-                from_reviewer_id="rev-neuro-1",
-                to_reviewer_id="rev-neuro-2",
-                reason="declined",
-            ),
-        )
-        await eventually(lambda: open_assignment(client, "rev-neuro-2", second))
-        assert not await open_assignment(client, "rev-neuro-1", first)
-        stale = await client.post(
-            f"/v1/assignments/{first}/opinion", json=opinion_json(), headers=key("rev-neuro-1")
-        )
-        assert stale.status_code == 403
-        # The case-addressed route (the demo's reviewer bot) finds the new reviewer's assignment.
-        ok = await client.post(
-            f"/v1/cases/{case_id}/opinion", json=opinion_json(), headers=key("rev-neuro-2")
-        )
-        assert ok.status_code == 201, ok.text
+    checked = verify_cli(reporting_process, report_id)
+    assert checked.returncode == 0 and checked.stdout.startswith("VALID"), checked.stdout
+    assert "1 addenda verified" in checked.stdout
