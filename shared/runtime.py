@@ -154,8 +154,10 @@ class Service:
         runs (shared.audit: a call whose record cannot be written is refused)."""
         authorized = require(self.credentials, *roles)
 
+        # `Depends` as the default, not in an annotation: with postponed annotations
+        # FastAPI could not resolve a closure's local `authorized` by name.
         async def audited(
-            request: Request, principal: Annotated[Principal, Depends(authorized)]
+            request: Request, principal: Principal = Depends(authorized)
         ) -> Principal:
             route = getattr(request.scope.get("route"), "path", request.url.path)
             client = request.client.host if request.client else ""
@@ -179,7 +181,7 @@ class Service:
 
         @self.api.get("/v1/audit", tags=["ops"], summary="The audit trail (FHIR AuditEvent)")
         async def audit_events(
-            _: Annotated[Principal, Depends(operations)],
+            _: Principal = Depends(operations),
             case_id: Annotated[str, Query(max_length=64)] = "",
             key_id: Annotated[str, Query(max_length=64)] = "",
             limit: Annotated[int, Query(ge=1, le=1000)] = 100,

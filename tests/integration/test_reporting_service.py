@@ -207,6 +207,7 @@ async def topic_events(bootstrap: str, topic: str, case_id: str, n: int) -> list
 
 async def open_assignment(client: httpx.AsyncClient, reviewer: str, assignment_id: str) -> bool:
     resp = await client.get("/v1/reviewer/assignments", headers=key(reviewer))
+    assert resp.status_code == 200, resp.text
     return any(a["assignment_id"] == assignment_id for a in resp.json())
 
 
