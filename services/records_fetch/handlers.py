@@ -133,10 +133,11 @@ async def current_manifest(
     doc: Doc,
     unreachable: dict[str, str] | None = None,
     instances: dict[str, Doc] | None = None,
+    identifier_refused: dict[str, str] | None = None,
 ) -> domain.CompletenessManifest:
     if instances is None:
         instances = await store.instance_states(doc["_id"])
-    facts = retrieval.facts_from(doc, instances, unreachable or {})
+    facts = retrieval.facts_from(doc, instances, unreachable or {}, identifier_refused)
     requirements = [domain.Requirement(r) for r in doc["requirements"]]
     return domain.build_manifest(requirements, facts)
 
@@ -146,7 +147,9 @@ async def conclude(
 ) -> None:
     """Complete the case, or report what is missing and schedule the re-request."""
     doc = attempt.doc
-    manifest = await current_manifest(ctx.store, doc, attempt.unreachable, attempt.instances)
+    manifest = await current_manifest(
+        ctx.store, doc, attempt.unreachable, attempt.instances, attempt.identifier_refused
+    )
     retrieved, progress = attempt.take_pending()  # the providers' results, in this one write
     fields: Doc = {
         **retrieved,
@@ -263,6 +266,8 @@ def progress_view(doc: Doc) -> dict[str, Any]:
             for p in doc.get("providers", [])
         ],
         "missing": [i for i in manifest.get("items", []) if not i.get("present")],
+        # Resources or instances a provider returned for another patient: not kept.
+        "refused": doc.get("refused", []),
     }
 
 
