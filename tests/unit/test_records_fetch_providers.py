@@ -83,9 +83,7 @@ OBS = {"resourceType": "Observation", "subject": {"reference": "Patient/p1"}}
 async def test_fhir_paging_follows_only_links_under_the_registered_base() -> None:
     def pages(request: httpx.Request) -> httpx.Response:
         if "page=2" in str(request.url):
-            return httpx.Response(
-                200, json={"entry": [{"resource": {**OBS, "id": "b"}}]}
-            )
+            return httpx.Response(200, json={"entry": [{"resource": {**OBS, "id": "b"}}]})
         return httpx.Response(
             200,
             json={
