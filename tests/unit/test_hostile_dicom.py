@@ -112,7 +112,8 @@ def test_every_cut_inside_the_fragments_or_the_delimiter_is_refused(
     pydicom reads such a file as whole; the item walk does not."""
     data, uid = source(name)
     ds = pydicom.dcmread(TEST_FILES / name, defer_size=0)
-    start = int(ds.get_item("PixelData", keep_deferred=True).value_tell)
+    pixel: Any = ds.get_item("PixelData", keep_deferred=True)
+    start = int(pixel.value_tell)
     end = pixel_end(data, name)
     for cut in [*range(start, start + 24), *range(end - 24, end)]:
         assert refused(tmp_path, data[:cut], uid), cut
@@ -121,7 +122,8 @@ def test_every_cut_inside_the_fragments_or_the_delimiter_is_refused(
 def rle_header_with(data: bytes, segments: int) -> bytes:
     """MR_small_RLE.dcm with its one frame's RLE header declaring `segments`."""
     ds = pydicom.dcmread(TEST_FILES / "MR_small_RLE.dcm", defer_size=0)
-    at = int(ds.get_item("PixelData", keep_deferred=True).value_tell)
+    pixel: Any = ds.get_item("PixelData", keep_deferred=True)
+    at = int(pixel.value_tell)
     _, _, bot = struct.unpack("<HHI", data[at : at + 8])
     frame = at + 8 + bot + 8  # past the Basic Offset Table and the fragment's item header
     return data[:frame] + struct.pack("<I", segments) + data[frame + 4 :]
