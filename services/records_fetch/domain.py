@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 
 from shared.errors import UnregisteredEndpoint
 from shared.events import ManifestItem, RecordKind, ServiceTier
+from shared.vocabulary import Subspecialty
 
 # ---------------------------------------------------------------- provider registry
 
@@ -107,9 +108,6 @@ REQUIREMENT_KIND: dict[Requirement, RecordKind] = {
     Requirement.TREATMENT_HISTORY: RecordKind.TREATMENTS,
 }
 
-IMAGING_SUBSPECIALTIES = frozenset(
-    {"neuroradiology", "body_imaging", "musculoskeletal_radiology", "breast_imaging"}
-)
 # A re-read compares with earlier studies; the report is what is being re-read.
 IMAGING_REREAD = (
     Requirement.ORIGINAL_IMAGES,
@@ -143,19 +141,27 @@ def requirements_for(tier: ServiceTier, subspecialties: Iterable[str]) -> list[R
 
     An imaging re-read or a pathology re-review is bounded by the tier (a
     re-read of a glioma MRI needs the images, not the chemotherapy history);
-    specialist opinions add what each subspecialty reads."""
+    specialist opinions add what each subspecialty reads (shared.vocabulary's
+    `Subspecialty.needs`, the one definition every service uses)."""
     if tier is ServiceTier.IMAGING_REREAD:
         return list(IMAGING_REREAD)
     if tier is ServiceTier.PATHOLOGY_REREVIEW:
         return list(PATHOLOGY_REREVIEW)
     needed: list[Requirement] = list(SPECIALIST)
-    for sub in subspecialties:
-        if sub.startswith("oncology"):
+    for code in subspecialties:
+        try:
+            sub = Subspecialty(code)
+        except ValueError:  # not of the shared vocabulary: the specialist work-up only
+            continue
+        needs = sub.needs
+        if sub.is_oncology:
             needed += ONCOLOGY
-        elif sub in IMAGING_SUBSPECIALTIES:
+        if needs.imaging_reread:
             needed += IMAGING_REREAD
-        elif sub == "pathology":
+        if needs.reads_pathology:
             needed += PATHOLOGY_REREVIEW
+        if needs.needs_imaging:
+            needed.append(Requirement.ORIGINAL_IMAGES)
     return sorted(set(needed), key=list(Requirement).index)
 
 
