@@ -12,7 +12,6 @@ import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -23,6 +22,7 @@ from services.records_fetch.domain import InstanceState
 from services.records_fetch.identifiers import FOREIGN_REFUSED, RefusedIdentifier
 from services.records_fetch.store import FetchStore
 from shared.aio import gather_all
+from shared.clock import SYSTEM_CLOCK, Clock
 from shared.envelope import OutboxEntry, outbox_entry
 from shared.errors import ProviderUnavailable, UnregisteredEndpoint
 from shared.events import ProviderRecords, RecordKind, RecordsProgress
@@ -54,6 +54,7 @@ class CaseAttempt:
 
     doc: Doc
     unreachable: dict[str, str]
+    clock: Clock = SYSTEM_CLOCK
     # provider id → why its patient identifier was refused (no request was made)
     identifier_refused: dict[str, str] = field(default_factory=dict)
     # What providers returned for another patient (or with bad identifiers): not kept.
@@ -103,7 +104,7 @@ def records_of(doc: Doc) -> list[ProviderRecords]:
 async def run_attempt(ctx: Retrieval, doc: Doc) -> CaseAttempt:
     """Retrieve what each provider holds, all providers at once; a provider's failure
     is recorded (in `pending`, written by the caller's concluding write), not raised."""
-    attempt = CaseAttempt(doc=doc, unreachable={})
+    attempt = CaseAttempt(doc=doc, unreachable={}, clock=ctx.store.clock)
     try:
         await gather_all(
             *(_one_provider(ctx, attempt, i, rec) for i, rec in enumerate(records_of(doc)))
@@ -142,7 +143,7 @@ def _provider_state(
     fields = {
         f"providers.{index}.state": state,
         f"providers.{index}.reason": reason,
-        f"providers.{index}.updated_at": datetime.now(UTC),
+        f"providers.{index}.updated_at": attempt.clock.now(),
     }
     attempt.defer(fields, events)
 
@@ -381,7 +382,7 @@ def request_glass_slides(attempt: CaseAttempt, rec: ProviderRecords) -> None:
     slides = attempt.doc.get("glass_slides", {})
     if rec.provider_id in slides:
         return
-    slides[rec.provider_id] = {"state": "requested", "requested_at": datetime.now(UTC)}
+    slides[rec.provider_id] = {"state": "requested", "requested_at": attempt.clock.now()}
     attempt.doc["glass_slides"] = slides
     event = attempt.progress(
         rec, RecordKind.PATHOLOGY, "requested", reason="glass slides requested (physical item)"
