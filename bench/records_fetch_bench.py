@@ -75,11 +75,11 @@ def raw_dcmread(files: list[Path]) -> float:
 async def retrieve_all(dicomweb: str, pid: str, archive: Archive, concurrency: int) -> float:
     start = time.perf_counter()
     async with httpx.AsyncClient(timeout=30, follow_redirects=False) as client:
-        studies = await providers.find_studies(client, dicomweb, pid)
+        studies = (await providers.find_studies(client, dicomweb, pid)).items
         instances = [
             i
             for s in studies
-            for i in await providers.find_instances(client, dicomweb, s.study_uid)
+            for i in (await providers.find_instances(client, dicomweb, s.study_uid, pid)).items
         ]
         gate = asyncio.Semaphore(concurrency)
 

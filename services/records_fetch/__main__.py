@@ -1,5 +1,5 @@
 """`python -m services.records_fetch` runs the records_fetch service."""
 
-from services.records_fetch.app import service
+from services.records_fetch.app import create_service
 
-service.run()
+create_service().run()

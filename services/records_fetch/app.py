@@ -1,7 +1,14 @@
 """records_fetch's wiring: the `case.accepted` subscriber, the retrieval loop,
-the HTTP routes (progress, manifest, override, glass slides) and the clients."""
+the HTTP routes (progress, manifest, override, glass slides) and the clients.
 
-from __future__ import annotations
+`create_service(settings, clock)` builds one records_fetch process; `python -m
+services.records_fetch` runs it. Nothing is built at import: the module names
+`service`, `api` and `app` (the AsyncAPI app) are built on first use, so tests
+build their own service with their own settings and clock.
+"""
+
+# No `from __future__ import annotations`: FastAPI resolves the routes' dependency
+# annotations at definition time, and they name closures of create_service.
 
 import asyncio
 import json
@@ -20,6 +27,7 @@ from services.records_fetch.settings import RecordsFetchSettings
 from services.records_fetch.store import FetchStore
 from shared.aio import Slots, drain_forever
 from shared.auth import Principal
+from shared.clock import SYSTEM_CLOCK, Clock
 from shared.envelope import EventMeta
 from shared.events import CaseAccepted
 from shared.runtime import Service
@@ -27,126 +35,165 @@ from shared.store import Doc
 
 log = logging.getLogger(__name__)
 
-settings = RecordsFetchSettings()
-service = Service(
-    settings,
-    title="Second-opinion records fetch",
-    description="Collects imaging (DICOMweb) and clinical records (FHIR R4) for accepted cases.",
-)
-store = FetchStore(service.collection("fetches", outbox=True), service.collection("instances"))
-service.on_startup(store.create_indexes)
-api = service.api
-app = service.asyncapi
-reader = service.require("integrator", "operations")
-operations = service.require("operations")
-
-
-def load_registry() -> ProviderRegistry:
-    if not settings.providers_file.exists():
-        return ProviderRegistry()
-    return ProviderRegistry(tenants=json.loads(settings.providers_file.read_text()))
-
-
-# One client for the process: connection reuse; redirects off so a provider
-# cannot bounce us to an unregistered host.
-client = httpx.AsyncClient(timeout=settings.provider_timeout_seconds, follow_redirects=False)
-ctx = Retrieval(store, client, load_registry(), Archive(settings.records_dir))
-policy = RetryPolicy(
-    base_seconds=settings.retry_base_seconds,
-    max_delay_seconds=settings.retry_max_delay_seconds,
-    max_attempts=settings.retry_max_attempts,
-)
-_wake = asyncio.Event()
-# The retrievals this process runs at once, shared by the polling workers and the
-# new cases handed straight to a free slot.
-slots = Slots(settings.retrieval_workers)
-
-
-@service.consumer.on(CaseAccepted)
-async def on_case_accepted(event: CaseAccepted, meta: EventMeta) -> None:
-    took = await slots.try_take()
-    claim = settings.lease_seconds if took else None
-    try:
-        opened = await handlers.open_case(store, event, meta, claim_seconds=claim)
-    except BaseException:
-        if took:
-            slots.release()
-        raise
-    service.emitted(opened.entries)
-    if opened.claimed is not None:
-        slots.start(_run_handed(opened.claimed), name="retrieval of a new case")
-        return
-    if took:
-        slots.release()
-    if opened.entries:
-        _wake.set()  # no slot was free: the next free worker finds the case
-
-
-async def _run_handed(doc: Doc) -> None:
-    try:
-        await handlers.run_claimed(ctx, policy, doc, settings.lease_seconds)
-        service.relay.wake()
-    except Exception as exc:  # the case's lease runs out and a polling worker retries it
-        log.warning("retrieval of a new case paused: %s", type(exc).__name__)
-
-
-@service.background
-async def retriever() -> None:
-    """Run due retrievals; woken by a new case, otherwise polls for re-requests."""
-    await asyncio.gather(
-        *(
-            drain_forever(_run_one, _wake, settings.poll_seconds, f"retrieval worker {n}")
-            for n in range(settings.retrieval_workers)
-        )
-    )
-
-
-async def _run_one() -> bool:
-    async with slots:
-        ran = await handlers.run_due(ctx, policy, settings.lease_seconds)
-    if ran:
-        service.relay.wake()
-    return ran
-
 
 class OverrideIn(BaseModel):
     reason: str = Field(min_length=5, max_length=2000)
 
 
-@api.get("/v1/cases/{case_id}/progress", tags=["records"])
-async def get_progress(
-    case_id: str, principal: Annotated[Principal, Depends(reader)]
-) -> dict[str, Any]:
-    """Instances retrieved / expected, each provider's release request, what is missing."""
-    return handlers.progress_view(handlers.visible_case(await store.get(case_id), principal))
+def load_registry(settings: RecordsFetchSettings) -> ProviderRegistry:
+    if not settings.providers_file.exists():
+        return ProviderRegistry()
+    return ProviderRegistry(tenants=json.loads(settings.providers_file.read_text()))
 
 
-@api.get("/v1/cases/{case_id}/manifest", tags=["records"])
-async def get_manifest(
-    case_id: str, principal: Annotated[Principal, Depends(reader)]
-) -> dict[str, Any]:
-    """The completeness manifest with the clinical summaries and each instance's checksum."""
-    doc = handlers.visible_case(await store.get(case_id), principal)
-    instances = await store.instance_states(case_id)
-    return handlers.manifest_view(doc, list(instances.values()))
+def create_service(
+    settings: RecordsFetchSettings | None = None, clock: Clock | None = None
+) -> Service:
+    """One records_fetch process: store, provider client, retrieval workers, routes."""
+    settings = settings or RecordsFetchSettings()
+    clock = clock or SYSTEM_CLOCK
+    service = Service(
+        settings,
+        title="Second-opinion records fetch",
+        description=(
+            "Collects imaging (DICOMweb) and clinical records (FHIR R4) for accepted cases."
+        ),
+        clock=clock,
+    )
+    store = FetchStore(
+        service.collection("fetches", outbox=True), service.collection("instances"), clock
+    )
+    service.on_startup(store.create_indexes)
+    # One client for the process: connection reuse; redirects off so a provider
+    # cannot bounce us to an unregistered host. Closed when the service stops.
+    client = httpx.AsyncClient(timeout=settings.provider_timeout_seconds, follow_redirects=False)
+    ctx = Retrieval(store, client, load_registry(settings), Archive(settings.records_dir))
+    policy = RetryPolicy(
+        base_seconds=settings.retry_base_seconds,
+        max_delay_seconds=settings.retry_max_delay_seconds,
+        max_attempts=settings.retry_max_attempts,
+    )
+    _retrieval(service, settings, ctx, policy)
+    return service
 
 
-@api.post("/v1/cases/{case_id}/override", tags=["records"], status_code=202)
-async def override(
-    case_id: str, body: OverrideIn, principal: Annotated[Principal, Depends(operations)]
-) -> dict[str, str]:
-    """Complete the records by hand (operations), with the reason recorded and sent on."""
-    service.emitted(await handlers.override(store, case_id, principal, body.reason))
-    return {"case_id": case_id, "state": "complete"}
+def _retrieval(
+    service: Service, settings: RecordsFetchSettings, ctx: Retrieval, policy: RetryPolicy
+) -> None:
+    store = ctx.store
+    wake = asyncio.Event()
+    # The retrievals this process runs at once, shared by the polling workers and the
+    # new cases handed straight to a free slot.
+    slots = Slots(settings.retrieval_workers)
+
+    @service.consumer.on(CaseAccepted)
+    async def on_case_accepted(event: CaseAccepted, meta: EventMeta) -> None:
+        took = await slots.try_take()
+        claim = settings.lease_seconds if took else None
+        try:
+            opened = await handlers.open_case(store, event, meta, claim_seconds=claim)
+        except BaseException:
+            if took:
+                slots.release()
+            raise
+        service.emitted(opened.entries)
+        if opened.claimed is not None:
+            slots.start(run_handed(opened.claimed), name="retrieval of a new case")
+            return
+        if took:
+            slots.release()
+        if opened.entries:
+            wake.set()  # no slot was free: the next free worker finds the case
+
+    async def run_handed(doc: Doc) -> None:
+        try:
+            await handlers.run_claimed(ctx, policy, doc, settings.lease_seconds)
+            service.relay.wake()
+        except Exception as exc:  # the case's lease runs out and a polling worker retries it
+            log.warning("retrieval of a new case paused: %s", type(exc).__name__)
+
+    async def run_one() -> bool:
+        async with slots:
+            ran = await handlers.run_due(ctx, policy, settings.lease_seconds)
+        if ran:
+            service.relay.wake()
+        return ran
+
+    @service.background
+    async def retriever() -> None:
+        """Run due retrievals; woken by a new case, otherwise polls for re-requests."""
+        try:
+            await asyncio.gather(
+                *(
+                    drain_forever(run_one, wake, settings.poll_seconds, f"retrieval worker {n}")
+                    for n in range(settings.retrieval_workers)
+                )
+            )
+        finally:
+            await ctx.client.aclose()
+
+    _routes(service, store, wake)
 
 
-@api.post(
-    "/v1/cases/{case_id}/glass-slides/{provider_id}/received", tags=["records"], status_code=202
-)
-async def glass_slides_received(
-    case_id: str, provider_id: str, principal: Annotated[Principal, Depends(operations)]
-) -> dict[str, str]:
-    """Log the physical glass slides as arrived; the manifest is re-checked at once."""
-    await handlers.mark_glass_slides_received(store, case_id, provider_id, principal)
-    _wake.set()
-    return {"case_id": case_id, "glass_slides": "received"}
+def _routes(service: Service, store: FetchStore, wake: asyncio.Event) -> None:
+    api = service.api
+    reader = service.require("integrator", "operations")
+    operations = service.require("operations")
+
+    @api.get("/v1/cases/{case_id}/progress", tags=["records"])
+    async def get_progress(
+        case_id: str, principal: Annotated[Principal, Depends(reader)]
+    ) -> dict[str, Any]:
+        """Instances retrieved / expected, each provider's release request, what is missing."""
+        return handlers.progress_view(handlers.visible_case(await store.get(case_id), principal))
+
+    @api.get("/v1/cases/{case_id}/manifest", tags=["records"])
+    async def get_manifest(
+        case_id: str, principal: Annotated[Principal, Depends(reader)]
+    ) -> dict[str, Any]:
+        """The completeness manifest with the clinical summaries and each instance's checksum."""
+        doc = handlers.visible_case(await store.get(case_id), principal)
+        instances = await store.instance_states(case_id)
+        return handlers.manifest_view(doc, list(instances.values()))
+
+    @api.post("/v1/cases/{case_id}/override", tags=["records"], status_code=202)
+    async def override(
+        case_id: str, body: OverrideIn, principal: Annotated[Principal, Depends(operations)]
+    ) -> dict[str, str]:
+        """Complete the records by hand (operations), with the reason recorded and sent on."""
+        service.emitted(await handlers.override(store, case_id, principal, body.reason))
+        return {"case_id": case_id, "state": "complete"}
+
+    @api.post(
+        "/v1/cases/{case_id}/glass-slides/{provider_id}/received",
+        tags=["records"],
+        status_code=202,
+    )
+    async def glass_slides_received(
+        case_id: str, provider_id: str, principal: Annotated[Principal, Depends(operations)]
+    ) -> dict[str, str]:
+        """Log the physical glass slides as arrived; the manifest is re-checked at once."""
+        await handlers.mark_glass_slides_received(store, case_id, provider_id, principal)
+        wake.set()
+        return {"case_id": case_id, "glass_slides": "received"}
+
+
+_default: Service | None = None
+
+
+def default_service() -> Service:
+    """The process's service, built from the environment on first use."""
+    global _default
+    if _default is None:
+        _default = create_service()
+    return _default
+
+
+def __getattr__(name: str) -> Any:
+    if name == "service":
+        return default_service()
+    if name == "api":
+        return default_service().api
+    if name == "app":
+        return default_service().asyncapi
+    raise AttributeError(name)

@@ -34,7 +34,10 @@ class IncomingFile:
         self.size += len(data)
 
     def close(self) -> str:
-        """Flush to disk and return the sha256 (hex) of what was written."""
+        """Flush to disk and return the sha256 (hex) of what was written (again if
+        already closed: a file is checked under its temporary name, then committed)."""
+        if self._file.closed:
+            return self._hash.hexdigest()
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()

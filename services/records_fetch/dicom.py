@@ -8,12 +8,22 @@ length is only a claim. Large values (pixel data) are not loaded (`defer_size`;
 only their stored length is measured), reads are clamped to what the file
 holds (so a declared 4 GiB length cannot become a 4 GiB allocation), and a
 top-level length that runs past the end of the file is reported as truncation.
+
+Pixel data under an encapsulated transfer syntax (JPEG, JPEG 2000, RLE, ...) is
+walked item by item (`encapsulation_problems`): it must have an undefined
+length, begin with a Basic Offset Table item, hold at least one fragment and
+end with a complete sequence delimiter; RLE Lossless adds one fragment per
+frame, each beginning with the RLE header whose segment count and offsets fit
+the image. A file declaring RLE Lossless with native (raw) pixel data, or cut
+anywhere inside its fragments or delimiter, is refused.
 """
 
 from __future__ import annotations
 
 import asyncio
 import io
+import itertools
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +34,7 @@ from services.records_fetch.domain import InstanceCheck, check_instance
 
 KEYWORDS = (
     "SOPInstanceUID",
+    "PatientID",
     "Modality",
     "BodyPartExamined",
     "StudyDate",
@@ -36,6 +47,11 @@ KEYWORDS = (
 # Values above this size stay on disk: the checks need their length, not their bytes.
 DEFER_BYTES = 64 * 1024
 UNDEFINED_LENGTH = 0xFFFFFFFF
+ITEM, SEQUENCE_DELIMITER = 0xE000, 0xE0DD
+RLE_LOSSLESS = "1.2.840.10008.1.2.5"
+RLE_HEADER_BYTES = 64
+# More items than any real image has: a loop bound, not a clinical limit.
+MAX_ITEMS = 1_000_000
 
 
 class ClampedReader(io.BufferedReader):
@@ -84,21 +100,104 @@ def read_attributes(path: Path) -> dict[str, Any]:
         attrs["_past_the_end"] = _past_the_end(ds, size)
         attrs["_cut_short"] = fp.cut_short
         attrs["_image_storage"] = "Image Storage" in getattr(ds.get("SOPClassUID"), "name", "")
-    for k in ("SOPInstanceUID", "StudyDate", "Modality", "BodyPartExamined"):
+        syntax = ds.file_meta.TransferSyntaxUID
+        attrs["_encapsulation"] = (
+            encapsulation_problems(fp, pixel, size, str(syntax), attrs)
+            if pixel is not None and syntax.is_encapsulated
+            else []
+        )
+        if pixel is not None and not syntax.is_encapsulated and _undefined(pixel):
+            attrs["_encapsulation"] = ["encapsulated pixel data under a native transfer syntax"]
+    for k in ("SOPInstanceUID", "PatientID", "StudyDate", "Modality", "BodyPartExamined"):
         attrs[k] = str(attrs[k]) if attrs[k] else ""
     attrs["_pixel_bytes"] = _stored_length(pixel, size) if pixel is not None else None
     attrs["_compressed"] = bool(ds.file_meta.TransferSyntaxUID.is_compressed)
     return attrs
 
 
-def inspect_file(path: Path, expected_sop_uid: str) -> InstanceCheck:
+def _undefined(elem: Any) -> bool:
+    return getattr(elem, "length", 0) == UNDEFINED_LENGTH or bool(
+        getattr(elem, "is_undefined_length", False)
+    )
+
+
+def encapsulation_problems(
+    fp: io.BufferedReader, pixel: Any, size: int, syntax: str, attrs: dict[str, Any]
+) -> list[str]:
+    """What is wrong with encapsulated pixel data (empty when it is well formed).
+
+    Reads item headers only (8 bytes each) plus, for RLE, each fragment's
+    64-byte header; fragments themselves are skipped, not loaded."""
+    start = getattr(pixel, "value_tell", None)
+    if not _undefined(pixel) or start is None:
+        return [f"transfer syntax {syntax} needs encapsulated pixel data; it is native (raw)"]
+    fragments: list[tuple[int, int]] = []  # (offset of the value, length)
+    at, ended = int(start), False
+    for n in range(MAX_ITEMS):
+        fp.seek(at)
+        header = fp.read(8)
+        if len(header) < 8:
+            break  # the file ends inside the pixel data or its delimiter
+        group, element, length = struct.unpack("<HHI", header)
+        if group != 0xFFFE or element not in (ITEM, SEQUENCE_DELIMITER):
+            return ["encapsulated pixel data holds something other than items"]
+        if element == SEQUENCE_DELIMITER:
+            ended = length == 0
+            if not ended:
+                return ["encapsulated pixel data's delimiter has a length"]
+            break
+        if length == UNDEFINED_LENGTH or at + 8 + length > size:
+            return ["an encapsulated fragment runs past the end of the file: truncated"]
+        if n == 0:
+            if length % 4:
+                return ["the Basic Offset Table is not a list of 32-bit offsets"]
+        else:
+            fragments.append((at + 8, length))
+        at += 8 + length
+    if not ended:
+        return ["the file ends inside the encapsulated pixel data: truncated"]
+    if not fragments:
+        return ["encapsulated pixel data holds no fragment"]
+    if syntax == RLE_LOSSLESS:
+        return _rle_problems(fp, fragments, attrs)
+    return []
+
+
+def _rle_problems(
+    fp: io.BufferedReader, fragments: list[tuple[int, int]], attrs: dict[str, Any]
+) -> list[str]:
+    """PS3.5 Annex G: one fragment per frame, each opening with the RLE header."""
+    try:
+        frames = int(attrs.get("NumberOfFrames") or 1)
+        segments = int(attrs.get("SamplesPerPixel") or 1) * ((int(attrs["BitsAllocated"]) + 7) // 8)
+    except (KeyError, TypeError, ValueError):
+        return ["RLE pixel data without the image's frame and sample layout"]
+    if len(fragments) != frames:
+        return [f"RLE pixel data has {len(fragments)} fragments for {frames} frames"]
+    for offset, length in fragments:
+        if length < RLE_HEADER_BYTES:
+            return ["an RLE fragment is shorter than its header"]
+        fp.seek(offset)
+        header = struct.unpack("<16I", fp.read(RLE_HEADER_BYTES))
+        count, starts = header[0], header[1 : 1 + min(header[0], 15)]
+        if count != segments:
+            return [f"an RLE frame declares {count} segments; the image needs {segments}"]
+        bounds = [*starts, length]
+        if starts[0] != RLE_HEADER_BYTES or any(a >= b for a, b in itertools.pairwise(bounds)):
+            return ["an RLE frame's segment offsets do not fit its fragment"]
+    return []
+
+
+def inspect_file(
+    path: Path, expected_sop_uid: str, expected_patient_id: str | None = None
+) -> InstanceCheck:
     try:
         attrs = read_attributes(path)
     # Untrusted bytes can fail pydicom in many ways; each one means "corrupt".
     except Exception as exc:
         return InstanceCheck(ok=False, problems=[f"not readable DICOM ({type(exc).__name__})"])
-    check = check_instance(attrs, expected_sop_uid)
-    problems = [*check.problems, *_truncation(attrs)]
+    check = check_instance(attrs, expected_sop_uid, expected_patient_id)
+    problems = [*check.problems, *_truncation(attrs), *attrs["_encapsulation"]]
     return check.model_copy(update={"ok": not problems, "problems": problems})
 
 
@@ -115,5 +214,7 @@ def _truncation(attrs: dict[str, Any]) -> list[str]:
     return found
 
 
-async def inspect(path: Path, expected_sop_uid: str) -> InstanceCheck:
-    return await asyncio.to_thread(inspect_file, path, expected_sop_uid)
+async def inspect(
+    path: Path, expected_sop_uid: str, expected_patient_id: str | None = None
+) -> InstanceCheck:
+    return await asyncio.to_thread(inspect_file, path, expected_sop_uid, expected_patient_id)

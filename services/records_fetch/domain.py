@@ -17,10 +17,12 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
+import httpx
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 
 from shared.errors import UnregisteredEndpoint
 from shared.events import ManifestItem, RecordKind, ServiceTier
+from shared.vocabulary import Subspecialty
 
 # ---------------------------------------------------------------- provider registry
 
@@ -48,10 +50,26 @@ class ProviderRegistry(BaseModel):
 
 
 def within_base(url: str, base: str) -> bool:
-    """True if `url` lies under the registered `base` (same scheme, host, port and
-    path prefix): a provider's paging link may not send us anywhere else."""
-    base = base.rstrip("/")
-    return url == base or url.startswith(base + "/") or url.startswith(base + "?")
+    """True if `url` lies under the registered `base`: the same origin (scheme, host,
+    port, no user info) and a path that is the base path or below it, with no dot
+    segment and no escaped slash or dot that a server could resolve elsewhere. A
+    provider's paging link may not send us anywhere else."""
+    try:
+        link, home = httpx.URL(url), httpx.URL(base.rstrip("/"))
+    except (httpx.InvalidURL, TypeError, ValueError):
+        return False
+    if (link.scheme, link.host, link.port) != (home.scheme, home.host, home.port):
+        return False
+    if link.userinfo or link.fragment or not link.scheme or not link.host:
+        return False
+    raw_path = link.raw_path.split(b"?", 1)[0].decode("ascii", "replace")
+    if any(esc in raw_path.lower() for esc in ("%2e", "%2f", "%5c", "\\")):
+        return False
+    segments = raw_path.split("/")
+    if any(seg in (".", "..") for seg in segments):
+        return False
+    home_path = home.raw_path.split(b"?", 1)[0].decode("ascii", "replace").rstrip("/")
+    return raw_path.rstrip("/") == home_path or raw_path.startswith(home_path + "/")
 
 
 # FHIR resource types that hold each kind of clinical record.
@@ -90,9 +108,6 @@ REQUIREMENT_KIND: dict[Requirement, RecordKind] = {
     Requirement.TREATMENT_HISTORY: RecordKind.TREATMENTS,
 }
 
-IMAGING_SUBSPECIALTIES = frozenset(
-    {"neuroradiology", "body_imaging", "musculoskeletal_radiology", "breast_imaging"}
-)
 # A re-read compares with earlier studies; the report is what is being re-read.
 IMAGING_REREAD = (
     Requirement.ORIGINAL_IMAGES,
@@ -126,19 +141,27 @@ def requirements_for(tier: ServiceTier, subspecialties: Iterable[str]) -> list[R
 
     An imaging re-read or a pathology re-review is bounded by the tier (a
     re-read of a glioma MRI needs the images, not the chemotherapy history);
-    specialist opinions add what each subspecialty reads."""
+    specialist opinions add what each subspecialty reads (shared.vocabulary's
+    `Subspecialty.needs`, the one definition every service uses)."""
     if tier is ServiceTier.IMAGING_REREAD:
         return list(IMAGING_REREAD)
     if tier is ServiceTier.PATHOLOGY_REREVIEW:
         return list(PATHOLOGY_REREVIEW)
     needed: list[Requirement] = list(SPECIALIST)
-    for sub in subspecialties:
-        if sub.startswith("oncology"):
+    for code in subspecialties:
+        try:
+            sub = Subspecialty(code)
+        except ValueError:  # not of the shared vocabulary: the specialist work-up only
+            continue
+        needs = sub.needs
+        if sub.is_oncology:
             needed += ONCOLOGY
-        elif sub in IMAGING_SUBSPECIALTIES:
+        if needs.imaging_reread:
             needed += IMAGING_REREAD
-        elif sub == "pathology":
+        if needs.reads_pathology:
             needed += PATHOLOGY_REREVIEW
+        if needs.needs_imaging:
+            needed.append(Requirement.ORIGINAL_IMAGES)
     return sorted(set(needed), key=list(Requirement).index)
 
 
@@ -156,6 +179,8 @@ class InstanceCheck(BaseModel):
 
     ok: bool
     problems: list[str] = []
+    # The file names another patient (or none): refused, never stored.
+    foreign_patient: bool = False
     modality: str = ""
     body_part: str = ""
     study_date: str = ""
@@ -172,7 +197,9 @@ def expected_pixel_bytes(attrs: dict[str, Any]) -> int | None:
     return (rows * cols * samples * frames * bits + 7) // 8
 
 
-def check_instance(attrs: dict[str, Any], expected_sop_uid: str) -> InstanceCheck:
+def check_instance(
+    attrs: dict[str, Any], expected_sop_uid: str, expected_patient_id: str | None = None
+) -> InstanceCheck:
     """Check the attributes read from one instance against what QIDO promised.
 
     `attrs` holds the DICOM keywords read from the file plus `_pixel_bytes`
@@ -180,6 +207,11 @@ def check_instance(attrs: dict[str, Any], expected_sop_uid: str) -> InstanceChec
     problems: list[str] = []
     if attrs.get("SOPInstanceUID") != expected_sop_uid:
         problems.append("SOP Instance UID differs from the one requested")
+    foreign = expected_patient_id is not None and (
+        str(attrs.get("PatientID") or "").strip() != expected_patient_id.strip()
+    )
+    if foreign:
+        problems.append("the instance is of another patient")
     if not attrs.get("Modality"):
         problems.append("no Modality")
     pixel_bytes = attrs.get("_pixel_bytes")
@@ -192,6 +224,7 @@ def check_instance(attrs: dict[str, Any], expected_sop_uid: str) -> InstanceChec
     return InstanceCheck(
         ok=not problems,
         problems=problems,
+        foreign_patient=foreign,
         modality=str(attrs.get("Modality") or ""),
         body_part=str(attrs.get("BodyPartExamined") or ""),
         study_date=str(attrs.get("StudyDate") or ""),
@@ -242,6 +275,9 @@ class Facts(BaseModel):
     glass_slides_requested: list[str] = Field(default=[], description="provider ids")
     glass_slides_received: list[str] = []
     unreachable: dict[str, str] = Field(default={}, description="provider id → reason")
+    identifier_refused: dict[str, str] = Field(
+        default={}, description="provider id → why its patient identifier was refused"
+    )
     not_requested: list[RecordKind] = Field(
         default=[], description="kinds no provider was asked for"
     )
@@ -350,6 +386,9 @@ def _item(req: Requirement, present: bool, count: int, detail: str) -> ManifestI
 def _why_missing(kind: RecordKind, facts: Facts, what: str) -> str:
     if kind in facts.not_requested:
         return f"{what} not requested from any provider"
+    if facts.identifier_refused:
+        refused = ", ".join(sorted(facts.identifier_refused))
+        return f"{what} missing; patient identifier refused (not requested) for: {refused}"
     if facts.unreachable:
         return f"{what} missing; provider unreachable: " + ", ".join(sorted(facts.unreachable))
     return f"{what} not found at the provider"

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from services.records_fetch import domain, retrieval
@@ -53,7 +53,7 @@ async def open_case(
     claim it: two database round trips off every case's path. A crash before the
     retrieval ends leaves the case to the lease, like any other claim."""
     tp = current_traceparent()
-    now = datetime.now(UTC)
+    now = store.clock.now()
     routing = event.routing
     requirements = domain.requirements_for(routing.service_tier, routing.subspecialties)
     outbox = [
@@ -133,10 +133,11 @@ async def current_manifest(
     doc: Doc,
     unreachable: dict[str, str] | None = None,
     instances: dict[str, Doc] | None = None,
+    identifier_refused: dict[str, str] | None = None,
 ) -> domain.CompletenessManifest:
     if instances is None:
         instances = await store.instance_states(doc["_id"])
-    facts = retrieval.facts_from(doc, instances, unreachable or {})
+    facts = retrieval.facts_from(doc, instances, unreachable or {}, identifier_refused)
     requirements = [domain.Requirement(r) for r in doc["requirements"]]
     return domain.build_manifest(requirements, facts)
 
@@ -146,18 +147,20 @@ async def conclude(
 ) -> None:
     """Complete the case, or report what is missing and schedule the re-request."""
     doc = attempt.doc
-    manifest = await current_manifest(ctx.store, doc, attempt.unreachable, attempt.instances)
+    manifest = await current_manifest(
+        ctx.store, doc, attempt.unreachable, attempt.instances, attempt.identifier_refused
+    )
     retrieved, progress = attempt.take_pending()  # the providers' results, in this one write
     fields: Doc = {
         **retrieved,
         "manifest": manifest.model_dump(mode="json"),
-        "lease_until": datetime.now(UTC),
+        "lease_until": ctx.store.clock.now(),
     }
     if manifest.complete:
-        event: Any = _complete_event(doc, manifest)
+        event: Any = _complete_event(doc, manifest, ctx.store.clock.now())
         fields |= {"state": "complete", "due_at": None, "completed_at": event.completed_at}
     else:
-        event, next_at = _incomplete_event(doc, manifest, policy)
+        event, next_at = _incomplete_event(doc, manifest, policy, ctx.store.clock.now())
         fields |= {
             "state": "incomplete" if next_at else "awaiting_override",
             "attempt": event.attempt,
@@ -169,23 +172,23 @@ async def conclude(
 
 
 def _complete_event(
-    doc: Doc, manifest: domain.CompletenessManifest, override_reason: str = ""
+    doc: Doc, manifest: domain.CompletenessManifest, now: datetime, override_reason: str = ""
 ) -> RecordsComplete:
     return RecordsComplete(
         case_id=doc["_id"],
         tenant_id=doc["tenant_id"],
         routing=RoutingContext.model_validate(doc["routing"]),
         manifest=manifest.items,
-        completed_at=datetime.now(UTC),
+        completed_at=now,
         override_reason=override_reason,
     )
 
 
 def _incomplete_event(
-    doc: Doc, manifest: domain.CompletenessManifest, policy: domain.RetryPolicy
+    doc: Doc, manifest: domain.CompletenessManifest, policy: domain.RetryPolicy, now: datetime
 ) -> tuple[RecordsIncomplete, datetime | None]:
     attempt = int(doc.get("attempt", 0)) + 1
-    next_at = policy.next_retry(attempt, datetime.now(UTC))
+    next_at = policy.next_retry(attempt, now)
     event = RecordsIncomplete(
         case_id=doc["_id"],
         tenant_id=doc["tenant_id"],
@@ -210,7 +213,7 @@ async def override(
     """A human completes the case without the missing items; the reason travels with it."""
     doc = visible_case(await store.get(case_id), principal)
     manifest = await current_manifest(store, doc)
-    event = _complete_event(doc, manifest, override_reason=reason)
+    event = _complete_event(doc, manifest, store.clock.now(), override_reason=reason)
     entry = outbox_entry(event, traceparent=doc.get("traceparent", ""))
     audit = {
         "action": "override",
@@ -237,10 +240,11 @@ async def mark_glass_slides_received(
     doc = visible_case(await store.get(case_id), principal)
     if provider_id not in doc.get("glass_slides", {}):
         raise NotFound("no glass slides were requested from this provider")
+    now = store.clock.now()
     fields = {
         f"glass_slides.{provider_id}.state": "received",
-        f"glass_slides.{provider_id}.received_at": datetime.now(UTC),
-        "due_at": datetime.now(UTC),
+        f"glass_slides.{provider_id}.received_at": now,
+        "due_at": now,
     }
     done = await store.finish_if(
         case_id, [*CLAIMABLE, "awaiting_override"], {**fields, "state": "incomplete"}, []
@@ -263,6 +267,8 @@ def progress_view(doc: Doc) -> dict[str, Any]:
             for p in doc.get("providers", [])
         ],
         "missing": [i for i in manifest.get("items", []) if not i.get("present")],
+        # Resources or instances a provider returned for another patient: not kept.
+        "refused": doc.get("refused", []),
     }
 
 

@@ -8,13 +8,14 @@ client is built with follow_redirects=False); failures of the peer are
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import httpx
 
-from services.records_fetch import multipart
+from services.records_fetch import identifiers, multipart
 from services.records_fetch.archive import Archive, IncomingFile
 from services.records_fetch.domain import FHIR_TYPES, within_base
+from services.records_fetch.identifiers import FOREIGN_REFUSED
 from shared.errors import ProviderUnavailable, UnregisteredEndpoint
 from shared.events import RecordKind
 
@@ -27,6 +28,7 @@ MAX_FHIR_PAGES = 50
 # QIDO-RS attribute tags (DICOM JSON keys).
 STUDY_UID, SERIES_UID, SOP_UID = "0020000D", "0020000E", "00080018"
 STUDY_DATE, MODALITIES, N_INSTANCES, MODALITY = "00080020", "00080061", "00201208", "00080060"
+PATIENT_ID = "00100020"
 
 
 def _unavailable(exc: httpx.TransportError) -> ProviderUnavailable:
@@ -85,37 +87,94 @@ class QidoInstance:
     modality: str
 
 
-async def find_studies(client: httpx.AsyncClient, base: str, patient_id: str) -> list[QidoStudy]:
-    """The patient's studies (all dates: the prior studies come with the current one)."""
-    params = {"PatientID": patient_id, "includefield": [STUDY_DATE, MODALITIES, N_INSTANCES]}
+@dataclass(frozen=True)
+class Refused:
+    """Something a provider returned that is not kept: for another patient (or for no
+    patient named), or with an identifier outside its grammar. Says what and why,
+    never the foreign identifiers themselves."""
+
+    source: str  # "qido_study", "qido_instance", "instance", "fhir"
+    reason: str
+    resource_type: str = ""
+
+
+T = TypeVar("T")
+
+
+@dataclass
+class Found(Generic[T]):
+    """What a search returned that belongs to the patient, and what was refused."""
+
+    items: list[T]
+    refused: list[Refused]
+
+
+def _refused(source: str, reason: str, resource_type: str = "") -> Refused:
+    FOREIGN_REFUSED.labels(source=source).inc()
+    return Refused(source=source, reason=reason, resource_type=resource_type)
+
+
+async def find_studies(client: httpx.AsyncClient, base: str, patient_id: str) -> Found[QidoStudy]:
+    """The patient's studies (all dates: the prior studies come with the current one).
+
+    The Patient ID is checked before the request (RefusedIdentifier: no wildcard,
+    no list) and sent as one escaped value; a study the PACS answers for another
+    patient, or with a UID outside the UID grammar, is refused."""
+    patient_id = identifiers.dicom_patient_id(patient_id)
+    params = {
+        "PatientID": patient_id,
+        "includefield": [PATIENT_ID, STUDY_DATE, MODALITIES, N_INSTANCES],
+    }
     found = await get_json(client, f"{base}/studies", params, DICOM_JSON) or []
-    studies = []
-    for s in found:
+    result: Found[QidoStudy] = Found([], [])
+    for s in found if isinstance(found, list) else []:
+        if not identifiers.same_dicom_patient(tag(s, PATIENT_ID), patient_id):
+            result.refused.append(_refused("qido_study", "study of another patient"))
+            continue
+        study_uid = tag(s, STUDY_UID)
+        if not identifiers.is_dicom_uid(study_uid):
+            result.refused.append(_refused("qido_study", "study UID not of the UID grammar"))
+            continue
         mods = tag(s, MODALITIES) or []
-        studies.append(
+        result.items.append(
             QidoStudy(
-                study_uid=str(tag(s, STUDY_UID)),
+                study_uid=str(study_uid),
                 study_date=str(tag(s, STUDY_DATE) or ""),
                 modalities=[mods] if isinstance(mods, str) else list(mods),
                 expected=int(tag(s, N_INSTANCES) or 0),
             )
         )
-    return studies
+    return result
 
 
 async def find_instances(
-    client: httpx.AsyncClient, base: str, study_uid: str
-) -> list[QidoInstance]:
-    found = await get_json(client, f"{base}/studies/{study_uid}/instances", None, DICOM_JSON)
-    return [
-        QidoInstance(
-            study_uid=study_uid,
-            series_uid=str(tag(i, SERIES_UID)),
-            sop_uid=str(tag(i, SOP_UID)),
-            modality=str(tag(i, MODALITY) or ""),
+    client: httpx.AsyncClient, base: str, study_uid: str, patient_id: str
+) -> Found[QidoInstance]:
+    """The study's instances; one for another patient or with a bad UID is refused."""
+    study_uid = identifiers.dicom_uid(study_uid, "study UID")
+    url = f"{base}/studies/{study_uid}/instances"
+    found = await get_json(client, url, {"includefield": PATIENT_ID}, DICOM_JSON) or []
+    result: Found[QidoInstance] = Found([], [])
+    for i in found if isinstance(found, list) else []:
+        pid = tag(i, PATIENT_ID)
+        # A PACS may leave patient attributes out of an instance-level answer; when
+        # it gives one it must be the patient's (the stored file is checked too).
+        if pid is not None and not identifiers.same_dicom_patient(pid, patient_id):
+            result.refused.append(_refused("qido_instance", "instance of another patient"))
+            continue
+        series_uid, sop_uid = tag(i, SERIES_UID), tag(i, SOP_UID)
+        if not (identifiers.is_dicom_uid(series_uid) and identifiers.is_dicom_uid(sop_uid)):
+            result.refused.append(_refused("qido_instance", "UID not of the UID grammar"))
+            continue
+        result.items.append(
+            QidoInstance(
+                study_uid=study_uid,
+                series_uid=str(series_uid),
+                sop_uid=str(sop_uid),
+                modality=str(tag(i, MODALITY) or ""),
+            )
         )
-        for i in found or []
-    ]
+    return result
 
 
 async def retrieve_instance(
@@ -125,7 +184,8 @@ async def retrieve_instance(
 
     Returns the complete file (not yet committed); raises MultipartError for a
     malformed or truncated body, ProviderUnavailable if the peer fails."""
-    url = f"{base}/studies/{inst.study_uid}/series/{inst.series_uid}/instances/{inst.sop_uid}"
+    uids = [identifiers.dicom_uid(u) for u in (inst.study_uid, inst.series_uid, inst.sop_uid)]
+    url = "{}/studies/{}/series/{}/instances/{}".format(base, *uids)
     for last_try in (False, True):
         incoming = archive.incoming()
         try:
@@ -164,9 +224,14 @@ async def _stream_first_part(resp: httpx.Response, incoming: IncomingFile) -> No
 
 async def search_fhir(
     client: httpx.AsyncClient, base: str, patient_id: str, kind: RecordKind
-) -> list[dict[str, Any]]:
-    """Every resource of `kind` for the patient, following `next` links within `base`."""
-    found: list[dict[str, Any]] = []
+) -> Found[dict[str, Any]]:
+    """Every resource of `kind` for the patient, following `next` links within `base`.
+
+    The id is checked against the FHIR id grammar before any request and sent as
+    the one value `subject=Patient/<id>`; a resource that does not name this
+    patient as its `subject` (or `patient`) is refused, not returned."""
+    patient_id = identifiers.fhir_patient_id(patient_id)
+    result: Found[dict[str, Any]] = Found([], [])
     for rtype in FHIR_TYPES.get(kind, ()):
         url: str | None = f"{base}/{rtype}"
         params: dict[str, Any] | None = {"subject": f"Patient/{patient_id}", "_count": "100"}
@@ -174,9 +239,21 @@ async def search_fhir(
             if url is None:
                 break
             bundle = await get_json(client, url, params, FHIR_JSON) or {}
-            found += [e["resource"] for e in bundle.get("entry") or [] if e.get("resource")]
+            for entry in bundle.get("entry") or []:
+                resource = entry.get("resource") if isinstance(entry, dict) else None
+                if not isinstance(resource, dict):
+                    continue
+                rt = str(resource.get("resourceType", ""))
+                if rt == "OperationOutcome":  # the server's remarks on the search
+                    continue
+                if rt != rtype:
+                    result.refused.append(_refused("fhir", f"not a {rtype}", rt[:64]))
+                elif not identifiers.belongs_to(resource, patient_id):
+                    result.refused.append(_refused("fhir", "resource of another patient", rt))
+                else:
+                    result.items.append(resource)
             url, params = _next_link(bundle, base), None
-    return found
+    return result
 
 
 def _next_link(bundle: dict[str, Any], base: str) -> str | None:

@@ -12,7 +12,6 @@ import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -20,8 +19,10 @@ import httpx
 from services.records_fetch import dicom, domain, multipart, providers
 from services.records_fetch.archive import Archive
 from services.records_fetch.domain import InstanceState
+from services.records_fetch.identifiers import FOREIGN_REFUSED, RefusedIdentifier
 from services.records_fetch.store import FetchStore
 from shared.aio import gather_all
+from shared.clock import SYSTEM_CLOCK, Clock
 from shared.envelope import OutboxEntry, outbox_entry
 from shared.errors import ProviderUnavailable, UnregisteredEndpoint
 from shared.events import ProviderRecords, RecordKind, RecordsProgress
@@ -53,6 +54,11 @@ class CaseAttempt:
 
     doc: Doc
     unreachable: dict[str, str]
+    clock: Clock = SYSTEM_CLOCK
+    # provider id → why its patient identifier was refused (no request was made)
+    identifier_refused: dict[str, str] = field(default_factory=dict)
+    # What providers returned for another patient (or with bad identifiers): not kept.
+    refused: list[Doc] = field(default_factory=list)
     instances: dict[str, Doc] | None = None  # sop_uid → instance record, once loaded
     loading: asyncio.Lock = field(default_factory=asyncio.Lock)  # one load, for all providers
     pending_fields: Doc = field(default_factory=dict)
@@ -98,10 +104,13 @@ def records_of(doc: Doc) -> list[ProviderRecords]:
 async def run_attempt(ctx: Retrieval, doc: Doc) -> CaseAttempt:
     """Retrieve what each provider holds, all providers at once; a provider's failure
     is recorded (in `pending`, written by the caller's concluding write), not raised."""
-    attempt = CaseAttempt(doc=doc, unreachable={})
-    await gather_all(
-        *(_one_provider(ctx, attempt, i, rec) for i, rec in enumerate(records_of(doc)))
-    )
+    attempt = CaseAttempt(doc=doc, unreachable={}, clock=ctx.store.clock)
+    try:
+        await gather_all(
+            *(_one_provider(ctx, attempt, i, rec) for i, rec in enumerate(records_of(doc)))
+        )
+    finally:  # what this attempt refused replaces what the last one did
+        attempt.defer({"refused": attempt.refused})
     return attempt
 
 
@@ -110,6 +119,10 @@ async def _one_provider(
 ) -> None:
     try:
         await retrieve_provider(ctx, attempt, rec, index)
+    except RefusedIdentifier as exc:
+        attempt.identifier_refused[rec.provider_id] = exc.detail
+        _provider_state(attempt, index, rec, "refused", exc.detail)
+        return
     except (ProviderUnavailable, UnregisteredEndpoint) as exc:
         attempt.unreachable[rec.provider_id] = exc.detail
         _provider_state(attempt, index, rec, "failed", exc.detail)
@@ -122,12 +135,15 @@ def _provider_state(
 ) -> None:
     # A failure is news for every kind asked of the provider; what was received has
     # already been told kind by kind (records.progress from the retrieval itself).
-    failed = state == "failed"
-    events = [attempt.progress(rec, k, state, reason=reason) for k in rec.kinds] if failed else []
+    # A refused identifier is a failure on the wire (records.progress has no "refused").
+    failed = state in ("failed", "refused")
+    events = (
+        [attempt.progress(rec, k, "failed", reason=reason) for k in rec.kinds] if failed else []
+    )
     fields = {
         f"providers.{index}.state": state,
         f"providers.{index}.reason": reason,
-        f"providers.{index}.updated_at": datetime.now(UTC),
+        f"providers.{index}.updated_at": attempt.clock.now(),
     }
     attempt.defer(fields, events)
 
@@ -169,7 +185,8 @@ async def retrieve_imaging(
         found = await providers.find_studies(ctx.client, base, rec.patient_id)
     finally:
         known = await holding
-    studies = [s for s in found if _wanted(s, rec.kinds)]
+    note_refused(attempt, rec.provider_id, found.refused)
+    studies = [s for s in found.items if _wanted(s, rec.kinds)]
     expected = sum(s.expected for s in studies)
     kind = RecordKind.IMAGING if RecordKind.IMAGING in rec.kinds else RecordKind.PATHOLOGY
     start = attempt.progress(rec, kind, "in_progress", expected=expected)
@@ -186,10 +203,18 @@ async def retrieve_imaging(
     written = asyncio.ensure_future(ctx.store.update(attempt.case_id, fields, [start]))
     try:
         listed = await gather_all(
-            *(providers.find_instances(ctx.client, base, s.study_uid) for s in studies)
+            *(
+                providers.find_instances(ctx.client, base, s.study_uid, rec.patient_id)
+                for s in studies
+            )
         )
+        for one in listed:
+            note_refused(attempt, rec.provider_id, one.refused)
         todo = [
-            i for insts in listed for i in insts if not _already_held(ctx, known.get(i.sop_uid))
+            i
+            for insts in listed
+            for i in insts.items
+            if not _already_held(ctx, known.get(i.sop_uid))
         ]
         await _retrieve_all(ctx, attempt, rec, base, todo, written)
     finally:  # what did arrive is counted, also when the PACS failed midway
@@ -215,7 +240,7 @@ async def _retrieve_all(
             if failed.is_set():  # the PACS failed: do not queue up more timeouts
                 return
             try:
-                await retrieve_one(ctx, attempt, rec.provider_id, base, inst)
+                await retrieve_one(ctx, attempt, rec, base, inst)
             except BaseException:
                 failed.set()
                 raise
@@ -266,19 +291,52 @@ def _merge_studies(
     return attempt.doc["studies"]
 
 
+def note_refused(attempt: CaseAttempt, provider_id: str, refused: list[providers.Refused]) -> None:
+    """Keep what a provider returned for another patient visible (never its content)."""
+    attempt.refused += [
+        {
+            "provider_id": provider_id,
+            "source": r.source,
+            "reason": r.reason,
+            "resource_type": r.resource_type,
+        }
+        for r in refused
+    ]
+
+
 async def retrieve_one(
-    ctx: Retrieval, attempt: CaseAttempt, provider_id: str, base: str, inst: providers.QidoInstance
+    ctx: Retrieval,
+    attempt: CaseAttempt,
+    rec: ProviderRecords,
+    base: str,
+    inst: providers.QidoInstance,
 ) -> None:
-    """Retrieve, store and check one instance; a bad file is recorded as corrupt."""
-    where = {"provider_id": provider_id, "study_uid": inst.study_uid, "series_uid": inst.series_uid}
+    """Retrieve, check and store one instance; a bad file is recorded as corrupt, a
+    file of another patient is refused and never enters the archive."""
+    where = {
+        "provider_id": rec.provider_id,
+        "study_uid": inst.study_uid,
+        "series_uid": inst.series_uid,
+    }
     try:
         incoming = await providers.retrieve_instance(ctx.client, base, inst, ctx.archive)
     except multipart.MultipartError as exc:
         fields: Doc = {**where, "state": InstanceState.CORRUPT, "problems": [str(exc)]}
     else:
-        # fsync and rename: off the event loop, like the pydicom parse.
+        # fsync, the pydicom parse and the rename: off the event loop. The file is
+        # checked under its temporary name, so another patient's never gets an address.
+        await asyncio.to_thread(incoming.close)
+        check = await dicom.inspect(incoming.path, inst.sop_uid, rec.patient_id)
+        if check.foreign_patient:
+            incoming.discard()
+            FOREIGN_REFUSED.labels(source="instance").inc()
+            note_refused(
+                attempt,
+                rec.provider_id,
+                [providers.Refused("instance", "instance of another patient", "DICOM")],
+            )
+            return
         sha, path = await asyncio.to_thread(ctx.archive.commit, incoming)
-        check = await dicom.inspect(path, inst.sop_uid)
         fields = {
             **where,
             "state": InstanceState.RECEIVED if check.ok else InstanceState.CORRUPT,
@@ -324,7 +382,7 @@ def request_glass_slides(attempt: CaseAttempt, rec: ProviderRecords) -> None:
     slides = attempt.doc.get("glass_slides", {})
     if rec.provider_id in slides:
         return
-    slides[rec.provider_id] = {"state": "requested", "requested_at": datetime.now(UTC)}
+    slides[rec.provider_id] = {"state": "requested", "requested_at": attempt.clock.now()}
     attempt.doc["glass_slides"] = slides
     event = attempt.progress(
         rec, RecordKind.PATHOLOGY, "requested", reason="glass slides requested (physical item)"
@@ -349,7 +407,8 @@ async def retrieve_clinical(
     clinical = [c for c in attempt.doc.get("clinical", []) if c["provider_id"] != rec.provider_id]
     events = []
     for kind, resources in zip(kinds, found, strict=True):
-        summaries = [domain.summarise_resource(r).model_dump() for r in resources]
+        note_refused(attempt, rec.provider_id, resources.refused)
+        summaries = [domain.summarise_resource(r).model_dump() for r in resources.items]
         clinical.append(
             {"provider_id": rec.provider_id, "kind": kind.value, "summaries": summaries}
         )
@@ -365,7 +424,12 @@ async def retrieve_clinical(
 # ---------------------------------------------------------------- facts for the manifest
 
 
-def facts_from(doc: Doc, instances: dict[str, Doc], unreachable: dict[str, str]) -> domain.Facts:
+def facts_from(
+    doc: Doc,
+    instances: dict[str, Doc],
+    unreachable: dict[str, str],
+    identifier_refused: dict[str, str] | None = None,
+) -> domain.Facts:
     """What the store now holds for the case, as the domain's `Facts`."""
     studies = [_study_facts(s, instances.values()) for s in doc.get("studies", [])]
     clinical: dict[RecordKind, list[domain.ClinicalSummary]] = {}
@@ -380,6 +444,7 @@ def facts_from(doc: Doc, instances: dict[str, Doc], unreachable: dict[str, str])
         glass_slides_requested=sorted(p for p, s in slides.items() if s["state"] == "requested"),
         glass_slides_received=sorted(p for p, s in slides.items() if s["state"] == "received"),
         unreachable=unreachable,
+        identifier_refused=identifier_refused or {},
         not_requested=[k for k in RecordKind if k not in listed],
     )
 

@@ -12,15 +12,22 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import DuplicateKeyError
 
 from services.records_fetch.domain import InstanceState
+from shared.clock import SYSTEM_CLOCK, Clock
 from shared.envelope import OutboxEntry
-from shared.store import REDELIVERIES_SKIPPED, Doc, claim_one, update_if
+from shared.store import (
+    WITHOUT_OUTBOX,
+    Doc,
+    claim_one,
+    insert_with_outbox,
+    update_with_outbox,
+    with_outbox,
+)
 
 CLAIMABLE = ["requested", "retrieving", "incomplete"]
 
@@ -29,19 +36,16 @@ def instance_id(case_id: str, sop_uid: str) -> str:
     return f"{case_id}/{sop_uid}"
 
 
-def _with_outbox(update: Doc, outbox: list[OutboxEntry]) -> Doc:
-    if outbox:
-        update.setdefault("$push", {})["outbox"] = {
-            "$each": [e.model_dump(mode="python") for e in outbox]
-        }
-        update.setdefault("$set", {})["has_outbox"] = True
-    return update
-
-
 class FetchStore:
-    def __init__(self, fetches: AsyncCollection[Doc], instances: AsyncCollection[Doc]) -> None:
+    def __init__(
+        self,
+        fetches: AsyncCollection[Doc],
+        instances: AsyncCollection[Doc],
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
         self.fetches = fetches
         self.instances = instances
+        self.clock = clock  # every instant the store writes, and the handlers read
 
     async def create_indexes(self) -> None:
         await self.fetches.create_index([("state", 1), ("due_at", 1)])
@@ -50,27 +54,15 @@ class FetchStore:
     async def open(self, case_id: str, event_id: str, doc: Doc, outbox: list[OutboxEntry]) -> bool:
         """Create the case's document with its first events; False if it exists (a
         case is opened once, whatever event redelivers or repeats its acceptance)."""
-        record = {
-            "_id": case_id,
-            **doc,
-            "applied": [event_id],
-            "outbox": [e.model_dump(mode="python") for e in outbox],
-            "has_outbox": bool(outbox),
-        }
-        try:
-            await self.fetches.insert_one(record)
-        except DuplicateKeyError:
-            REDELIVERIES_SKIPPED.inc()
-            return False
-        return True
+        return await insert_with_outbox(self.fetches, {"_id": case_id, **doc}, outbox, event_id)
 
     async def get(self, case_id: str) -> Doc | None:
-        return await self.fetches.find_one({"_id": case_id}, {"outbox": 0, "applied": 0})
+        return await self.fetches.find_one({"_id": case_id}, WITHOUT_OUTBOX)
 
     async def claim_due(self, lease_seconds: float) -> Doc | None:
         """Take one case whose retrieval is due, for `lease_seconds` (one worker at a time),
         and mark it as being retrieved. Returns the case as claimed."""
-        now = datetime.now(UTC)
+        now = self.clock.now()
         claim = {
             "lease_until": now + timedelta(seconds=lease_seconds),
             "state": "retrieving",
@@ -85,15 +77,15 @@ class FetchStore:
         return {**doc, **claim} if doc else None
 
     async def extend_lease(self, case_id: str, lease_seconds: float) -> None:
-        until = datetime.now(UTC) + timedelta(seconds=lease_seconds)
+        until = self.clock.now() + timedelta(seconds=lease_seconds)
         await self.fetches.update_one({"_id": case_id}, {"$set": {"lease_until": until}})
 
     async def update(
         self, case_id: str, fields: Doc, outbox: Sequence[OutboxEntry] = (), **ops: Doc
     ) -> None:
         """Set `fields` (dotted paths allowed) and append events, in one write."""
-        update: Doc = {"$set": {**fields, "updated_at": datetime.now(UTC)}, **ops}
-        await self.fetches.update_one({"_id": case_id}, _with_outbox(update, list(outbox)))
+        update: Doc = {"$set": {**fields, "updated_at": self.clock.now()}, **ops}
+        await self.fetches.update_one({"_id": case_id}, with_outbox(update, outbox))
 
     async def finish_if(
         self,
@@ -104,11 +96,11 @@ class FetchStore:
         audit: Doc | None = None,
     ) -> bool:
         """Move the case to its next state only if it is still in one of `states`."""
-        update: Doc = {"$set": {**fields, "updated_at": datetime.now(UTC)}}
+        update: Doc = {"$set": {**fields, "updated_at": self.clock.now()}}
         if audit:
             update["$push"] = {"audit": audit}
-        return await update_if(
-            self.fetches, {"_id": case_id, "state": {"$in": states}}, _with_outbox(update, outbox)
+        return await update_with_outbox(
+            self.fetches, {"_id": case_id, "state": {"$in": states}}, update, outbox
         )
 
     # ---------------------------------------------------------------- instances
@@ -118,7 +110,7 @@ class FetchStore:
         return {d["sop_uid"]: d for d in docs}
 
     async def record_instance(self, case_id: str, sop_uid: str, fields: dict[str, Any]) -> None:
-        now = datetime.now(UTC)
+        now = self.clock.now()
         await self.instances.update_one(
             {"_id": instance_id(case_id, sop_uid)},
             {

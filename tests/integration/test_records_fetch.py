@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import json
 import threading
 import uuid
 from collections import Counter
@@ -24,6 +25,7 @@ import httpx
 import pydicom
 import pytest
 import pytest_asyncio
+from prometheus_client import REGISTRY
 from pymongo.asynchronous.database import AsyncDatabase
 
 from deploy.local import seed
@@ -46,9 +48,15 @@ class PacsProxy:
     """Forwards to Orthanc; can corrupt chosen instances or be stopped and restarted
     on the same port. Counts WADO-RS instance retrievals by SOP Instance UID."""
 
-    def __init__(self, upstream: str) -> None:
+    def __init__(self, upstream: str, prefix: str = "/dicom-web") -> None:
         self.upstream = upstream
+        self.prefix = prefix
         self.corrupt: set[str] = set()
+        # A misbehaving peer: substrings of the request (path and query) replaced
+        # before it goes upstream, and JSON answers rewritten on the way back.
+        self.rewrite_request: dict[str, str] = {}
+        self.rewrite_json: Any = None
+        self.paths: list[str] = []  # every request, as received
         self.refuse_after: int | None = None  # WADO requests served before it "goes down"
         self.wado: Counter[str] = Counter()
         # WADO requests let through, counted on arrival: retrievals run concurrently,
@@ -61,7 +69,7 @@ class PacsProxy:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/dicom-web"
+        return f"http://127.0.0.1:{self.port}{self.prefix}"
 
     def start(self) -> None:
         proxy = self
@@ -83,6 +91,10 @@ class PacsProxy:
         self._server.server_close()
 
     def handle(self, req: BaseHTTPRequestHandler) -> None:
+        self.paths.append(req.path)
+        path = req.path
+        for old, new in self.rewrite_request.items():
+            path = path.replace(old, new)
         sop = (
             req.path.split("?")[0].rsplit("/instances/", 1)[-1] if "/instances/" in req.path else ""
         )
@@ -93,11 +105,13 @@ class PacsProxy:
                 return
             self.admitted += bool(sop)
         resp = httpx.get(
-            self.upstream + req.path,
+            self.upstream + path,
             headers={"Accept": req.headers.get("Accept", "*/*")},
             timeout=10,
         )
         body = resp.content
+        if self.rewrite_json is not None and "json" in resp.headers.get("content-type", ""):
+            body = json.dumps(self.rewrite_json(path, resp.json())).encode()
         if sop:
             self.wado[sop] += 1
             if sop in self.corrupt:
@@ -450,3 +464,160 @@ def upload_slide(orthanc_url: str, patient_id: str) -> None:
         headers={"Content-Type": "application/dicom"},
     )
     resp.raise_for_status()
+
+
+# ---------------------------------------------------------------- issue 15, finding 2
+
+
+def fetched_paths(proxy: PacsProxy) -> list[str]:
+    return [p.split("?")[0] for p in proxy.paths]
+
+
+async def test_identifiers_that_would_widen_a_search_are_refused_before_any_request(
+    infra: dict[str, Any],
+    db: AsyncDatabase[Doc],
+    client: httpx.AsyncClient,
+    clinic_pid: str,
+    tmp_path: Path,
+) -> None:
+    """`<id>,Patient/<other>` is OR in a FHIR search (both charts came back) and
+    `PatientID=*` matches every patient at the real Orthanc: both are refused."""
+    other = seed.seed_fhir(infra["fhir_url"], "Other", "Pat", "1980-02-02")
+    seeded_patient(infra, [("MR_small.dcm", "20261001")])  # someone at the PACS
+    fhir = PacsProxy(infra["fhir_url"], prefix="")
+    try:
+        ctx = make_ctx(db, client, infra, tmp_path, infra["dicomweb_url"])
+        ctx.registry.tenants[TENANT]["clinic"] = ProviderEndpoints(fhir_url=fhir.url)
+        event = accepted("*", f"{clinic_pid},Patient/{other}")
+        await handlers.open_case(ctx.store, event, meta())
+        doc = await attempt(ctx, event)
+    finally:
+        fhir.stop()
+    assert fhir.paths == []  # no request with the id was made at all
+    assert [p["state"] for p in doc["providers"]] == ["refused", "refused"]
+    assert all("refused" in p["reason"] and other not in p["reason"] for p in doc["providers"])
+    assert doc.get("clinical", []) == [] and doc.get("studies", []) == []
+    assert await ctx.store.instance_states(event.case_id) == {}
+    [incomplete] = emitted(doc, "records.incomplete")
+    assert "patient identifier refused" in str(incomplete["missing"])
+
+
+async def test_a_peer_answering_for_another_patient_is_refused_and_recorded(
+    infra: dict[str, Any],
+    db: AsyncDatabase[Doc],
+    client: httpx.AsyncClient,
+    clinic_pid: str,
+    tmp_path: Path,
+    proxy: PacsProxy,
+) -> None:
+    """The PACS and the FHIR peer answer with another patient's records although
+    asked for ours (a mix-up at the provider, or a hostile peer): nothing of it is
+    kept; the manifest shows what was refused and a counter counts it."""
+    ours = seeded_patient(infra, [("MR_small.dcm", "20261001"), ("CT_small.dcm", "20240101")])
+    theirs = seeded_patient(infra, [("MR_small.dcm", "20250101")])
+    other_chart = seed.seed_fhir(infra["fhir_url"], "Other", "Chart", "1981-03-03")
+    proxy.rewrite_request = {f"PatientID={ours}": f"PatientID={theirs}"}
+    fhir = PacsProxy(infra["fhir_url"], prefix="")
+    fhir.rewrite_request = {f"Patient%2F{clinic_pid}": f"Patient%2F{other_chart}"}
+    before = refused_count("qido_study") + refused_count("fhir")
+    try:
+        ctx = make_ctx(db, client, infra, tmp_path, proxy.url)
+        ctx.registry.tenants[TENANT]["clinic"] = ProviderEndpoints(fhir_url=fhir.url)
+        event = accepted(ours, clinic_pid)
+        await handlers.open_case(ctx.store, event, meta())
+        doc = await attempt(ctx, event)
+    finally:
+        fhir.stop()
+    assert any(f"Patient%2F{clinic_pid}" in p for p in fhir.paths)  # asked correctly
+    assert doc.get("studies", []) == [] and sum(proxy.wado.values()) == 0
+    assert all(block["summaries"] == [] for block in doc["clinical"])
+    assert await ctx.store.instance_states(event.case_id) == {}
+    view = handlers.manifest_view(doc, [])
+    sources = Counter(r["source"] for r in view["refused"])
+    assert sources["qido_study"] == 1 and sources["fhir"] >= 5
+    assert all(r["reason"].endswith("another patient") for r in view["refused"])
+    assert theirs not in str(view["refused"]) and other_chart not in str(view["refused"])
+    assert refused_count("qido_study") + refused_count("fhir") - before == sum(sources.values())
+    assert doc["state"] == "incomplete"
+
+
+async def test_a_stored_instance_of_another_patient_never_enters_the_archive(
+    infra: dict[str, Any],
+    db: AsyncDatabase[Doc],
+    client: httpx.AsyncClient,
+    clinic_pid: str,
+    tmp_path: Path,
+    proxy: PacsProxy,
+) -> None:
+    """QIDO lists our patient's instance, leaving the patient out of the instance
+    listing, and WADO-RS sends another patient's file under its UIDs."""
+    ours = seeded_patient(infra, [("MR_small.dcm", "20261001")])
+    theirs = seeded_patient(infra, [("CT_small.dcm", "20250101")])
+    [our_path] = await instance_paths(client, infra, ours)
+    [their_path] = await instance_paths(client, infra, theirs)
+    proxy.rewrite_request = {our_path: their_path}
+
+    def hide_patient(path: str, answer: Any) -> Any:
+        if "/instances" in path and isinstance(answer, list):
+            return [{k: v for k, v in i.items() if k != "00100020"} for i in answer]
+        return answer
+
+    proxy.rewrite_json = hide_patient
+    before = refused_count("instance")
+    ctx = make_ctx(db, client, infra, tmp_path, proxy.url)
+    event = accepted(ours, clinic_pid)
+    await handlers.open_case(ctx.store, event, meta())
+    doc = await attempt(ctx, event)
+    assert sum(proxy.wado.values()) == 1  # it was retrieved ...
+    assert await ctx.store.instance_states(event.case_id) == {}  # ... and refused
+    archived = [p for p in (tmp_path / "records").rglob("*") if p.is_file()]
+    assert archived == []  # not even under a temporary name
+    assert [r["source"] for r in doc["refused"]] == ["instance"]
+    assert refused_count("instance") - before == 1
+    assert doc["state"] == "incomplete"
+
+
+async def test_uids_from_the_pacs_never_reach_a_url_path_unchecked(
+    infra: dict[str, Any],
+    db: AsyncDatabase[Doc],
+    client: httpx.AsyncClient,
+    clinic_pid: str,
+    tmp_path: Path,
+    proxy: PacsProxy,
+) -> None:
+    ours = seeded_patient(infra, [("MR_small.dcm", "20261001")])
+
+    def traversing_uid(path: str, answer: Any) -> Any:
+        if path.startswith("/dicom-web/studies?") and isinstance(answer, list):
+            for s in answer:
+                s["0020000D"]["Value"] = ["1.2.3/../../../tools/reset"]
+        return answer
+
+    proxy.rewrite_json = traversing_uid
+    ctx = make_ctx(db, client, infra, tmp_path, proxy.url)
+    event = accepted(ours, clinic_pid)
+    await handlers.open_case(ctx.store, event, meta())
+    doc = await attempt(ctx, event)
+    assert fetched_paths(proxy) == ["/dicom-web/studies"]  # the search, nothing after it
+    assert [r["reason"] for r in doc["refused"]] == ["study UID not of the UID grammar"]
+
+
+async def instance_paths(client: httpx.AsyncClient, infra: dict[str, Any], pid: str) -> list[str]:
+    resp = await client.get(
+        f"{infra['dicomweb_url']}/instances",
+        params={"PatientID": pid},
+        headers={"Accept": "application/dicom+json"},
+    )
+    return [
+        "/studies/{}/series/{}/instances/{}".format(
+            i["0020000D"]["Value"][0], i["0020000E"]["Value"][0], i["00080018"]["Value"][0]
+        )
+        for i in resp.json()
+    ]
+
+
+def refused_count(source: str) -> float:
+    value = REGISTRY.get_sample_value(
+        "records_fetch_foreign_records_refused_total", {"source": source}
+    )
+    return value or 0.0

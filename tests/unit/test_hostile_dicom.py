@@ -83,12 +83,79 @@ def refused(tmp: Path, data: bytes, uid: str) -> list[str]:
 
 
 def pixel_end(data: bytes, name: str) -> int:
-    """Where the image data ends (after it only padding or a delimiter may follow)."""
+    """Where the image data ends (after it only padding or a delimiter may follow).
+
+    Encapsulated pixel data (undefined length) ends after its sequence delimiter,
+    found by walking its items; in MR_small_RLE.dcm it is followed by 134 bytes of
+    Data Set Trailing Padding (FFFC,FFFC), which carries no meaning (PS3.10 7.2):
+    the file cut exactly where the padding begins is the whole image."""
     ds = pydicom.dcmread(TEST_FILES / name, defer_size=0)
     elem: Any = ds.get_item("PixelData", keep_deferred=True)
-    if elem.length == 0xFFFFFFFF:
-        return len(data) - 8
-    return int(elem.value_tell) + int(elem.length)
+    if elem.length != 0xFFFFFFFF:
+        return int(elem.value_tell) + int(elem.length)
+    at = int(elem.value_tell)
+    while True:
+        _, element, length = struct.unpack("<HHI", data[at : at + 8])
+        at += 8 + (length if element == 0xE000 else 0)
+        if element == 0xE0DD:
+            return at
+
+
+ENCAPSULATED = ["JPEG2000.dcm", "MR_small_RLE.dcm"]
+
+
+@pytest.mark.parametrize("name", ENCAPSULATED)
+def test_every_cut_inside_the_fragments_or_the_delimiter_is_refused(
+    tmp_path: Path, name: str
+) -> None:
+    """Cut after the last byte of a fragment or inside the sequence delimiter:
+    pydicom reads such a file as whole; the item walk does not."""
+    data, uid = source(name)
+    ds = pydicom.dcmread(TEST_FILES / name, defer_size=0)
+    pixel: Any = ds.get_item("PixelData", keep_deferred=True)
+    start = int(pixel.value_tell)
+    end = pixel_end(data, name)
+    for cut in [*range(start, start + 24), *range(end - 24, end)]:
+        assert refused(tmp_path, data[:cut], uid), cut
+
+
+def rle_header_with(data: bytes, segments: int) -> bytes:
+    """MR_small_RLE.dcm with its one frame's RLE header declaring `segments`."""
+    ds = pydicom.dcmread(TEST_FILES / "MR_small_RLE.dcm", defer_size=0)
+    pixel: Any = ds.get_item("PixelData", keep_deferred=True)
+    at = int(pixel.value_tell)
+    _, _, bot = struct.unpack("<HHI", data[at : at + 8])
+    frame = at + 8 + bot + 8  # past the Basic Offset Table and the fragment's item header
+    return data[:frame] + struct.pack("<I", segments) + data[frame + 4 :]
+
+
+def test_rle_lossless_declared_over_native_pixel_data_is_refused(tmp_path: Path) -> None:
+    """The transfer syntax says RLE Lossless, the pixel data is raw: a reader would
+    try to decode the raw bytes as RLE segments."""
+    data, uid = source("MR_small.dcm")
+    explicit_le, rle = b"1.2.840.10008.1.2.1\0", b"1.2.840.10008.1.2.5\0"
+    assert data.count(explicit_le) == 1
+    problems = refused(tmp_path, data.replace(explicit_le, rle), uid)
+    assert any("native (raw)" in p for p in problems)
+
+
+@pytest.mark.parametrize("segments", [0, 1, 3, 16, 0xFFFFFFFF])
+def test_an_rle_frame_with_the_wrong_segment_count_is_refused(
+    tmp_path: Path, segments: int
+) -> None:
+    data, uid = source("MR_small_RLE.dcm")
+    problems = refused(tmp_path, rle_header_with(data, segments), uid)
+    assert any("segments" in p for p in problems)
+
+
+def test_an_instance_of_another_patient_is_flagged(tmp_path: Path) -> None:
+    data, uid = source("MR_small.dcm")
+    path = tmp_path / "instance.dcm"
+    path.write_bytes(data)
+    own = str(pydicom.dcmread(path).PatientID)
+    assert inspect_file(path, uid, own).ok
+    other = inspect_file(path, uid, own + "X")
+    assert not other.ok and other.foreign_patient
 
 
 @pytest.mark.parametrize("name", IMAGES)

@@ -16,6 +16,13 @@ from shared.events import RecordKind, ServiceTier
 R = Requirement
 
 
+@pytest.mark.parametrize("sub", ["thoracic_imaging", "cardiac_imaging", "nuclear_medicine"])
+def test_every_imaging_subspecialty_requires_the_images_and_priors(sub: str) -> None:
+    """thoracic_imaging was missing from a local list: such a case needed no images."""
+    needed = domain.requirements_for(ServiceTier.SPECIALIST_OPINION, [sub])
+    assert {R.ORIGINAL_IMAGES, R.PRIOR_STUDIES, R.ORIGINAL_REPORT} <= set(needed)
+
+
 @pytest.mark.parametrize(
     ("tier", "subs", "expected"),
     [

@@ -77,22 +77,23 @@ async def test_redirects_are_not_followed() -> None:
     assert len(seen) == 1
 
 
+OBS = {"resourceType": "Observation", "subject": {"reference": "Patient/p1"}}
+
+
 async def test_fhir_paging_follows_only_links_under_the_registered_base() -> None:
     def pages(request: httpx.Request) -> httpx.Response:
         if "page=2" in str(request.url):
-            return httpx.Response(
-                200, json={"entry": [{"resource": {"resourceType": "Observation", "id": "b"}}]}
-            )
+            return httpx.Response(200, json={"entry": [{"resource": {**OBS, "id": "b"}}]})
         return httpx.Response(
             200,
             json={
-                "entry": [{"resource": {"resourceType": "Observation", "id": "a"}}],
+                "entry": [{"resource": {**OBS, "id": "a"}}],
                 "link": [{"relation": "next", "url": "http://fhir.test/r4/Observation?page=2"}],
             },
         )
 
     async with client_for(httpx.MockTransport(pages)) as c:
         found = await providers.search_fhir(c, "http://fhir.test/r4", "p1", RecordKind.LABS)
-        assert [r["id"] for r in found] == ["a", "b"]
+        assert [r["id"] for r in found.items] == ["a", "b"] and not found.refused
         with pytest.raises(UnregisteredEndpoint):
             await providers.search_fhir(c, "http://fhir.test/other", "p1", RecordKind.LABS)
