@@ -5,7 +5,7 @@ idempotency path."""
 
 from __future__ import annotations
 
-import json
+import asyncio
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -13,18 +13,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from services.intake import domain, fhir
+from services.intake import domain, fhir, safejson
 from services.intake.store import IntakeStore
 from shared.envelope import EventMeta, OutboxEntry, outbox_entry
 from shared.errors import Conflict, InvalidInput, NotFound, PermanentError
 from shared.events import CaseRejected, CaseSubmission, FieldError
 from shared.telemetry import current_traceparent
 
-
-class MalformedInput(PermanentError):
-    """The body is not JSON at all (400), as opposed to JSON that fails the schema (422)."""
-
-    title = "Malformed JSON"
+MalformedInput = safejson.MalformedInput
 
 
 @dataclass(frozen=True)
@@ -47,12 +43,17 @@ def field_errors(exc: ValidationError, prefix: str = "") -> list[FieldError]:
 
 
 def decode_json(body: bytes) -> Any:
-    try:
-        return json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        where = getattr(exc, "pos", 0)
-        err = FieldError(loc="body", msg=f"not valid JSON (at byte {where})", type="json_invalid")
-        raise MalformedInput("the body is not valid JSON", errors=[err.model_dump()]) from None
+    """An HTTP body as JSON within intake's limits (services/intake/safejson.py)."""
+    return safejson.decode(body)
+
+
+def claimed_external_id(payload: Any) -> str:
+    """The external id a native submission claims, for the rejection record; '' when
+    it is not a usable string (a refused case may carry anything there)."""
+    value = payload.get("external_id") if isinstance(payload, dict) else None
+    if not isinstance(value, str) or not safejson.is_unicode(value):
+        return ""
+    return value[:128]
 
 
 def validate_native(payload: Any, prefix: str = "") -> CaseSubmission:
@@ -277,7 +278,9 @@ def kafka_submission(submission: Any, fhir_payload: Any) -> CaseSubmission:
         )
         raise InvalidInput("exactly one of submission or fhir", errors=[err.model_dump()])
     if fhir_payload is not None:
+        safejson.check_value(fhir_payload, prefix="fhir.")
         return validate_fhir(fhir_payload)
+    safejson.check_value(submission, prefix="submission.")
     return validate_native(submission, prefix="submission.")
 
 
@@ -285,12 +288,12 @@ async def submit_from_kafka(
     store: IntakeStore, event_id: str, tenant_id: str, submission: Any, fhir_payload: Any
 ) -> list[OutboxEntry]:
     """A Kafka submission: the case (idempotent), or a recorded case.rejected."""
-    external_id = (
-        str((submission or {}).get("external_id", "")) if isinstance(submission, dict) else ""
-    )
+    external_id = claimed_external_id(submission)
     try:
-        result = await submit_case(store, tenant_id, kafka_submission(submission, fhir_payload))
-    except (InvalidInput, Conflict) as exc:
+        # FHIR parsing is CPU work proportional to the Bundle: off the event loop.
+        case = await asyncio.to_thread(kafka_submission, submission, fhir_payload)
+        result = await submit_case(store, tenant_id, case)
+    except (InvalidInput, MalformedInput, Conflict) as exc:
         errors = [FieldError.model_validate(e) for e in exc.errors]
         return await reject_submission(store, event_id, tenant_id, external_id, errors)
     return result.outbox
