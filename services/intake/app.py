@@ -18,6 +18,7 @@ from fastapi import Depends, FastAPI, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from services.intake import domain, fhir, handlers
+from services.intake.documents import CaseDocument, Stage
 from services.intake.settings import IntakeSettings
 from services.intake.store import IntakeStore
 from services.intake.telemetry import IntegratorKeyRedaction
@@ -113,12 +114,22 @@ class CaseSubmittedEnvelope(BaseModel):
         return "org.secondopinion.case.submitted.v1"
 
 
-def status_of(doc: dict[str, Any]) -> CaseStatus:
-    fields = {k: v for k, v in doc.items() if k in CaseStatus.model_fields}
-    reasons = domain.waiting_reasons(doc.get("hold_reason", ""), doc["waiting_on_authorization"])
-    waiting = doc["stage"] in ("held_for_review", "awaiting_authorization")
+def status_of(case: CaseDocument) -> CaseStatus:
+    reasons = domain.waiting_reasons(case.hold_reason, case.waiting_on_authorization)
     return CaseStatus(
-        **{**fields, "case_id": doc["_id"], "waiting_reasons": reasons if waiting else []}
+        case_id=case.id,
+        external_id=case.external_id,
+        stage=case.stage,
+        waiting_reasons=reasons if case.waiting else [],
+        waiting_on_authorization=case.waiting_on_authorization,
+        hold_reason=case.hold_reason,
+        urgency=case.urgency.value,
+        urgency_reason=case.urgency_reason,
+        subspecialties=[{"name": s.name.value, "reason": s.reason} for s in case.subspecialties],
+        triage=[t.model_dump() for t in case.triage],
+        second_opinion_value=case.second_opinion_value,
+        earlier_case_ids=case.earlier_case_ids,
+        history=[h.model_dump(exclude_none=True) for h in case.history],
     )
 
 
@@ -250,7 +261,8 @@ def _http_routes(service: Service, store: IntakeStore, settings: IntakeSettings)
     async def submit(
         request: Request, principal: Principal, fhir_only: bool
     ) -> handlers.SubmitResult:
-        external_id, channel = "", "http-fhir" if fhir_only else "http"
+        external_id = ""
+        channel: handlers.Channel = "http-fhir" if fhir_only else "http"
         try:
             ctype = media_type(request, fhir_only)
             body = await read_body(request, settings.max_body_bytes)
@@ -266,10 +278,12 @@ def _http_routes(service: Service, store: IntakeStore, settings: IntakeSettings)
                 validate = handlers.validate_fhir if as_fhir else handlers.validate_native
                 submission = await asyncio.to_thread(validate, payload)
             external_id = submission.external_id
-            result = await handlers.submit_case(store, principal.tenant_id, submission)
+            result = await handlers.submit_case(
+                store, service.clock, principal.tenant_id, submission
+            )
         except PermanentError as exc:
             await handlers.record_http_rejection(
-                store, principal.tenant_id, channel, external_id, exc
+                store, service.clock, principal.tenant_id, channel, external_id, exc
             )
             raise
         service.emitted(result.outbox)
@@ -344,7 +358,7 @@ def _case_routes(service: Service, store: IntakeStore, settings: IntakeSettings)
         is authorized the case is accepted (once, however often this is repeated)."""
         body = await read_model(request, ReleaseAuthorization, settings.max_body_bytes)
         doc, outbox = await handlers.authorize_release(
-            store, principal.tenant_id, case_id, body.provider_id, body.reference
+            store, service.clock, principal.tenant_id, case_id, body.provider_id, body.reference
         )
         service.emitted(outbox)
         return status_of(doc)
@@ -361,13 +375,13 @@ def _case_routes(service: Service, store: IntakeStore, settings: IntakeSettings)
         """Operations release a case held for human review, or decline it (case.rejected)."""
         body = await read_model(request, HoldDecision, settings.max_body_bytes)
         doc, outbox = await handlers.review_hold(
-            store, case_id, body.release, body.note, principal.subject
+            store, service.clock, case_id, body.release, body.note, principal.subject
         )
         service.emitted(outbox)
         return status_of(doc)
 
 
-STAGE_EVENTS: dict[type[BaseModel], str] = {
+STAGE_EVENTS: dict[type[BaseModel], Stage] = {
     RecordsComplete: "records_complete",
     CaseAssigned: "assigned",
     ReportSubmitted: "report_submitted",
@@ -382,7 +396,7 @@ def _subscribers(service: Service, store: IntakeStore) -> None:
         if not service.credentials.has_tenant(event.tenant_id):
             raise PermanentError(f"unknown tenant {event.tenant_id!r}")
         outbox = await handlers.submit_from_kafka(
-            store, meta.event_id, event.tenant_id, event.submission, event.fhir
+            store, service.clock, meta.event_id, event.tenant_id, event.submission, event.fhir
         )
         service.emitted(outbox)
 
@@ -390,9 +404,9 @@ def _subscribers(service: Service, store: IntakeStore) -> None:
         _follow(service, store, model, stage)
 
 
-def _follow(service: Service, store: IntakeStore, model: type[BaseModel], stage: str) -> None:
+def _follow(service: Service, store: IntakeStore, model: type[BaseModel], stage: Stage) -> None:
     async def on_stage(event: Any, meta: EventMeta) -> None:
-        await handlers.record_stage(store, event.case_id, meta, stage)
+        await handlers.record_stage(store, service.clock, event.case_id, meta, stage)
 
     on_stage.__name__ = f"on_{stage}"
     service.consumer.on(model, follower=True)(on_stage)

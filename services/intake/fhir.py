@@ -108,7 +108,8 @@ class Resources:
         for ref in (*refs, f"{rtype}/{rid}" if rid else ""):
             if ref:
                 self._by_ref[ref] = resource
-        for inner in resource.contained or []:
+        # Not every resource type has `contained` (a bare `Resource` has not).
+        for inner in getattr(resource, "contained", None) or []:
             self.add(inner, f"#{inner.id}")
 
     def get(self, reference: Any) -> Any:

@@ -30,6 +30,7 @@ from opentelemetry.semconv.trace import SpanAttributes
 
 from services.intake import fhir, handlers
 from services.intake.app import CaseSubmittedEnvelope, create_service
+from services.intake.documents import RejectionDocument
 from services.intake.settings import IntakeSettings
 from services.intake.store import IntakeStore
 from services.intake.telemetry import REDACTED, IntegratorKeyRedaction
@@ -60,12 +61,13 @@ class RejectionsOnly(IntakeStore):
         self.rejections_seen: dict[str, dict[str, Any]] = {}
 
     async def record_rejection(
-        self, key: str, doc: dict[str, Any], outbox: list[OutboxEntry]
+        self, rejection: RejectionDocument, outbox: list[OutboxEntry]
     ) -> bool:
-        if key in self.rejections_seen:
+        if rejection.id in self.rejections_seen:
             return False
-        json.dumps(doc, default=str).encode("utf-8")  # storable: valid Unicode throughout
-        self.rejections_seen[key] = doc
+        doc = rejection.model_dump(mode="json")
+        json.dumps(doc, ensure_ascii=False).encode("utf-8")  # storable: valid Unicode throughout
+        self.rejections_seen[rejection.id] = doc
         return True
 
 
@@ -73,18 +75,19 @@ class RejectionsOnly(IntakeStore):
 class Rig:
     service: Service
     store: RejectionsOnly
+    clock: ManualClock
     http: httpx.AsyncClient
     traces: Path
 
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
-    store = RejectionsOnly()
+    store, clock = RejectionsOnly(), ManualClock()
     settings = IntakeSettings(trace_dir=tmp_path, max_body_bytes=3_000_000)
-    service = create_service(settings, ManualClock(), store=store)
+    service = create_service(settings, clock, store=store)
     transport = httpx.ASGITransport(app=service.api)
     async with httpx.AsyncClient(transport=transport, base_url="http://intake") as http:
-        yield Rig(service, store, http, tmp_path / "intake.jsonl")
+        yield Rig(service, store, clock, http, tmp_path / "intake.jsonl")
     service.tracer_provider.shutdown()
 
 
@@ -130,6 +133,8 @@ async def test_a_lone_surrogate_in_external_id_is_an_invalid_value(rig: Rig) -> 
         d for d in rig.store.rejections_seen.values() if d["errors"][0]["type"] == "string_unicode"
     ]
     assert len(kept) == 3 and all(d["external_id"] == "" for d in kept)
+    # Dated by the service's clock, not the machine's.
+    assert {d["at"] for d in kept} == {rig.clock.now().isoformat().replace("+00:00", "Z")}
 
 
 async def test_refusals_never_quote_the_value(rig: Rig) -> None:
@@ -286,7 +291,7 @@ async def test_an_envelope_the_consumer_accepts_but_intake_cannot_carry_is_rejec
         ]
     ):
         outbox = await handlers.submit_from_kafka(
-            rig.store, f"evt-limit-{i}", "demo-health", submission, None
+            rig.store, rig.clock, f"evt-limit-{i}", "demo-health", submission, None
         )
         [entry] = outbox
         assert entry.topic == "case.rejected"
