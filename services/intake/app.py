@@ -11,17 +11,21 @@ can build their own service with their own settings.
 # No `from __future__ import annotations`: FastAPI resolves the routes' dependency
 # annotations at definition time, and they name closures of create_service.
 
-from typing import Annotated, Any, ClassVar
+import asyncio
+from typing import Annotated, Any, ClassVar, TypeVar
 
 from fastapi import Depends, FastAPI, Query, Request, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from services.intake import domain, fhir, handlers
+from services.intake.documents import CaseDocument, Stage
 from services.intake.settings import IntakeSettings
 from services.intake.store import IntakeStore
+from services.intake.telemetry import IntegratorKeyRedaction
 from shared.auth import Principal
+from shared.clock import SYSTEM_CLOCK, Clock
 from shared.envelope import EventMeta
-from shared.errors import PermanentError
+from shared.errors import InvalidInput, PermanentError
 from shared.events import (
     CaseAssigned,
     CaseSubmission,
@@ -34,6 +38,11 @@ from shared.http import problem
 from shared.runtime import Service
 
 JSON_TYPES = ("application/json", "application/fhir+json")
+# Cases decoded and validated at once, each in a worker thread: enough to use the
+# cores, few enough that the event loop (health checks, status reads, consumers)
+# keeps its share of the interpreter while large Bundles are parsed.
+PARSE_CONCURRENCY = 2
+Body = TypeVar("Body", bound=BaseModel)
 
 
 class PayloadTooLarge(PermanentError):
@@ -105,12 +114,22 @@ class CaseSubmittedEnvelope(BaseModel):
         return "org.secondopinion.case.submitted.v1"
 
 
-def status_of(doc: dict[str, Any]) -> CaseStatus:
-    fields = {k: v for k, v in doc.items() if k in CaseStatus.model_fields}
-    reasons = domain.waiting_reasons(doc.get("hold_reason", ""), doc["waiting_on_authorization"])
-    waiting = doc["stage"] in ("held_for_review", "awaiting_authorization")
+def status_of(case: CaseDocument) -> CaseStatus:
+    reasons = domain.waiting_reasons(case.hold_reason, case.waiting_on_authorization)
     return CaseStatus(
-        **{**fields, "case_id": doc["_id"], "waiting_reasons": reasons if waiting else []}
+        case_id=case.id,
+        external_id=case.external_id,
+        stage=case.stage,
+        waiting_reasons=reasons if case.waiting else [],
+        waiting_on_authorization=case.waiting_on_authorization,
+        hold_reason=case.hold_reason,
+        urgency=case.urgency.value,
+        urgency_reason=case.urgency_reason,
+        subspecialties=[{"name": s.name.value, "reason": s.reason} for s in case.subspecialties],
+        triage=[t.model_dump() for t in case.triage],
+        second_opinion_value=case.second_opinion_value,
+        earlier_case_ids=case.earlier_case_ids,
+        history=[h.model_dump(exclude_none=True) for h in case.history],
     )
 
 
@@ -125,6 +144,24 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+async def read_model(request: Request, model: type[Body], limit: int) -> Body:
+    """A small JSON body read by the route itself, after the caller is authenticated
+    (FastAPI decodes declared bodies before the dependencies run: bad JSON without a
+    key was a 422, not a 401)."""
+    payload = handlers.decode_json(await read_body(request, limit))
+    try:
+        return model.model_validate(payload)
+    except ValidationError as exc:
+        errors = [e.model_dump() for e in handlers.field_errors(exc)]
+        raise InvalidInput("the request failed validation", errors=errors) from None
+
+
+def json_body(model: type[BaseModel]) -> dict[str, Any]:
+    """OpenAPI for a body the route reads itself (`read_model`)."""
+    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
+
+
 def media_type(request: Request, fhir_only: bool) -> str:
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     allowed = ("application/fhir+json", "application/json") if fhir_only else JSON_TYPES
@@ -134,18 +171,20 @@ def media_type(request: Request, fhir_only: bool) -> str:
 
 
 def _document_bodies(api: FastAPI) -> None:
-    """The routes read their body themselves (size cap, one validation path for
-    native and FHIR); this puts the native schema back into the OpenAPI document."""
+    """The routes read their body themselves (size cap, authentication first, one
+    validation path for native and FHIR); this puts the body schemas back into the
+    OpenAPI document."""
     original = api.openapi
 
     def openapi() -> dict[str, Any]:
         if api.openapi_schema:
             return api.openapi_schema
         schema = original()
-        defs = CaseSubmission.model_json_schema(ref_template="#/components/schemas/{model}")
         comps = schema.setdefault("components", {}).setdefault("schemas", {})
-        comps.update(defs.pop("$defs", {}))
-        comps["CaseSubmission"] = defs
+        for model in (CaseSubmission, ReleaseAuthorization, HoldDecision):
+            defs = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            comps.update(defs.pop("$defs", {}))
+            comps[model.__name__] = defs
         return schema
 
     api.openapi = openapi  # type: ignore[method-assign]
@@ -174,20 +213,30 @@ FHIR_BODY = {
 }
 
 
-def create_service(settings: IntakeSettings | None = None) -> Service:
-    """One intake process: routes, subscribers and store on a new Service."""
+def create_service(
+    settings: IntakeSettings | None = None,
+    clock: Clock = SYSTEM_CLOCK,
+    *,
+    store: IntakeStore | None = None,
+) -> Service:
+    """One intake process: routes, subscribers and store on a new Service.
+
+    `clock` is the one source of "now"; `store` replaces the Mongo-backed store
+    (in-process tests of the HTTP layer)."""
     settings = settings or IntakeSettings()
     service = Service(
         settings,
         title="Second-opinion intake",
         description="Front door for health-system integrators: submit a case, follow its status.",
+        clock=clock,
     )
-    store = IntakeStore(
+    service.tracer_provider.add_span_processor(IntegratorKeyRedaction())
+    store = store or IntakeStore(
         service.collection("cases", outbox=True), service.collection("rejections", outbox=True)
     )
     service.on_startup(store.create_indexes)
     _http_routes(service, store, settings)
-    _case_routes(service, store)
+    _case_routes(service, store, settings)
     _subscribers(service, store)
     _document_bodies(service.api)
     return service
@@ -196,6 +245,7 @@ def create_service(settings: IntakeSettings | None = None) -> Service:
 def _http_routes(service: Service, store: IntakeStore, settings: IntakeSettings) -> None:
     api = service.api
     integrator = service.require("integrator")
+    parsing = asyncio.Semaphore(PARSE_CONCURRENCY)
 
     @api.middleware("http")
     async def limit_body_size(request: Request, call_next: Any) -> Response:
@@ -211,22 +261,29 @@ def _http_routes(service: Service, store: IntakeStore, settings: IntakeSettings)
     async def submit(
         request: Request, principal: Principal, fhir_only: bool
     ) -> handlers.SubmitResult:
-        external_id, channel = "", "http-fhir" if fhir_only else "http"
+        external_id = ""
+        channel: handlers.Channel = "http-fhir" if fhir_only else "http"
         try:
             ctype = media_type(request, fhir_only)
-            payload = handlers.decode_json(await read_body(request, settings.max_body_bytes))
-            if fhir_only or fhir.is_fhir_content_type(ctype):
-                channel = "http-fhir"
-                submission = handlers.validate_fhir(payload)
-            else:
-                if isinstance(payload, dict):
-                    external_id = str(payload.get("external_id", ""))
-                submission = handlers.validate_native(payload)
+            body = await read_body(request, settings.max_body_bytes)
+            as_fhir = fhir_only or fhir.is_fhir_content_type(ctype)
+            channel = "http-fhir" if as_fhir else "http"
+            # Decoding and validating (a FHIR Bundle above all) is CPU work that grows
+            # with the body: done in a worker thread, so /healthz and the consumers
+            # are answered meanwhile.
+            async with parsing:
+                payload = await asyncio.to_thread(handlers.decode_json, body)
+                if not as_fhir:
+                    external_id = handlers.claimed_external_id(payload)
+                validate = handlers.validate_fhir if as_fhir else handlers.validate_native
+                submission = await asyncio.to_thread(validate, payload)
             external_id = submission.external_id
-            result = await handlers.submit_case(store, principal.tenant_id, submission)
+            result = await handlers.submit_case(
+                store, service.clock, principal.tenant_id, submission
+            )
         except PermanentError as exc:
             await handlers.record_http_rejection(
-                store, principal.tenant_id, channel, external_id, exc
+                store, service.clock, principal.tenant_id, channel, external_id, exc
             )
             raise
         service.emitted(result.outbox)
@@ -268,7 +325,7 @@ def _http_routes(service: Service, store: IntakeStore, settings: IntakeSettings)
         return respond(await submit(request, principal, fhir_only=True), response)
 
 
-def _case_routes(service: Service, store: IntakeStore) -> None:
+def _case_routes(service: Service, store: IntakeStore, settings: IntakeSettings) -> None:
     api = service.api
     integrator = service.require("integrator")
     operations = service.require("operations")
@@ -288,33 +345,43 @@ def _case_routes(service: Service, store: IntakeStore) -> None:
         docs = await store.list_for_tenant(principal.tenant_id, limit)
         return [status_of(d) for d in docs]
 
-    @api.post("/v1/cases/{case_id}/authorizations", response_model=CaseStatus, tags=["cases"])
+    @api.post(
+        "/v1/cases/{case_id}/authorizations",
+        response_model=CaseStatus,
+        tags=["cases"],
+        openapi_extra=json_body(ReleaseAuthorization),
+    )
     async def authorize_release(
-        case_id: str,
-        body: ReleaseAuthorization,
-        principal: Annotated[Principal, Depends(integrator)],
+        case_id: str, request: Request, principal: Annotated[Principal, Depends(integrator)]
     ) -> CaseStatus:
         """Record the patient's release for one provider. When every listed provider
         is authorized the case is accepted (once, however often this is repeated)."""
+        body = await read_model(request, ReleaseAuthorization, settings.max_body_bytes)
         doc, outbox = await handlers.authorize_release(
-            store, principal.tenant_id, case_id, body.provider_id, body.reference
+            store, service.clock, principal.tenant_id, case_id, body.provider_id, body.reference
         )
         service.emitted(outbox)
         return status_of(doc)
 
-    @api.post("/v1/cases/{case_id}/review", response_model=CaseStatus, tags=["operations"])
+    @api.post(
+        "/v1/cases/{case_id}/review",
+        response_model=CaseStatus,
+        tags=["operations"],
+        openapi_extra=json_body(HoldDecision),
+    )
     async def review_hold(
-        case_id: str, body: HoldDecision, principal: Annotated[Principal, Depends(operations)]
+        case_id: str, request: Request, principal: Annotated[Principal, Depends(operations)]
     ) -> CaseStatus:
         """Operations release a case held for human review, or decline it (case.rejected)."""
+        body = await read_model(request, HoldDecision, settings.max_body_bytes)
         doc, outbox = await handlers.review_hold(
-            store, case_id, body.release, body.note, principal.subject
+            store, service.clock, case_id, body.release, body.note, principal.subject
         )
         service.emitted(outbox)
         return status_of(doc)
 
 
-STAGE_EVENTS: dict[type[BaseModel], str] = {
+STAGE_EVENTS: dict[type[BaseModel], Stage] = {
     RecordsComplete: "records_complete",
     CaseAssigned: "assigned",
     ReportSubmitted: "report_submitted",
@@ -329,7 +396,7 @@ def _subscribers(service: Service, store: IntakeStore) -> None:
         if not service.credentials.has_tenant(event.tenant_id):
             raise PermanentError(f"unknown tenant {event.tenant_id!r}")
         outbox = await handlers.submit_from_kafka(
-            store, meta.event_id, event.tenant_id, event.submission, event.fhir
+            store, service.clock, meta.event_id, event.tenant_id, event.submission, event.fhir
         )
         service.emitted(outbox)
 
@@ -337,9 +404,9 @@ def _subscribers(service: Service, store: IntakeStore) -> None:
         _follow(service, store, model, stage)
 
 
-def _follow(service: Service, store: IntakeStore, model: type[BaseModel], stage: str) -> None:
+def _follow(service: Service, store: IntakeStore, model: type[BaseModel], stage: Stage) -> None:
     async def on_stage(event: Any, meta: EventMeta) -> None:
-        await handlers.record_stage(store, event.case_id, meta, stage)
+        await handlers.record_stage(store, service.clock, event.case_id, meta, stage)
 
     on_stage.__name__ = f"on_{stage}"
     service.consumer.on(model, follower=True)(on_stage)

@@ -14,8 +14,8 @@ import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Any
 
+from services.intake.documents import CaseDocument
 from shared.events import (
     CaseAccepted,
     CaseSubmission,
@@ -24,6 +24,7 @@ from shared.events import (
     RoutingContext,
     Urgency,
 )
+from shared.vocabulary import Subspecialty
 
 CASE_NAMESPACE = uuid.UUID("6f2b1c3e-6a53-4c1b-9d0e-2d8f0e8a7c11")
 
@@ -67,6 +68,14 @@ class Finding:
     reason: str
 
 
+@dataclass(frozen=True)
+class SubspecialtyFinding:
+    """A subspecialty the question needs (shared.vocabulary), with the words that chose it."""
+
+    name: Subspecialty
+    reason: str
+
+
 def _search(pattern: str, text: str) -> str | None:
     m = re.search(pattern, text)
     return m.group(0) if m else None
@@ -74,30 +83,31 @@ def _search(pattern: str, text: str) -> str | None:
 
 # ---------------------------------------------------------------- subspecialty
 
+S = Subspecialty
 # (subspecialty, pattern) — first the specific, then the general.
-SUBSPECIALTY_RULES: tuple[tuple[str, str], ...] = (
-    ("breast_imaging", r"\b(mammogra\w*|breast (mri|ultrasound|imaging)|bi-?rads)\b"),
+SUBSPECIALTY_RULES: tuple[tuple[Subspecialty, str], ...] = (
+    (S.BREAST_IMAGING, r"\b(mammogra\w*|breast (mri|ultrasound|imaging)|bi-?rads)\b"),
     (
-        "neuroradiology",
+        S.NEURORADIOLOGY,
         r"\b(brain|head|spine|spinal|skull base|posterior fossa|brachial plexus|pituitary)\b"
         r"|\bneuro\w*",
     ),
     (
-        "musculoskeletal_radiology",
+        S.MUSCULOSKELETAL_RADIOLOGY,
         r"\b(knee|shoulder|hip|ankle|wrist|elbow|joint|menisc\w*|rotator cuff)\b",
     ),
-    ("thoracic_imaging", r"\b(chest ct|lung nodule|pulmonary nodule|thorac\w*|mediastin\w*)\b"),
+    (S.THORACIC_IMAGING, r"\b(chest ct|lung nodule|pulmonary nodule|thorac\w*|mediastin\w*)\b"),
     (
-        "body_imaging",
+        S.BODY_IMAGING,
         r"\b(abdom\w*|pelvi\w*|liver|hepat\w*|kidney|renal|pancrea\w*|prostate|adrenal)\b",
     ),
-    ("pathology", r"\b(biopsy|histolog\w*|patholog\w*|slides?|cytolog\w*|gleason)\b"),
+    (S.PATHOLOGY, r"\b(biopsy|histolog\w*|patholog\w*|slides?|cytolog\w*|gleason)\b"),
 )
-ONCOLOGY_SITES: tuple[tuple[str, str], ...] = (
-    ("oncology_genitourinary", r"\b(prostate|bladder|renal cell|kidney cancer)\b"),
-    ("oncology_breast", r"\bbreast\b"),
-    ("oncology_thoracic", r"\b(lung|thoracic|nsclc)\b"),
-    ("oncology_neuro", r"\b(glioma|glioblastoma|brain tumou?r)\b"),
+ONCOLOGY_SITES: tuple[tuple[Subspecialty, str], ...] = (
+    (S.ONCOLOGY_GENITOURINARY, r"\b(prostate|bladder|renal cell|kidney cancer)\b"),
+    (S.ONCOLOGY_BREAST, r"\bbreast\b"),
+    (S.ONCOLOGY_THORACIC, r"\b(lung|thoracic|nsclc)\b"),
+    (S.ONCOLOGY_NEURO, r"\b(glioma|glioblastoma|brain tumou?r)\b"),
 )
 # Words that make the question an oncology one (a PI-RADS 4-5 lesion or a Gleason
 # grade is prostate cancer work-up even before the word "cancer" appears).
@@ -107,27 +117,29 @@ CANCER = (
 )
 
 
-def _oncology(text: str) -> Finding | None:
+def _oncology(text: str) -> SubspecialtyFinding | None:
     cancer = _search(CANCER, text)
     if cancer is None:
         return None
     for name, pattern in ONCOLOGY_SITES:
         if site := _search(pattern, text):
-            return Finding(name, f"cancer term '{cancer}' at site '{site}'")
-    return Finding("oncology_general", f"cancer term '{cancer}'")
+            return SubspecialtyFinding(name, f"cancer term '{cancer}' at site '{site}'")
+    return SubspecialtyFinding(S.ONCOLOGY_GENERAL, f"cancer term '{cancer}'")
 
 
-def infer_subspecialties(text: str) -> list[Finding]:
+def infer_subspecialties(text: str) -> list[SubspecialtyFinding]:
     """The subspecialties the question needs, each with the words that chose it."""
     lowered = text.lower()
     found = [
-        Finding(name, f"matched '{m}'")
+        SubspecialtyFinding(name, f"matched '{m}'")
         for name, pattern in SUBSPECIALTY_RULES
         if (m := _search(pattern, lowered))
     ]
     if onc := _oncology(lowered):
         found.append(onc)
-    return found or [Finding("general_internal_medicine", "no subspecialty-specific terms")]
+    return found or [
+        SubspecialtyFinding(S.GENERAL_INTERNAL_MEDICINE, "no subspecialty-specific terms")
+    ]
 
 
 # ---------------------------------------------------------------- triage
@@ -332,7 +344,7 @@ def link_earlier(s: CaseSubmission, known: dict[str, str]) -> list[str]:
 class Assessment:
     """Everything intake decides about a submission, with the reasons."""
 
-    subspecialties: list[Finding]
+    subspecialties: list[SubspecialtyFinding]
     signals: list[Finding]
     urgency: Urgency
     urgency_reason: str
@@ -362,10 +374,6 @@ def assess(s: CaseSubmission, today: date, known: dict[str, str]) -> Assessment:
     )
 
 
-def findings_doc(findings: list[Finding]) -> list[dict[str, str]]:
-    return [{"name": f.name, "reason": f.reason} for f in findings]
-
-
 def waiting_reasons(hold_reason: str, waiting_on: list[str]) -> list[str]:
     """What the case waits for, in words an integrator can act on."""
     reasons = [f"held for human review: {hold_reason}"] if hold_reason else []
@@ -380,14 +388,14 @@ def authorized_records(submission: CaseSubmission, authorized: set[str]) -> list
     ]
 
 
-def case_accepted(doc: dict[str, Any]) -> CaseAccepted:
+def case_accepted(doc: CaseDocument) -> CaseAccepted:
     """The `case.accepted` event for a stored case (at creation or when it resumes)."""
-    s = CaseSubmission.model_validate(doc["submission"])
+    s = doc.submission
     fo = s.first_opinion
-    subs = doc["subspecialties"]
+    subs = doc.subspecialties
     routing = RoutingContext(
-        subspecialties=[x["name"] for x in subs],
-        urgency=doc["urgency"],
+        subspecialties=[x.name.value for x in subs],
+        urgency=doc.urgency,
         service_tier=s.service_tier,
         jurisdiction=s.patient.jurisdiction,
         first_opinion=FirstOpinionSource(
@@ -395,15 +403,15 @@ def case_accepted(doc: dict[str, Any]) -> CaseAccepted:
         ),
     )
     return CaseAccepted(
-        case_id=doc["_id"],
-        tenant_id=doc["tenant_id"],
+        case_id=doc.id,
+        tenant_id=doc.tenant_id,
         external_id=s.external_id,
         routing=routing,
-        records=authorized_records(s, set(doc.get("authorized_providers", []))),
-        triage_signals=[x["name"] for x in doc["triage"]],
-        triage_reasons={x["name"]: x["reason"] for x in doc["triage"]},
-        subspecialty_reasons={x["name"]: x["reason"] for x in subs},
-        urgency_reason=doc["urgency_reason"],
-        earlier_case_ids=doc.get("earlier_case_ids", []),
+        records=authorized_records(s, set(doc.authorized_providers)),
+        triage_signals=[x.name for x in doc.triage],
+        triage_reasons={x.name: x.reason for x in doc.triage},
+        subspecialty_reasons={x.name.value: x.reason for x in subs},
+        urgency_reason=doc.urgency_reason,
+        earlier_case_ids=doc.earlier_case_ids,
         treatment_start_date=s.treatment_start_date,
     )

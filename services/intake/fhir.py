@@ -59,6 +59,14 @@ FHIR_SOURCE = {
 }
 
 
+# The resources one submission may carry, Bundle entries and contained resources
+# together. A second-opinion request is a ServiceRequest with its Patient, a few
+# Practitioners and Organizations, a Consent per provider and the first opinion:
+# tens of resources. Parsing is linear in this count (10,000 took over a second),
+# so it is bounded before the FHIR models see it.
+MAX_RESOURCES = 500
+
+
 class FhirMappingError(Exception):
     """The FHIR input cannot be read as a case; `errors` say where and why."""
 
@@ -100,7 +108,8 @@ class Resources:
         for ref in (*refs, f"{rtype}/{rid}" if rid else ""):
             if ref:
                 self._by_ref[ref] = resource
-        for inner in resource.contained or []:
+        # Not every resource type has `contained` (a bare `Resource` has not).
+        for inner in getattr(resource, "contained", None) or []:
             self.add(inner, f"#{inner.id}")
 
     def get(self, reference: Any) -> Any:
@@ -117,6 +126,11 @@ def parse(payload: Any) -> tuple[Any, Resources]:
     if rtype not in ("Bundle", "ServiceRequest"):
         raise _error("resourceType", "expected a Bundle or a ServiceRequest", "resource_type")
     model: Any = Bundle if rtype == "Bundle" else ServiceRequest
+    if (count := resource_count(payload)) > MAX_RESOURCES:
+        where = "Bundle.entry" if rtype == "Bundle" else "ServiceRequest.contained"
+        raise _error(
+            where, f"{count} resources; at most {MAX_RESOURCES} per submission", "too_long"
+        )
     try:
         parsed = model.model_validate(payload)
     except ValidationError as exc:
@@ -132,6 +146,22 @@ def parse(payload: Any) -> tuple[Any, Resources]:
     if len(requests) != 1:
         raise _error("Bundle.entry", f"expected one ServiceRequest, found {len(requests)}")
     return requests[0], resources
+
+
+def resource_count(payload: dict[str, Any]) -> int:
+    """Bundle entries and contained resources, counted on the raw JSON (cheap)."""
+
+    def contained(resource: Any) -> int:
+        inner = resource.get("contained") if isinstance(resource, dict) else None
+        return len(inner) if isinstance(inner, list) else 0
+
+    if payload.get("resourceType") != "Bundle":
+        return 1 + contained(payload)
+    entries = payload.get("entry")
+    if not isinstance(entries, list):
+        return 0
+    resources = [e.get("resource") for e in entries if isinstance(e, dict)]
+    return len(entries) + sum(contained(r) for r in resources)
 
 
 def _text(concept: Any) -> str:

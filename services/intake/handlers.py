@@ -5,26 +5,34 @@ idempotency path."""
 
 from __future__ import annotations
 
-import json
+import asyncio
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
-from typing import Any
+from datetime import date, datetime
+from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from services.intake import domain, fhir
+from services.intake import domain, fhir, safejson
+from services.intake.documents import (
+    AuthorizationRecord,
+    CaseDocument,
+    FindingRecord,
+    RejectionDocument,
+    ReviewRecord,
+    Stage,
+    StageRecord,
+    SubspecialtyRecord,
+)
 from services.intake.store import IntakeStore
+from shared.clock import Clock
 from shared.envelope import EventMeta, OutboxEntry, outbox_entry
 from shared.errors import Conflict, InvalidInput, NotFound, PermanentError
 from shared.events import CaseRejected, CaseSubmission, FieldError
 from shared.telemetry import current_traceparent
 
-
-class MalformedInput(PermanentError):
-    """The body is not JSON at all (400), as opposed to JSON that fails the schema (422)."""
-
-    title = "Malformed JSON"
+MalformedInput = safejson.MalformedInput
+Channel = Literal["http", "http-fhir", "kafka"]
 
 
 @dataclass(frozen=True)
@@ -47,12 +55,17 @@ def field_errors(exc: ValidationError, prefix: str = "") -> list[FieldError]:
 
 
 def decode_json(body: bytes) -> Any:
-    try:
-        return json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        where = getattr(exc, "pos", 0)
-        err = FieldError(loc="body", msg=f"not valid JSON (at byte {where})", type="json_invalid")
-        raise MalformedInput("the body is not valid JSON", errors=[err.model_dump()]) from None
+    """An HTTP body as JSON within intake's limits (services/intake/safejson.py)."""
+    return safejson.decode(body)
+
+
+def claimed_external_id(payload: Any) -> str:
+    """The external id a native submission claims, for the rejection record; '' when
+    it is not a usable string (a refused case may carry anything there)."""
+    value = payload.get("external_id") if isinstance(payload, dict) else None
+    if not isinstance(value, str) or not safejson.is_unicode(value):
+        return ""
+    return value[:128]
 
 
 def validate_native(payload: Any, prefix: str = "") -> CaseSubmission:
@@ -111,162 +124,178 @@ def _dump(errors: list[FieldError]) -> list[dict[str, Any]]:
 
 
 def _new_case(
-    tenant_id: str, submission: CaseSubmission, known: dict[str, str]
-) -> tuple[dict[str, Any], list[OutboxEntry]]:
-    case_id = domain.case_id_for(tenant_id, submission.external_id)
-    a = domain.assess(submission, date.today(), known)
-    now = datetime.now(UTC)
-    doc = {
-        "_id": case_id,
-        "tenant_id": tenant_id,
-        "external_id": submission.external_id,
-        "fingerprint": domain.submission_fingerprint(submission),
-        "submission": submission.model_dump(mode="json"),
-        "subspecialties": domain.findings_doc(a.subspecialties),
-        "triage": domain.findings_doc(a.signals),
-        "second_opinion_value": domain.second_opinion_value(a.signals),
-        "urgency": a.urgency.value,
-        "urgency_reason": a.urgency_reason,
-        "earlier_case_ids": a.earlier_case_ids,
-        "hold_reason": a.hold.reason if a.hold else "",
-        "waiting_on_authorization": a.waiting_on,
-        "authorized_providers": [r.provider_id for r in submission.records if r.authorized],
-        "stage": a.stage,
-        "stage_rank": domain.stage_rank(a.stage),
-        "history": [{"stage": a.stage, "at": now}],
-        "created_at": now,
-        "updated_at": now,
-    }
-    outbox = [_accepted_entry(doc)] if a.stage == "accepted" else []
-    return doc, outbox
+    tenant_id: str, submission: CaseSubmission, known: dict[str, str], now: datetime
+) -> tuple[CaseDocument, list[OutboxEntry]]:
+    a = domain.assess(submission, now.date(), known)
+    case = CaseDocument(
+        id=domain.case_id_for(tenant_id, submission.external_id),
+        tenant_id=tenant_id,
+        external_id=submission.external_id,
+        fingerprint=domain.submission_fingerprint(submission),
+        submission=submission,
+        subspecialties=[SubspecialtyRecord(name=f.name, reason=f.reason) for f in a.subspecialties],
+        triage=[FindingRecord(name=f.name, reason=f.reason) for f in a.signals],
+        second_opinion_value=domain.second_opinion_value(a.signals),
+        urgency=a.urgency,
+        urgency_reason=a.urgency_reason,
+        earlier_case_ids=a.earlier_case_ids,
+        hold_reason=a.hold.reason if a.hold else "",
+        waiting_on_authorization=a.waiting_on,
+        authorized_providers=[r.provider_id for r in submission.records if r.authorized],
+        stage=a.stage,
+        stage_rank=domain.stage_rank(a.stage),
+        history=[StageRecord(stage=a.stage, at=now)],
+        created_at=now,
+        updated_at=now,
+    )
+    outbox = [_accepted_entry(case)] if a.stage == "accepted" else []
+    return case, outbox
 
 
-def _accepted_entry(doc: dict[str, Any]) -> OutboxEntry:
-    return outbox_entry(domain.case_accepted(doc), traceparent=current_traceparent())
+def _accepted_entry(case: CaseDocument) -> OutboxEntry:
+    return outbox_entry(domain.case_accepted(case), traceparent=current_traceparent())
 
 
 async def submit_case(
-    store: IntakeStore, tenant_id: str, submission: CaseSubmission
+    store: IntakeStore, clock: Clock, tenant_id: str, submission: CaseSubmission
 ) -> SubmitResult:
     """Create the case once; a resubmission returns it, a changed one is a conflict."""
     refs = [e.reference for e in submission.earlier_opinions]
-    doc, outbox = _new_case(tenant_id, submission, await store.known_references(tenant_id, refs))
-    if await store.insert_case(doc, outbox):
-        return SubmitResult(doc["_id"], doc["stage"], True, outbox)
-    existing = await store.get(doc["_id"])
+    known = await store.known_references(tenant_id, refs)
+    case, outbox = _new_case(tenant_id, submission, known, clock.now())
+    if await store.insert_case(case, outbox):
+        return SubmitResult(case.id, case.stage, True, outbox)
+    existing = await store.get(case.id)
     if existing is None:  # pragma: no cover - inserted and vanished: treat as transient
         raise Conflict("case is being created concurrently; retry")
-    if existing["fingerprint"] != doc["fingerprint"]:
+    if existing.fingerprint != case.fingerprint:
         err = FieldError(
             loc="external_id", msg="already used for a different case", type="conflict"
         )
         raise Conflict(
-            f"external_id {submission.external_id!r} was already used for a different submission",
+            "this external_id was already used for a different submission",
             errors=[err.model_dump()],
         )
-    return SubmitResult(existing["_id"], existing["stage"], False, [])
+    return SubmitResult(existing.id, existing.stage, False, [])
 
 
-def rejection_doc(
-    tenant_id: str, channel: str, external_id: str, status: int, errors: list[FieldError]
-) -> dict[str, Any]:
-    """What is kept of a refused submission: where and why, never the submitted values."""
-    return {
-        "tenant_id": tenant_id,
-        "channel": channel,
-        "external_id": external_id[:128],
-        "status": status,
-        "errors": _dump(errors),
-        "at": datetime.now(UTC),
-    }
+def _errors_of(exc: PermanentError) -> list[FieldError]:
+    return [FieldError.model_validate(e) for e in exc.errors] or [
+        FieldError(loc="body", msg=exc.detail, type=exc.title.lower().replace(" ", "_"))
+    ]
 
 
 async def record_http_rejection(
-    store: IntakeStore, tenant_id: str, channel: str, external_id: str, exc: PermanentError
+    store: IntakeStore,
+    clock: Clock,
+    tenant_id: str,
+    channel: Channel,
+    external_id: str,
+    exc: PermanentError,
 ) -> None:
-    errors = [FieldError.model_validate(e) for e in exc.errors] or [
-        FieldError(loc="body", msg=exc.detail, type=exc.title.lower().replace(" ", "_"))
-    ]
-    doc = rejection_doc(tenant_id, channel, external_id, exc.status_code, errors)
-    await store.record_rejection(f"http:{uuid.uuid4()}", doc, [])
+    """What is kept of a refused request: where and why, never the submitted values."""
+    rejection = RejectionDocument(
+        id=f"http:{uuid.uuid4()}",
+        tenant_id=tenant_id,
+        channel=channel,
+        external_id=external_id[:128],
+        status=exc.status_code,
+        errors=_errors_of(exc),
+        at=clock.now(),
+    )
+    await store.record_rejection(rejection, [])
 
 
 async def reject_submission(
-    store: IntakeStore, event_id: str, tenant_id: str, external_id: str, errors: list[FieldError]
+    store: IntakeStore,
+    clock: Clock,
+    event_id: str,
+    tenant_id: str,
+    external_id: str,
+    errors: list[FieldError],
 ) -> list[OutboxEntry]:
     """Record a refused Kafka submission and tell the integrator with case.rejected."""
     case_id = domain.case_id_for(tenant_id, external_id or event_id)
     rejected = CaseRejected(
-        case_id=case_id, tenant_id=tenant_id, external_id=external_id or "", errors=errors
+        case_id=case_id, tenant_id=tenant_id, external_id=external_id, errors=errors
     )
     outbox = [outbox_entry(rejected, traceparent=current_traceparent())]
-    doc = {"case_id": case_id, **rejection_doc(tenant_id, "kafka", external_id, 422, errors)}
-    created = await store.record_rejection(f"event:{event_id}", doc, outbox)
+    rejection = RejectionDocument(
+        id=f"event:{event_id}",
+        tenant_id=tenant_id,
+        channel="kafka",
+        external_id=external_id[:128],
+        case_id=case_id,
+        status=422,
+        errors=errors,
+        at=clock.now(),
+    )
+    created = await store.record_rejection(rejection, outbox)
     return outbox if created else []
 
 
-async def tenant_case(store: IntakeStore, tenant_id: str, case_id: str) -> dict[str, Any]:
-    doc = await store.get(case_id)
+async def tenant_case(store: IntakeStore, tenant_id: str, case_id: str) -> CaseDocument:
+    case = await store.get(case_id)
     # Another tenant's case is reported as absent, not forbidden: no existence leak.
-    if doc is None or doc["tenant_id"] != tenant_id:
+    if case is None or case.tenant_id != tenant_id:
         raise NotFound(f"no case {case_id}")
-    return doc
+    return case
 
 
 async def authorize_release(
-    store: IntakeStore, tenant_id: str, case_id: str, provider_id: str, reference: str
-) -> tuple[dict[str, Any], list[OutboxEntry]]:
+    store: IntakeStore,
+    clock: Clock,
+    tenant_id: str,
+    case_id: str,
+    provider_id: str,
+    reference: str,
+) -> tuple[CaseDocument, list[OutboxEntry]]:
     """Record the patient's release for one provider; accept the case once all are on file."""
-    doc = await tenant_case(store, tenant_id, case_id)
-    providers = [r["provider_id"] for r in doc["submission"]["records"]]
-    if provider_id not in providers:
+    case = await tenant_case(store, tenant_id, case_id)
+    if provider_id not in [r.provider_id for r in case.submission.records]:
         err = FieldError(loc="provider_id", msg="not a provider of this case", type="unknown")
-        raise InvalidInput(f"provider {provider_id!r} is not listed", errors=[err.model_dump()])
-    entry = {"provider_id": provider_id, "reference": reference, "at": datetime.now(UTC)}
-    doc = await store.record_authorization(case_id, provider_id, entry) or doc
-    return await _accept_if_ready(store, doc)
+        raise InvalidInput("the provider is not listed for this case", errors=[err.model_dump()])
+    now = clock.now()
+    entry = AuthorizationRecord(provider_id=provider_id, reference=reference, at=now)
+    case = await store.record_authorization(case_id, entry, now) or case
+    return await _accept_if_ready(store, clock, case)
 
 
 async def _accept_if_ready(
-    store: IntakeStore, doc: dict[str, Any]
-) -> tuple[dict[str, Any], list[OutboxEntry]]:
-    if doc["stage"] not in ("held_for_review", "awaiting_authorization"):
-        return doc, []
-    if doc.get("hold_reason") or doc["waiting_on_authorization"]:
-        return doc, []
-    outbox = [_accepted_entry(doc)]
-    if not await store.accept_if_ready(doc["_id"], domain.stage_rank("accepted"), outbox):
+    store: IntakeStore, clock: Clock, case: CaseDocument
+) -> tuple[CaseDocument, list[OutboxEntry]]:
+    if not case.waiting or case.hold_reason or case.waiting_on_authorization:
+        return case, []
+    outbox = [_accepted_entry(case)]
+    rank = domain.stage_rank("accepted")
+    if not await store.accept_if_ready(case.id, rank, outbox, clock.now()):
         outbox = []  # someone else accepted it first: one case.accepted only
-    return await store.get(doc["_id"]) or doc, outbox
+    return await store.get(case.id) or case, outbox
 
 
 async def review_hold(
-    store: IntakeStore, case_id: str, release: bool, note: str, reviewer: str
-) -> tuple[dict[str, Any], list[OutboxEntry]]:
+    store: IntakeStore, clock: Clock, case_id: str, release: bool, note: str, reviewer: str
+) -> tuple[CaseDocument, list[OutboxEntry]]:
     """A human's decision on a held case: release it onward, or decline it."""
-    doc = await store.get(case_id)
-    if doc is None:
+    case = await store.get(case_id)
+    if case is None:
         raise NotFound(f"no case {case_id}")
-    if doc["stage"] != "held_for_review":
-        raise Conflict(f"case is {doc['stage']}, not held for review")
-    review = {"by": reviewer, "release": release, "note": note, "at": datetime.now(UTC)}
+    if case.stage != "held_for_review":
+        raise Conflict(f"case is {case.stage}, not held for review")
+    now = clock.now()
+    review = ReviewRecord(by=reviewer, release=release, note=note, at=now)
     if not release:
-        err = FieldError(
-            loc="question", msg=note or doc["hold_reason"], type="not_a_second_opinion"
-        )
+        err = FieldError(loc="question", msg=note or case.hold_reason, type="not_a_second_opinion")
         rejected = CaseRejected(
-            case_id=case_id,
-            tenant_id=doc["tenant_id"],
-            external_id=doc["external_id"],
-            errors=[err],
+            case_id=case_id, tenant_id=case.tenant_id, external_id=case.external_id, errors=[err]
         )
         outbox = [outbox_entry(rejected, traceparent=current_traceparent())]
-        if not await store.decline(case_id, review, outbox):
+        if not await store.decline(case_id, review, outbox, now):
             outbox = []
-        return await store.get(case_id) or doc, outbox
-    nxt = "awaiting_authorization"
-    await store.release_hold(case_id, review, nxt, domain.stage_rank(nxt))
-    return await _accept_if_ready(store, await store.get(case_id) or doc)
+        return await store.get(case_id) or case, outbox
+    nxt: Stage = "awaiting_authorization"
+    await store.release_hold(case_id, review, nxt, domain.stage_rank(nxt), now)
+    return await _accept_if_ready(store, clock, await store.get(case_id) or case)
 
 
 def kafka_submission(submission: Any, fhir_payload: Any) -> CaseSubmission:
@@ -277,28 +306,38 @@ def kafka_submission(submission: Any, fhir_payload: Any) -> CaseSubmission:
         )
         raise InvalidInput("exactly one of submission or fhir", errors=[err.model_dump()])
     if fhir_payload is not None:
+        safejson.check_value(fhir_payload, prefix="fhir.")
         return validate_fhir(fhir_payload)
+    safejson.check_value(submission, prefix="submission.")
     return validate_native(submission, prefix="submission.")
 
 
 async def submit_from_kafka(
-    store: IntakeStore, event_id: str, tenant_id: str, submission: Any, fhir_payload: Any
+    store: IntakeStore,
+    clock: Clock,
+    event_id: str,
+    tenant_id: str,
+    submission: Any,
+    fhir_payload: Any,
 ) -> list[OutboxEntry]:
     """A Kafka submission: the case (idempotent), or a recorded case.rejected."""
-    external_id = (
-        str((submission or {}).get("external_id", "")) if isinstance(submission, dict) else ""
-    )
+    external_id = claimed_external_id(submission)
     try:
-        result = await submit_case(store, tenant_id, kafka_submission(submission, fhir_payload))
-    except (InvalidInput, Conflict) as exc:
+        # FHIR parsing is CPU work proportional to the Bundle: off the event loop.
+        case = await asyncio.to_thread(kafka_submission, submission, fhir_payload)
+        result = await submit_case(store, clock, tenant_id, case)
+    except (InvalidInput, MalformedInput, Conflict) as exc:
         errors = [FieldError.model_validate(e) for e in exc.errors]
-        return await reject_submission(store, event_id, tenant_id, external_id, errors)
+        return await reject_submission(store, clock, event_id, tenant_id, external_id, errors)
     return result.outbox
 
 
-async def record_stage(store: IntakeStore, case_id: str, meta: EventMeta, stage: str) -> None:
+async def record_stage(
+    store: IntakeStore, clock: Clock, case_id: str, meta: EventMeta, stage: Stage
+) -> None:
     """The stage is dated when the service that reached it says it happened (the
     event's time), not when intake heard of it: a case is assigned when assignment
     chose the reviewer."""
-    at = meta.occurred_at(default=datetime.now(UTC))
-    await store.advance_stage(case_id, meta.event_id, stage, domain.stage_rank(stage), at)
+    now = clock.now()
+    at = meta.occurred_at(default=now)
+    await store.advance_stage(case_id, meta.event_id, stage, domain.stage_rank(stage), at, now)

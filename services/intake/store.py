@@ -1,20 +1,39 @@
-"""Intake's own collections: `cases` (the submitted case, its stage, what it waits
-for, and its outbox) and `rejections` (submissions refused, with their field
-errors but never the submitted values)."""
+"""Intake's own collections: `cases` (`CaseDocument`: the submitted case, its
+stage, what it waits for) and `rejections` (`RejectionDocument`: submissions
+refused, with their field errors but never the submitted values). Events leave
+through the shared outbox API (shared/store.py), in the same write as the change
+they announce. The store never reads the time: callers pass `now`."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from pymongo import ASCENDING
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import DuplicateKeyError
 
+from services.intake.documents import (
+    AuthorizationRecord,
+    CaseDocument,
+    RejectionDocument,
+    ReviewRecord,
+    Stage,
+)
 from shared.envelope import OutboxEntry
-from shared.store import Doc, apply_once, update_if
+from shared.store import (
+    WITHOUT_OUTBOX,
+    Doc,
+    apply_once,
+    insert_with_outbox,
+    update_if,
+    update_with_outbox,
+)
 
 WAITING = ["held_for_review", "awaiting_authorization"]
+
+
+def _saved(model: CaseDocument | RejectionDocument | AuthorizationRecord | ReviewRecord) -> Doc:
+    return model.model_dump(mode="python", by_alias=True)
 
 
 class IntakeStore:
@@ -27,17 +46,13 @@ class IntakeStore:
         await self.cases.create_index([("tenant_id", ASCENDING), ("external_id", ASCENDING)])
         await self.rejections.create_index([("tenant_id", ASCENDING), ("at", ASCENDING)])
 
-    async def get(self, case_id: str) -> Doc | None:
-        return await self.cases.find_one({"_id": case_id}, {"applied": 0, "outbox": 0})
+    async def get(self, case_id: str) -> CaseDocument | None:
+        doc = await self.cases.find_one({"_id": case_id}, WITHOUT_OUTBOX)
+        return CaseDocument.model_validate(doc) if doc else None
 
-    async def insert_case(self, doc: Doc, outbox: list[OutboxEntry]) -> bool:
+    async def insert_case(self, case: CaseDocument, outbox: list[OutboxEntry]) -> bool:
         """Insert a new case with its first events; False if it already exists."""
-        doc = {**doc, "outbox": [e.model_dump() for e in outbox], "has_outbox": bool(outbox)}
-        try:
-            await self.cases.insert_one(doc)
-        except DuplicateKeyError:
-            return False
-        return True
+        return await insert_with_outbox(self.cases, _saved(case), outbox)
 
     async def known_references(self, tenant_id: str, refs: list[str]) -> dict[str, str]:
         """reference → case id, for the tenant's cases named by case id or external id."""
@@ -55,38 +70,43 @@ class IntakeStore:
                 found[d["external_id"]] = d["_id"]
         return {r: found[r] for r in refs if r in found}
 
-    async def list_for_tenant(self, tenant_id: str, limit: int) -> list[Doc]:
+    async def list_for_tenant(self, tenant_id: str, limit: int) -> list[CaseDocument]:
         cursor = self.cases.find(
             {"tenant_id": tenant_id},
-            {"submission": 0, "applied": 0, "outbox": 0},
+            WITHOUT_OUTBOX,
             sort=[("created_at", ASCENDING)],
             limit=limit,
         )
-        return await cursor.to_list()
+        return [CaseDocument.model_validate(d) for d in await cursor.to_list()]
 
-    async def record_authorization(self, case_id: str, provider_id: str, entry: Doc) -> Doc | None:
+    async def record_authorization(
+        self, case_id: str, entry: AuthorizationRecord, now: datetime
+    ) -> CaseDocument | None:
         """Record one provider's release once; the case after it, or None if already on file."""
+        provider = entry.provider_id
         recorded = await update_if(
             self.cases,
-            {"_id": case_id, "authorized_providers": {"$ne": provider_id}},
+            {"_id": case_id, "authorized_providers": {"$ne": provider}},
             {
-                "$addToSet": {"authorized_providers": provider_id},
-                "$pull": {"waiting_on_authorization": provider_id},
-                "$push": {"authorizations": entry},
-                "$set": {"updated_at": datetime.now(UTC)},
+                "$addToSet": {"authorized_providers": provider},
+                "$pull": {"waiting_on_authorization": provider},
+                "$push": {"authorizations": _saved(entry)},
+                "$set": {"updated_at": now},
             },
         )
         return await self.get(case_id) if recorded else None
 
-    async def release_hold(self, case_id: str, review: Doc, next_stage: str, rank: int) -> bool:
+    async def release_hold(
+        self, case_id: str, review: ReviewRecord, next_stage: Stage, rank: int, now: datetime
+    ) -> bool:
         """Clear the human-review hold once; the case then waits only on authorizations."""
-        now = datetime.now(UTC)
-        result = await self.cases.update_one(
+        return await update_if(
+            self.cases,
             {"_id": case_id, "stage": "held_for_review"},
             {
                 "$set": {
                     "hold_reason": "",
-                    "review": review,
+                    "review": _saved(review),
                     "stage": next_stage,
                     "stage_rank": rank,
                     "updated_at": now,
@@ -94,31 +114,27 @@ class IntakeStore:
                 "$push": {"history": {"stage": next_stage, "at": now}},
             },
         )
-        return result.modified_count == 1
 
     async def _transition(
-        self, condition: Doc, stage: str, fields: Doc, outbox: list[OutboxEntry]
+        self, condition: Doc, stage: Stage, fields: Doc, outbox: list[OutboxEntry], now: datetime
     ) -> bool:
         """Move a case matching `condition` to `stage` with its events, in one write;
         False if it no longer matches (someone else moved it first)."""
-        now = datetime.now(UTC)
-        result = await self.cases.update_one(
-            condition,
-            {
-                "$set": {**fields, "stage": stage, "updated_at": now, "has_outbox": True},
-                "$push": {
-                    "history": {"stage": stage, "at": now},
-                    "outbox": {"$each": [e.model_dump() for e in outbox]},
-                },
-            },
-        )
-        return result.modified_count == 1
+        update = {
+            "$set": {**fields, "stage": stage, "updated_at": now},
+            "$push": {"history": {"stage": stage, "at": now}},
+        }
+        return await update_with_outbox(self.cases, condition, update, outbox)
 
-    async def decline(self, case_id: str, review: Doc, outbox: list[OutboxEntry]) -> bool:
+    async def decline(
+        self, case_id: str, review: ReviewRecord, outbox: list[OutboxEntry], now: datetime
+    ) -> bool:
         held = {"_id": case_id, "stage": "held_for_review"}
-        return await self._transition(held, "declined", {"review": review}, outbox)
+        return await self._transition(held, "declined", {"review": _saved(review)}, outbox, now)
 
-    async def accept_if_ready(self, case_id: str, rank: int, outbox: list[OutboxEntry]) -> bool:
+    async def accept_if_ready(
+        self, case_id: str, rank: int, outbox: list[OutboxEntry], now: datetime
+    ) -> bool:
         """Move a waiting case to accepted with its case.accepted event, exactly once:
         the stage condition makes concurrent last authorizations emit one event."""
         ready = {
@@ -127,18 +143,18 @@ class IntakeStore:
             "hold_reason": "",
             "waiting_on_authorization": {"$size": 0},
         }
-        return await self._transition(ready, "accepted", {"stage_rank": rank}, outbox)
+        return await self._transition(ready, "accepted", {"stage_rank": rank}, outbox, now)
 
     async def advance_stage(
-        self, case_id: str, event_id: str, stage: str, rank: int, at: datetime
+        self, case_id: str, event_id: str, stage: Stage, rank: int, at: datetime, now: datetime
     ) -> None:
-        """Record a downstream stage reached `at`; the stage shown only moves forward.
+        """Record a downstream stage reached `at` (heard of `now`); the stage shown
+        only moves forward.
 
         One write in the usual case (stages arrive in order); a stage that
         arrives after a later one (report.ready before report.submitted) only
         joins the history, in a second, guarded write."""
-        now = datetime.now(UTC)
-        entry = {"history": {"stage": stage, "at": at, "recorded_at": now}}
+        entry: dict[str, Any] = {"history": {"stage": stage, "at": at, "recorded_at": now}}
         forward = {"$push": entry, "$set": {"updated_at": now, "stage": stage, "stage_rank": rank}}
         moved = await apply_once(
             self.cases,
@@ -153,12 +169,7 @@ class IntakeStore:
             await apply_once(self.cases, case_id, event_id, late, upsert=False)
 
     async def record_rejection(
-        self, key: str, doc: dict[str, Any], outbox: list[OutboxEntry]
+        self, rejection: RejectionDocument, outbox: list[OutboxEntry]
     ) -> bool:
-        doc = {"_id": key, **doc, "outbox": [e.model_dump() for e in outbox]}
-        doc["has_outbox"] = bool(outbox)
-        try:
-            await self.rejections.insert_one(doc)
-        except DuplicateKeyError:
-            return False
-        return True
+        """Record a refusal once (its id is the event id for Kafka); False if it was."""
+        return await insert_with_outbox(self.rejections, _saved(rejection), outbox)

@@ -11,6 +11,8 @@ with its precise error, a PHI-free rejection record and no partial case.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -28,6 +30,7 @@ from faststream.kafka.annotations import KafkaMessage
 from services.intake import domain
 from services.intake.app import create_service
 from services.intake.settings import IntakeSettings
+from shared.clock import ManualClock
 from shared.consumer import raw_body
 from shared.envelope import ce_headers
 from shared.events import ManifestItem, RecordsComplete, RoutingContext
@@ -42,6 +45,7 @@ OTHER = {"Authorization": "Bearer other-int.dev-secret-other-int"}
 OPS = {"Authorization": "Bearer ops.dev-secret-ops"}
 FHIR_JSON = {"content-type": "application/fhir+json"}
 TAPPED = ("case.accepted", "case.rejected", "case.submitted.dlq")
+INTEGRATOR_SECRET = b"the integrator's own key-derivation secret"
 
 
 @dataclass
@@ -56,14 +60,17 @@ class Intake:
         return [m for m in self.seen[topic] if m["key"] == case_id]
 
     async def publish(self, body: bytes, key: str, event_id: str | None = None) -> str:
+        """Publish as an integrator should: keyed by an opaque value (an HMAC of `key`
+        under the integrator's own secret), never by the external id itself."""
         event_id = event_id or str(uuid.uuid4())
+        opaque = hmac.new(INTEGRATOR_SECRET, key.encode(), hashlib.sha256).hexdigest()
         headers = ce_headers(
             event_id=event_id,
             ce_type="org.secondopinion.case.submitted.v1",
             source="/it/integrator",
             tenant_id="demo-health",
         )
-        await self.tap.publish(body, topic="case.submitted", key=key.encode(), headers=headers)
+        await self.tap.publish(body, topic="case.submitted", key=opaque.encode(), headers=headers)
         return event_id
 
     async def find_case(self, external_id: str) -> dict[str, Any]:
@@ -92,7 +99,7 @@ async def intake(
         outbox_sweep_seconds=0.5,
         max_body_bytes=50_000,
     )
-    service = create_service(settings)
+    service = create_service(settings, ManualClock())
     tap = KafkaBroker(infra["kafka_bootstrap"])
     it = Intake(service, httpx.AsyncClient(), tap, run)
     tap.subscriber(
@@ -180,6 +187,8 @@ async def test_native_and_fhir_cases_are_accepted_over_http_and_kafka(intake: In
     status = (await it.http.get(f"/v1/cases/{ids[0]}", headers=DEMO)).json()
     assert status["stage"] == "accepted" and status["waiting_reasons"] == []
     assert status["second_opinion_value"] == "high"
+    # Dated by the service's clock (ManualClock), not the machine's.
+    assert status["history"][0]["at"].startswith("2026-01-05T09:00:00")
     assert {s["name"] for s in status["subspecialties"]} == {
         "body_imaging",
         "oncology_genitourinary",

@@ -10,6 +10,7 @@ import pytest
 
 from services.intake import domain
 from shared.events import CaseSubmission
+from shared.vocabulary import Subspecialty
 
 TODAY = date(2026, 11, 2)
 
@@ -294,3 +295,12 @@ def test_stage_rank_orders_the_pipeline() -> None:
         < domain.stage_rank("delivered")
     )
     assert domain.stage_rank("nonsense") == -1
+
+
+def test_inferred_subspecialties_are_the_shared_vocabulary() -> None:
+    """Typed as shared.vocabulary.Subspecialty, with the same wire strings as before."""
+    found = domain.infer_subspecialties("Biopsy of a prostate lesion, Gleason 7 cancer")
+    assert all(isinstance(f.name, Subspecialty) for f in found)
+    assert [f.name.value for f in found] == ["body_imaging", "pathology", "oncology_genitourinary"]
+    rule_names = {name for name, _ in domain.SUBSPECIALTY_RULES + domain.ONCOLOGY_SITES}
+    assert rule_names <= set(Subspecialty)

@@ -294,3 +294,10 @@ def test_case_without_consents_has_no_records() -> None:
 def test_content_type_detection() -> None:
     assert fhir.is_fhir_content_type("application/fhir+json; fhirVersion=4.0")
     assert not fhir.is_fhir_content_type("application/json")
+
+
+def test_an_entry_of_a_type_without_contained_resources_is_read() -> None:
+    """Found by the fuzzer: a bare `Resource` entry has no `contained`; reading it was a 500."""
+    bundle = fhir_bundle()
+    bundle["entry"].append({"resource": {"resourceType": "Resource", "id": "bare"}})
+    assert handlers.validate_fhir(bundle).external_id == "sr-1"

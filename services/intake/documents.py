@@ -1,0 +1,121 @@
+"""The documents intake stores, as models: what `store.py` loads and saves.
+
+`cases` holds one `CaseDocument` per (tenant, external id): the submission as
+validated, what intake decided about it (with the reasons), what it waits for
+and every stage it reached. `rejections` holds one `RejectionDocument` per
+refused submission: where and why, never the submitted values. Instants are
+`datetime` (UTC, as the database returns them), never strings.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared.events import CaseSubmission, FieldError, Urgency
+from shared.vocabulary import Subspecialty
+
+Stage = Literal[
+    "received",
+    "held_for_review",
+    "awaiting_authorization",
+    "accepted",
+    "records_complete",
+    "assigned",
+    "report_submitted",
+    "report_ready",
+    "delivered",
+    "declined",
+]
+SecondOpinionValue = Literal["high", "standard", "low"]
+
+
+class Stored(BaseModel):
+    """A stored document: `_id` in the database, unknown fields (the outbox
+    bookkeeping, left out by the store's projection) ignored."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="ignore")
+
+
+class FindingRecord(BaseModel):
+    """A triage signal, with the phrase that triggered it."""
+
+    name: str
+    reason: str
+
+
+class SubspecialtyRecord(BaseModel):
+    """A subspecialty the case needs, with the words that chose it."""
+
+    name: Subspecialty
+    reason: str
+
+
+class AuthorizationRecord(BaseModel):
+    """The patient's release for one provider, as recorded."""
+
+    provider_id: str
+    reference: str = ""
+    at: datetime
+
+
+class ReviewRecord(BaseModel):
+    """Operations' decision on a case held for human review."""
+
+    by: str
+    release: bool
+    note: str = ""
+    at: datetime
+
+
+class StageRecord(BaseModel):
+    """A stage reached: `at` when it happened, `recorded_at` when intake heard of it
+    (downstream stages only)."""
+
+    stage: Stage
+    at: datetime
+    recorded_at: datetime | None = None
+
+
+class CaseDocument(Stored):
+    id: str = Field(alias="_id")
+    tenant_id: str
+    external_id: str
+    fingerprint: str
+    submission: CaseSubmission
+    subspecialties: list[SubspecialtyRecord]
+    triage: list[FindingRecord] = []
+    second_opinion_value: SecondOpinionValue = "standard"
+    urgency: Urgency
+    urgency_reason: str = ""
+    earlier_case_ids: list[str] = []
+    hold_reason: str = ""
+    waiting_on_authorization: list[str] = []
+    authorized_providers: list[str] = []
+    authorizations: list[AuthorizationRecord] = []
+    review: ReviewRecord | None = None
+    stage: Stage
+    stage_rank: int
+    history: list[StageRecord] = []
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def waiting(self) -> bool:
+        return self.stage in ("held_for_review", "awaiting_authorization")
+
+
+class RejectionDocument(Stored):
+    """A refused submission: tenant, channel, the external id it claimed (if a
+    readable one), the answer and the field errors; no submitted value."""
+
+    id: str = Field(alias="_id")
+    tenant_id: str
+    channel: Literal["http", "http-fhir", "kafka"]
+    external_id: str = Field(default="", max_length=128)
+    case_id: str | None = None
+    status: int
+    errors: list[FieldError]
+    at: datetime
