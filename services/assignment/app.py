@@ -69,6 +69,12 @@ async def load_roster() -> None:
             json.loads(settings.roster_file.read_text())
         )
         await store.upsert_reviewers(roster)
+    await roster_changed()
+
+
+async def roster_changed() -> None:
+    """A reviewer was added, changed or taken off: waiting assignments may now fit."""
+    emit(await handlers.reoffer_waiting(store, policy, clock.now(), settings.reoffer_batch))
 
 
 # ---------------------------------------------------------------- subscribers
@@ -86,7 +92,11 @@ async def on_records_incomplete(event: RecordsIncomplete, meta: EventMeta) -> No
 
 @service.consumer.on(ReportSubmitted)
 async def on_report_submitted(event: ReportSubmitted, meta: EventMeta) -> None:
-    emit(await handlers.close_assignment(store, policy, clock.now(), event, meta))
+    emit(
+        await handlers.close_assignment(
+            store, policy, clock.now(), event, meta, reoffer_batch=settings.reoffer_batch
+        )
+    )
 
 
 # ---------------------------------------------------------------- roster (operations)
@@ -102,6 +112,7 @@ async def put_reviewer(reviewer_id: str, body: Reviewer, _: Ops) -> Reviewer:
     if body.reviewer_id != reviewer_id:
         raise InvalidInput("reviewer_id in the body differs from the path")
     await store.upsert_reviewers([body])
+    await roster_changed()
     return body
 
 
@@ -109,6 +120,7 @@ async def put_reviewer(reviewer_id: str, body: Reviewer, _: Ops) -> Reviewer:
 async def import_roster(body: list[Reviewer], _: Ops) -> list[Reviewer]:
     """Load a roster file's content (the same JSON list as deploy/local/roster.json)."""
     await store.upsert_reviewers(body)
+    await roster_changed()
     return await store.roster()
 
 
@@ -120,6 +132,7 @@ async def deactivate_reviewer(reviewer_id: str, _: Ops) -> Reviewer:
         raise NotFound(f"no reviewer {reviewer_id}")
     updated = current.model_copy(update={"active": False})
     await store.upsert_reviewers([updated])
+    await roster_changed()
     return updated
 
 
@@ -152,7 +165,14 @@ async def accept_assignment(assignment_id: str, principal: Rev) -> Assignment:
 async def decline_assignment(assignment_id: str, body: Decline, principal: Rev) -> Assignment:
     """Decline: the assignment goes to the next eligible reviewer at once."""
     a, outbox = await handlers.respond(
-        store, policy, clock.now(), assignment_id, principal.subject, "decline", body.reason
+        store,
+        policy,
+        clock.now(),
+        assignment_id,
+        principal.subject,
+        "decline",
+        body.reason,
+        reoffer_batch=settings.reoffer_batch,
     )
     emit(outbox)
     return a
@@ -208,6 +228,7 @@ async def reassign(case_id: str, subspecialty: str, body: Reassign, principal: O
         slot_id_for(case_id, subspecialty),
         body.reason,
         f"operations:{principal.subject}",
+        reoffer_batch=settings.reoffer_batch,
     )
     emit(outbox)
     return a
@@ -265,7 +286,11 @@ async def timer_loop() -> None:
     while True:
         try:
             with quiet():
-                emit(await handlers.fire_timers(store, policy, clock.now()))
+                emit(
+                    await handlers.fire_timers(
+                        store, policy, clock.now(), reoffer_batch=settings.reoffer_batch
+                    )
+                )
             await snapshot(fresh=False)
         except Exception as exc:  # database or broker down: next pass retries
             log.warning("timer pass failed: %s", type(exc).__name__)

@@ -304,6 +304,9 @@ class Assignment(BaseModel):
     excluded: dict[str, str] = {}
     history: list[Attempt] = []
     offered_at: datetime | None = None
+    # When a reviewer was last sought for it: unassignable assignments are
+    # re-offered least recently tried first, so none keeps its place for ever.
+    tried_at: datetime | None = None
     accept_by: datetime | None = None
     accepted_at: datetime | None = None
     clock: ReviewClock
@@ -344,7 +347,7 @@ def _offer(a: Assignment, now: datetime, policy: SlaPolicy, pool: Pool) -> list[
     d = choose_reviewer(
         a.subspecialty, a.routing, pool.roster, pool.load, _history_exclusions(a, pool)
     )
-    a.reason, a.excluded, a.accepted_at = d.reason, d.excluded, None
+    a.reason, a.excluded, a.accepted_at, a.tried_at = d.reason, d.excluded, None, now
     if d.reviewer is None:
         a.state, a.reviewer_id, a.assignment_id, a.offered_at, a.accept_by = (
             "unassignable",
@@ -444,17 +447,25 @@ def reassign(
     return settle(a, policy), [moved, *events]
 
 
+def has_free_capacity(pool: Pool) -> bool:
+    """Whether any active reviewer could take one more assignment: without one,
+    re-offering waiting assignments cannot succeed and is not worth a write."""
+    return any(r.active and pool.load.get(r.reviewer_id, 0) < r.capacity for r in pool.roster)
+
+
 def retry_unassignable(
     a: Assignment, now: datetime, policy: SlaPolicy, pool: Pool
 ) -> tuple[Assignment, list[Event]]:
     """Offer an unassignable assignment again (capacity was freed, the roster
-    changed). No event unless a reviewer is found: the alert was raised once."""
+    changed). No event unless a reviewer is found: the alert was raised once.
+    Still unassignable, it records the try (`tried_at`, the current reasons), so
+    the next pass takes the assignments waiting longest since their last try."""
     if a.state != "unassignable":
         return a, []
     retried = a.model_copy(deep=True)
     events = _offer(retried, now, policy, pool)
     if retried.state == "unassignable":
-        return a, []
+        return settle(retried, policy), []
     return settle(retried, policy), events
 
 

@@ -169,7 +169,8 @@ async def test_multi_specialist_decline_pause_report_and_metrics(
         assert r.json()["excluded"]["rev-neuro-1"] == "declined this case earlier"
         moved = await eventually(lambda: _of(log, "case.reassigned", case_id))
         assert moved[0]["from_reviewer_id"] == "rev-neuro-1" and moved[0]["to_reviewer_id"] == ""
-        # Operations add a reviewer and hand the part on: a fresh case.assigned.
+        # Operations add a reviewer: the roster change re-offers the waiting part
+        # at once (issue 21), a fresh case.assigned.
         new = {
             "reviewer_id": "rev-neuro-3",
             "name": "Dr. New",
@@ -178,12 +179,10 @@ async def test_multi_specialist_decline_pause_report_and_metrics(
         }
         r = await client.put(f"{service.url}/v1/reviewers/rev-neuro-3", json=new, headers=OPS)
         assert r.status_code == 200
-        r = await client.post(
-            f"{service.url}/v1/cases/{case_id}/assignments/neuroradiology/reassign",
-            json={"reason": "roster extended"},
-            headers=OPS,
-        )
-        assert r.json()["reviewer_id"] == "rev-neuro-3"
+        (neuro_now,) = [
+            a for a in await assignments(service, case_id) if a["subspecialty"] == "neuroradiology"
+        ]
+        assert neuro_now["state"] == "offered" and neuro_now["reviewer_id"] == "rev-neuro-3"
         fresh = await eventually(lambda: _count(log, "case.assigned", case_id, 3))
         assert len({a["assignment_id"] for a in fresh}) == 3
 
