@@ -35,6 +35,7 @@ from shared.events import (
     SlaBreached,
     SlaWarning,
 )
+from shared.vocabulary import Subspecialty
 
 OPEN_STATES = ("offered", "accepted", "unassignable")
 ACTIVE_STATES = ("offered", "accepted")  # what counts towards a reviewer's load
@@ -47,7 +48,8 @@ class Reviewer(BaseModel):
     reviewer_id: str = Field(min_length=1, max_length=64)
     name: str
     credentials: str = ""
-    subspecialties: list[str]
+    # The codes of shared.vocabulary (the wire values): an unknown code is refused.
+    subspecialties: list[Subspecialty]
     board_certifications: list[str] = []
     licensed_jurisdictions: list[str]
     affiliations: list[str] = Field(default=[], description="Practices, groups, institutions")
@@ -447,10 +449,15 @@ def reassign(
     return settle(a, policy), [moved, *events]
 
 
-def has_free_capacity(pool: Pool) -> bool:
-    """Whether any active reviewer could take one more assignment: without one,
-    re-offering waiting assignments cannot succeed and is not worth a write."""
-    return any(r.active and pool.load.get(r.reviewer_id, 0) < r.capacity for r in pool.roster)
+def open_subspecialties(pool: Pool) -> set[str]:
+    """The subspecialties some active reviewer could take one more assignment of:
+    waiting assignments of any other cannot be offered now, and are not tried."""
+    return {
+        s
+        for r in pool.roster
+        if r.active and pool.load.get(r.reviewer_id, 0) < r.capacity
+        for s in r.subspecialties
+    }
 
 
 def retry_unassignable(

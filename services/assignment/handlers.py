@@ -10,7 +10,7 @@ loop fires what is due. A submitted report closes the assignment.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Literal
 
@@ -167,22 +167,31 @@ async def close_assignment(
 
 
 async def reoffer_waiting(
-    store: AssignmentStore, policy: SlaPolicy, now: datetime, batch: int = REOFFER_BATCH
+    store: AssignmentStore,
+    policy: SlaPolicy,
+    now: datetime,
+    batch: int = REOFFER_BATCH,
+    subspecialties: Iterable[str] | None = None,
 ) -> list[OutboxEntry]:
     """Capacity was freed or the roster changed (or the timer loop's periodic pass):
-    offer waiting (unassignable) assignments again, at most `batch` of them, those
-    tried least recently first. A failed try moves one to the back of the queue,
-    so cases no reviewer can take do not hold the places of cases that only
-    waited for capacity, and every waiting case is tried within a few passes.
-    The pass stops as soon as no reviewer has capacity left."""
+    offer waiting (unassignable) assignments again, at most `batch` of them, of the
+    subspecialties some reviewer has room for (and, for a roster change, of those
+    of the reviewers changed), those tried least recently first. A failed try
+    moves one to the back of the queue, so cases no reviewer can take do not hold
+    the places of cases that only waited for capacity, and every waiting case is
+    tried within a few passes."""
     roster, load = await asyncio.gather(store.roster(), store.active_load())
-    if not domain.has_free_capacity(Pool(roster, load)):
+    room = domain.open_subspecialties(Pool(roster, load))
+    if subspecialties is not None:
+        room &= set(subspecialties)
+    if not room:
         return []
     outbox: list[OutboxEntry] = []
-    for waiting in await store.least_recently_tried(batch):
-        pool = Pool(roster, load, await store.busy_on_case(waiting.case_id, waiting.slot_id))
-        if not domain.has_free_capacity(pool):
-            break
+    for waiting in await store.least_recently_tried(sorted(room), batch):
+        if waiting.subspecialty not in domain.open_subspecialties(Pool(roster, load)):
+            continue  # filled during this pass: it keeps its place in the queue
+        busy = await store.busy_on_case(waiting.case_id, waiting.slot_id)
+        pool = Pool(roster, load, busy)
         _, entries = await mutate(store, waiting.slot_id, None, _retrying(now, policy, pool))
         outbox += entries
     return outbox

@@ -131,12 +131,14 @@ class AssignmentStore:
         docs = await self.assignments.find(query, WITHOUT_OUTBOX).to_list(limit)
         return [Assignment.model_validate(d) for d in docs]
 
-    async def least_recently_tried(self, limit: int) -> list[Assignment]:
-        """Unassignable assignments, those whose last try is oldest first (a retry
-        that fails moves one to the back), so a bounded batch per pass reaches
-        every one in turn and none that can never be assigned keeps its place."""
+    async def least_recently_tried(self, subspecialties: list[str], limit: int) -> list[Assignment]:
+        """Unassignable assignments of these subspecialties, those whose last try is
+        oldest first (a retry that fails moves one to the back), so a bounded batch
+        per pass reaches every one in turn and none that can never be assigned
+        keeps its place."""
+        query: Doc = {"state": "unassignable", "subspecialty": {"$in": subspecialties}}
         cursor = (
-            self.assignments.find({"state": "unassignable"}, WITHOUT_OUTBOX)
+            self.assignments.find(query, WITHOUT_OUTBOX)
             .sort([("tried_at", 1), ("_id", 1)])
             .limit(limit)
         )

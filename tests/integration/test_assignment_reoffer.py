@@ -6,10 +6,14 @@ the timer loop call and an injected time."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+import pytest_asyncio
 from pymongo.asynchronous.database import AsyncDatabase
 
 from services.assignment import handlers
@@ -25,6 +29,7 @@ from shared.events import (
     RoutingContext,
 )
 from shared.store import Doc
+from tests.browser.assignment_service import OPS, InProcessAssignment
 
 pytestmark = pytest.mark.integration
 NY = ZoneInfo("America/New_York")
@@ -44,12 +49,14 @@ def meta() -> EventMeta:
     )
 
 
-def records_complete(case_id: str, jurisdiction: str) -> RecordsComplete:
+def records_complete(
+    case_id: str, jurisdiction: str, subspecialty: str = "neuroradiology"
+) -> RecordsComplete:
     return RecordsComplete(
         case_id=case_id,
         tenant_id="demo-health",
         routing=RoutingContext(
-            subspecialties=["neuroradiology"],
+            subspecialties=[subspecialty],
             service_tier="imaging_reread",
             jurisdiction=jurisdiction,
             first_opinion=FirstOpinionSource(institution="Lone Star Radiology"),
@@ -124,3 +131,57 @@ async def test_cases_stuck_for_good_do_not_starve_those_waiting_for_capacity(
     # None skipped: every case stuck for good was tried again, and moved back.
     assert all(a.tried_at and a.tried_at > reports_began for a in stuck_now)
     assert await store.active_load() == {"rev-a": CAPACITY}
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def inproc(infra: dict[str, Any], tmp_path: Path) -> AsyncIterator[InProcessAssignment]:
+    svc = InProcessAssignment(infra, tmp_path, START)
+    try:
+        await svc.load_roster()
+        yield svc
+    finally:
+        await svc.close()
+
+
+async def test_a_roster_change_re_offers_waiting_cases_past_those_stuck_for_good(
+    inproc: InProcessAssignment,
+) -> None:
+    """More than a pass's worth of cases stuck for good, then one that waits for a
+    reviewer of its subspecialty: adding that reviewer (roster API) offers it at once."""
+    svc, clock = inproc, inproc.clock
+    for i in range(STUCK_FOR_GOOD):
+        clock.advance(timedelta(minutes=1))
+        event = records_complete(f"stuck-{i:02d}", "US-WY")
+        await handlers.assign_case(svc.store, svc.policy, clock.now(), event, meta())
+    clock.advance(timedelta(minutes=1))
+    event = records_complete("needs-hepatology", "US-CA", "hepatology")
+    await handlers.assign_case(svc.store, svc.policy, clock.now(), event, meta())
+    assert await states(svc.store, ["needs-hepatology"]) == {"needs-hepatology": "unassignable"}
+
+    clock.advance(timedelta(minutes=1))
+    hepatologist = {
+        "reviewer_id": "rev-hep-1",
+        "name": "Dr. Liver",
+        "subspecialties": ["hepatology"],
+        "licensed_jurisdictions": ["US-CA"],
+    }
+    r = await svc.http.put("/v1/reviewers/rev-hep-1", json=hepatologist, headers=OPS)
+    assert r.status_code == 200
+
+    (offered,) = await svc.store.find({"case_id": "needs-hepatology"})
+    assert (offered.state, offered.reviewer_id) == ("offered", "rev-hep-1"), offered.excluded
+    assert len(await svc.emitted("case.assigned", "needs-hepatology")) == 1
+
+
+async def test_the_roster_api_refuses_an_unknown_subspecialty_code(
+    inproc: InProcessAssignment,
+) -> None:
+    body = {
+        "reviewer_id": "rev-x",
+        "name": "Dr. X",
+        "subspecialties": ["neuro-radiology"],  # not a code of shared.vocabulary
+        "licensed_jurisdictions": ["US-CA"],
+    }
+    r = await inproc.http.put("/v1/reviewers/rev-x", json=body, headers=OPS)
+    assert r.status_code == 422
+    assert await inproc.store.reviewer("rev-x") is None

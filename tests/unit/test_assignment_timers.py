@@ -202,8 +202,9 @@ def test_failed_re_offer_records_the_try_so_the_case_goes_to_the_back_of_the_que
     assert still.tried_at == later
 
 
-def test_free_capacity_is_an_active_reviewer_below_capacity() -> None:
+def test_open_subspecialties_are_those_of_active_reviewers_below_capacity() -> None:
     full = reviewer("a", capacity=2)
-    assert not domain.has_free_capacity(Pool([full], {"a": 2}))
-    assert domain.has_free_capacity(Pool([full], {"a": 1}))
-    assert not domain.has_free_capacity(Pool([reviewer("b", active=False)], {}))
+    assert domain.open_subspecialties(Pool([full], {"a": 2})) == set()
+    assert domain.open_subspecialties(Pool([full], {"a": 1})) == {"neuroradiology"}
+    gone = reviewer("b", active=False, subspecialties=["pathology"])
+    assert domain.open_subspecialties(Pool([full, gone], {"a": 1})) == {"neuroradiology"}
