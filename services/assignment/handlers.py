@@ -19,7 +19,7 @@ from services.assignment.domain import Assignment, Pool, SlaPolicy
 from services.assignment.store import AssignmentStore
 from shared.aio import gather_all
 from shared.envelope import EventMeta, OutboxEntry, outbox_entry
-from shared.errors import Conflict, Forbidden, NotFound, RetryableError
+from shared.errors import Conflict, NotFound, RetryableError
 from shared.events import Event, RecordsComplete, RecordsIncomplete, ReportSubmitted
 from shared.store import REDELIVERIES_SKIPPED
 from shared.telemetry import current_traceparent
@@ -200,16 +200,24 @@ async def reoffer_waiting(
 # ---------------------------------------------------------------- requests in
 
 
+def _holder(a: Assignment, assignment_id: str) -> str | None:
+    """The reviewer `assignment_id` was offered to: the current one, or an earlier one."""
+    if a.assignment_id == assignment_id:
+        return a.reviewer_id
+    return next((h.reviewer_id for h in a.history if h.assignment_id == assignment_id), None)
+
+
 async def _own_assignment(store: AssignmentStore, assignment_id: str, reviewer_id: str) -> str:
+    """The slot of the caller's assignment. Someone else's answers exactly as a
+    missing one (404, same body): a reviewer must not learn that another
+    reviewer's assignment exists (issue 15, finding 8)."""
     slot = await store.slot_of_assignment(assignment_id)
     loaded = await store.load(slot) if slot else None
-    if loaded is None:
+    if loaded is None or _holder(loaded[0], assignment_id) != reviewer_id:
         raise NotFound(f"no assignment {assignment_id}")
     a = loaded[0]
     if a.assignment_id != assignment_id:
         raise Conflict("this assignment has been handed to another reviewer")
-    if a.reviewer_id != reviewer_id:
-        raise Forbidden("only the assigned reviewer may answer this assignment")
     return a.slot_id
 
 
