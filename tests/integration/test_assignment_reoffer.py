@@ -185,3 +185,35 @@ async def test_the_roster_api_refuses_an_unknown_subspecialty_code(
     r = await inproc.http.put("/v1/reviewers/rev-x", json=body, headers=OPS)
     assert r.status_code == 422
     assert await inproc.store.reviewer("rev-x") is None
+
+
+@pytest.mark.parametrize("freed_by", ["decline", "expiry"])
+async def test_capacity_freed_by_a_decline_or_an_expired_offer_goes_to_a_waiting_case(
+    db: AsyncDatabase[Doc], freed_by: str
+) -> None:
+    store = AssignmentStore(db["reviewers"], db["assignments"])
+    await store.create_indexes()
+    await store.upsert_reviewers([neuroradiologist("rev-a", capacity=1)])
+    now = START
+    await handlers.assign_case(store, POLICY, now, records_complete("first", "US-CA"), meta())
+    now += timedelta(minutes=1)
+    await handlers.assign_case(store, POLICY, now, records_complete("second", "US-CA"), meta())
+    assert await states(store, ["first", "second"]) == {
+        "first": "offered",
+        "second": "unassignable",
+    }
+    (first,) = await store.find({"case_id": "first"})
+
+    if freed_by == "decline":
+        now += timedelta(minutes=1)
+        await handlers.respond(store, POLICY, now, first.assignment_id, "rev-a", "decline")
+    else:
+        assert first.accept_by is not None
+        await handlers.fire_timers(store, POLICY, first.accept_by + timedelta(seconds=1))
+
+    # The only reviewer turned the first case down (or let it lapse): it waits now,
+    # and the capacity this freed went to the case that waited for it.
+    assert await states(store, ["first", "second"]) == {
+        "first": "unassignable",
+        "second": "offered",
+    }
