@@ -1,5 +1,5 @@
 """`python -m services.assignment` runs the assignment service."""
 
-from services.assignment.app import service
+from services.assignment.app import create_service
 
-service.run()
+create_service().run()

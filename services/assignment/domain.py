@@ -35,6 +35,7 @@ from shared.events import (
     SlaBreached,
     SlaWarning,
 )
+from shared.vocabulary import Subspecialty
 
 OPEN_STATES = ("offered", "accepted", "unassignable")
 ACTIVE_STATES = ("offered", "accepted")  # what counts towards a reviewer's load
@@ -47,7 +48,8 @@ class Reviewer(BaseModel):
     reviewer_id: str = Field(min_length=1, max_length=64)
     name: str
     credentials: str = ""
-    subspecialties: list[str]
+    # The codes of shared.vocabulary (the wire values): an unknown code is refused.
+    subspecialties: list[Subspecialty]
     board_certifications: list[str] = []
     licensed_jurisdictions: list[str]
     affiliations: list[str] = Field(default=[], description="Practices, groups, institutions")
@@ -304,6 +306,9 @@ class Assignment(BaseModel):
     excluded: dict[str, str] = {}
     history: list[Attempt] = []
     offered_at: datetime | None = None
+    # When a reviewer was last sought for it: unassignable assignments are
+    # re-offered least recently tried first, so none keeps its place for ever.
+    tried_at: datetime | None = None
     accept_by: datetime | None = None
     accepted_at: datetime | None = None
     clock: ReviewClock
@@ -344,7 +349,7 @@ def _offer(a: Assignment, now: datetime, policy: SlaPolicy, pool: Pool) -> list[
     d = choose_reviewer(
         a.subspecialty, a.routing, pool.roster, pool.load, _history_exclusions(a, pool)
     )
-    a.reason, a.excluded, a.accepted_at = d.reason, d.excluded, None
+    a.reason, a.excluded, a.accepted_at, a.tried_at = d.reason, d.excluded, None, now
     if d.reviewer is None:
         a.state, a.reviewer_id, a.assignment_id, a.offered_at, a.accept_by = (
             "unassignable",
@@ -444,17 +449,30 @@ def reassign(
     return settle(a, policy), [moved, *events]
 
 
+def open_subspecialties(pool: Pool) -> set[str]:
+    """The subspecialties some active reviewer could take one more assignment of:
+    waiting assignments of any other cannot be offered now, and are not tried."""
+    return {
+        s
+        for r in pool.roster
+        if r.active and pool.load.get(r.reviewer_id, 0) < r.capacity
+        for s in r.subspecialties
+    }
+
+
 def retry_unassignable(
     a: Assignment, now: datetime, policy: SlaPolicy, pool: Pool
 ) -> tuple[Assignment, list[Event]]:
     """Offer an unassignable assignment again (capacity was freed, the roster
-    changed). No event unless a reviewer is found: the alert was raised once."""
+    changed). No event unless a reviewer is found: the alert was raised once.
+    Still unassignable, it records the try (`tried_at`, the current reasons), so
+    the next pass takes the assignments waiting longest since their last try."""
     if a.state != "unassignable":
         return a, []
     retried = a.model_copy(deep=True)
     events = _offer(retried, now, policy, pool)
     if retried.state == "unassignable":
-        return a, []
+        return settle(retried, policy), []
     return settle(retried, policy), events
 
 

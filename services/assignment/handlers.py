@@ -10,7 +10,7 @@ loop fires what is due. A submitted report closes the assignment.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Literal
 
@@ -19,13 +19,15 @@ from services.assignment.domain import Assignment, Pool, SlaPolicy
 from services.assignment.store import AssignmentStore
 from shared.aio import gather_all
 from shared.envelope import EventMeta, OutboxEntry, outbox_entry
-from shared.errors import Conflict, Forbidden, NotFound, RetryableError
+from shared.errors import Conflict, NotFound, RetryableError
 from shared.events import Event, RecordsComplete, RecordsIncomplete, ReportSubmitted
 from shared.store import REDELIVERIES_SKIPPED
 from shared.telemetry import current_traceparent
 
 Change = Callable[[Assignment], tuple[Assignment, list[Event]]]
 SAVE_ATTEMPTS = 5
+# Waiting assignments one re-offer pass tries at most (settings.reoffer_batch).
+REOFFER_BATCH = 20
 
 
 def _wrap(events: Sequence[Event], traceparent: str) -> list[OutboxEntry]:
@@ -146,8 +148,11 @@ async def close_assignment(
     now: datetime,
     event: ReportSubmitted,
     meta: EventMeta,
+    *,
+    reoffer_batch: int = REOFFER_BATCH,
 ) -> list[OutboxEntry]:
-    """The report is in: stop the clock and free the reviewer's capacity."""
+    """The report is in: stop the clock and free the reviewer's capacity, which
+    goes to the waiting assignments."""
     slot = await store.slot_of_assignment(event.assignment_id) if event.assignment_id else None
     slots = [slot] if slot else []
     if not slots:  # an older reporting service that does not send assignment ids
@@ -158,17 +163,35 @@ async def close_assignment(
         ]
     for s in slots:
         await mutate(store, s, meta.event_id, lambda a: (domain.close(a, now, policy), []))
-    return await retry_unassignable(store, policy, now)
+    return await reoffer_waiting(store, policy, now, reoffer_batch)
 
 
-async def retry_unassignable(
-    store: AssignmentStore, policy: SlaPolicy, now: datetime, limit: int = 20
+async def reoffer_waiting(
+    store: AssignmentStore,
+    policy: SlaPolicy,
+    now: datetime,
+    batch: int = REOFFER_BATCH,
+    subspecialties: Iterable[str] | None = None,
 ) -> list[OutboxEntry]:
-    """A reviewer's capacity was freed: offer waiting (unassignable) assignments
-    again, oldest first, so a case held up by workload alone is not stranded."""
+    """Capacity was freed or the roster changed (or the timer loop's periodic pass):
+    offer waiting (unassignable) assignments again, at most `batch` of them, of the
+    subspecialties some reviewer has room for (and, for a roster change, of those
+    of the reviewers changed), those tried least recently first. A failed try
+    moves one to the back of the queue, so cases no reviewer can take do not hold
+    the places of cases that only waited for capacity, and every waiting case is
+    tried within a few passes."""
+    roster, load = await asyncio.gather(store.roster(), store.active_load())
+    room = domain.open_subspecialties(Pool(roster, load))
+    if subspecialties is not None:
+        room &= set(subspecialties)
+    if not room:
+        return []
     outbox: list[OutboxEntry] = []
-    for waiting in await store.find({"state": "unassignable"}, limit=limit, oldest_first=True):
-        pool = await _pool(store, waiting.case_id, waiting.slot_id)
+    for waiting in await store.least_recently_tried(sorted(room), batch):
+        if waiting.subspecialty not in domain.open_subspecialties(Pool(roster, load)):
+            continue  # filled during this pass: it keeps its place in the queue
+        busy = await store.busy_on_case(waiting.case_id, waiting.slot_id)
+        pool = Pool(roster, load, busy)
         _, entries = await mutate(store, waiting.slot_id, None, _retrying(now, policy, pool))
         outbox += entries
     return outbox
@@ -177,16 +200,24 @@ async def retry_unassignable(
 # ---------------------------------------------------------------- requests in
 
 
+def _holder(a: Assignment, assignment_id: str) -> str | None:
+    """The reviewer `assignment_id` was offered to: the current one, or an earlier one."""
+    if a.assignment_id == assignment_id:
+        return a.reviewer_id
+    return next((h.reviewer_id for h in a.history if h.assignment_id == assignment_id), None)
+
+
 async def _own_assignment(store: AssignmentStore, assignment_id: str, reviewer_id: str) -> str:
+    """The slot of the caller's assignment. Someone else's answers exactly as a
+    missing one (404, same body): a reviewer must not learn that another
+    reviewer's assignment exists (issue 15, finding 8)."""
     slot = await store.slot_of_assignment(assignment_id)
     loaded = await store.load(slot) if slot else None
-    if loaded is None:
+    if loaded is None or _holder(loaded[0], assignment_id) != reviewer_id:
         raise NotFound(f"no assignment {assignment_id}")
     a = loaded[0]
     if a.assignment_id != assignment_id:
         raise Conflict("this assignment has been handed to another reviewer")
-    if a.reviewer_id != reviewer_id:
-        raise Forbidden("only the assigned reviewer may answer this assignment")
     return a.slot_id
 
 
@@ -198,8 +229,11 @@ async def respond(
     reviewer_id: str,
     answer: Literal["accept", "decline"],
     reason: str = "",
+    *,
+    reoffer_batch: int = REOFFER_BATCH,
 ) -> tuple[Assignment, list[OutboxEntry]]:
-    """The reviewer accepts or declines an offered assignment."""
+    """The reviewer accepts or declines an offered assignment. A decline frees the
+    reviewer's capacity, which goes to the waiting assignments."""
     slot = await _own_assignment(store, assignment_id, reviewer_id)
 
     def change(a: Assignment) -> tuple[Assignment, list[Event]]:
@@ -215,6 +249,8 @@ async def respond(
     pool = await _pool(store, slot.rsplit(":", 1)[0], slot)
     a, outbox = await mutate(store, slot, None, change)
     assert a is not None
+    if answer == "decline":
+        outbox += await reoffer_waiting(store, policy, now, reoffer_batch)
     return a, outbox
 
 
@@ -248,9 +284,17 @@ async def pause_case(
 
 
 async def reassign_by_operations(
-    store: AssignmentStore, policy: SlaPolicy, now: datetime, slot: str, reason: str, by: str
+    store: AssignmentStore,
+    policy: SlaPolicy,
+    now: datetime,
+    slot: str,
+    reason: str,
+    by: str,
+    *,
+    reoffer_batch: int = REOFFER_BATCH,
 ) -> tuple[Assignment, list[OutboxEntry]]:
-    """Operations hand an assignment on (e.g. an unassignable one after a roster change)."""
+    """Operations hand an assignment on; the previous reviewer's capacity goes to
+    the waiting assignments."""
     pool = await _pool(store, slot.rsplit(":", 1)[0], slot)
 
     def change(a: Assignment) -> tuple[Assignment, list[Event]]:
@@ -261,7 +305,7 @@ async def reassign_by_operations(
     a, outbox = await mutate(store, slot, None, change)
     if a is None:
         raise NotFound(f"no assignment {slot}")
-    return a, outbox
+    return a, outbox + await reoffer_waiting(store, policy, now, reoffer_batch)
 
 
 # ---------------------------------------------------------------- timers
@@ -276,13 +320,20 @@ def _firing(now: datetime, policy: SlaPolicy, pool: Pool) -> Change:
 
 
 async def fire_timers(
-    store: AssignmentStore, policy: SlaPolicy, now: datetime
+    store: AssignmentStore,
+    policy: SlaPolicy,
+    now: datetime,
+    *,
+    reoffer_batch: int = REOFFER_BATCH,
 ) -> list[OutboxEntry]:
-    """Fire every due timer once. Firing is the conditional write of the new state
-    and its events (store.save): two loops, or a restart, cannot fire one twice."""
+    """One pass of the timer loop: fire every due timer once, then re-offer a batch
+    of waiting assignments (an expired offer freed capacity; and the periodic pass
+    reaches, in turn, every waiting assignment no event re-offered). Firing is the
+    conditional write of the new state and its events (store.save): two loops, or
+    a restart, cannot fire one twice."""
     outbox: list[OutboxEntry] = []
     for slot in await store.due(now):
         pool = await _pool(store, slot.rsplit(":", 1)[0], slot)
         _, entries = await mutate(store, slot, None, _firing(now, policy, pool))
         outbox += entries
-    return outbox
+    return outbox + await reoffer_waiting(store, policy, now, reoffer_batch)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from services.assignment.calendar import CalendarSpec
@@ -45,6 +46,9 @@ class AssignmentSettings(ServiceSettings):
     # A reviewer answers an offer within this many of their own working hours.
     acceptance_hours: float = 4.0
     timer_poll_seconds: float = 5.0
+    # Waiting (unassignable) assignments one re-offer pass tries at most: on each
+    # freed capacity, roster change and timer pass, least recently tried first.
+    reoffer_batch: int = Field(default=20, ge=1)
     # Tests inject time: a file holding an ISO instant replaces the system clock.
     clock_file: Path | None = None
     turnaround_window_days: int = 90

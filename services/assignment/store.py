@@ -16,26 +16,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import DuplicateKeyError
 
 from services.assignment.dashboard import ReportedSummary, Turnaround
 from services.assignment.domain import ACTIVE_STATES, OPEN_STATES, Assignment, Reviewer
 from shared.envelope import OutboxEntry
-from shared.store import APPLIED_WINDOW, Doc, update_if
+from shared.store import WITHOUT_OUTBOX, Doc, insert_with_outbox, update_with_outbox
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def _outbox_ops(update: Doc, event_id: str | None, outbox: Sequence[OutboxEntry]) -> Doc:
-    push: Doc = {}
-    if event_id:
-        push["applied"] = {"$each": [event_id], "$slice": -APPLIED_WINDOW}
-    if outbox:
-        push["outbox"] = {"$each": [e.model_dump(mode="python") for e in outbox]}
-        update["$set"]["has_outbox"] = True
-    if push:
-        update["$push"] = push
-    return update
 
 
 def _doc(a: Assignment) -> Doc:
@@ -56,6 +43,8 @@ class AssignmentStore:
         # The load per reviewer and the open work are read by state alone.
         await self.assignments.create_index("state")
         await self.assignments.create_index("history.assignment_id")
+        # The re-offer queue: unassignable assignments, least recently tried first.
+        await self.assignments.create_index([("state", 1), ("tried_at", 1), ("_id", 1)])
 
     # ------------------------------------------------------------ roster
 
@@ -88,23 +77,12 @@ class AssignmentStore:
 
     async def insert(self, a: Assignment, event_id: str, outbox: Sequence[OutboxEntry]) -> bool:
         """Create the assignment with its first events; False if it already exists."""
-        doc: Doc = {
-            "_id": a.slot_id,
-            **_doc(a),
-            "version": 1,
-            "applied": [event_id],
-            "outbox": [e.model_dump(mode="python") for e in outbox],
-            "has_outbox": bool(outbox),
-        }
-        try:
-            await self.assignments.insert_one(doc)
-        except DuplicateKeyError:
-            return False
-        return True
+        doc: Doc = {"_id": a.slot_id, **_doc(a), "version": 1}
+        return await insert_with_outbox(self.assignments, doc, outbox, event_id)
 
     async def load(self, slot_id: str) -> tuple[Assignment, int, list[str]] | None:
         """The assignment, its version and the event ids it has applied."""
-        doc = await self.assignments.find_one({"_id": slot_id}, {"outbox": 0})
+        doc = await self.assignments.find_one({"_id": slot_id}, {"outbox": 0, "has_outbox": 0})
         if doc is None:
             return None
         return Assignment.model_validate(doc), doc["version"], doc.get("applied", [])
@@ -118,11 +96,13 @@ class AssignmentStore:
     ) -> bool:
         """Write `a` if nobody changed it since `version` was read (and `event_id`
         was not applied yet), together with its outgoing events."""
-        query: Doc = {"_id": a.slot_id, "version": version}
-        if event_id:
-            query["applied"] = {"$ne": event_id}
-        update = _outbox_ops({"$set": {**_doc(a), "version": version + 1}}, event_id, outbox)
-        return await update_if(self.assignments, query, update)
+        return await update_with_outbox(
+            self.assignments,
+            {"_id": a.slot_id, "version": version},
+            {"$set": {**_doc(a), "version": version + 1}},
+            outbox,
+            event_id,
+        )
 
     async def slot_ids_of_case(self, case_id: str) -> list[str]:
         docs = await self.assignments.find({"case_id": case_id}, {"_id": 1}).to_list()
@@ -147,14 +127,22 @@ class AssignmentStore:
         )
         return [d["_id"] for d in docs]
 
-    async def find(
-        self, query: Doc, limit: int = 1000, *, oldest_first: bool = False
-    ) -> list[Assignment]:
-        cursor = self.assignments.find(query, {"outbox": 0, "applied": 0})
-        if oldest_first:
-            cursor = cursor.sort("clock.started_at")
-        docs = await cursor.to_list(limit)
+    async def find(self, query: Doc, limit: int = 1000) -> list[Assignment]:
+        docs = await self.assignments.find(query, WITHOUT_OUTBOX).to_list(limit)
         return [Assignment.model_validate(d) for d in docs]
+
+    async def least_recently_tried(self, subspecialties: list[str], limit: int) -> list[Assignment]:
+        """Unassignable assignments of these subspecialties, those whose last try is
+        oldest first (a retry that fails moves one to the back), so a bounded batch
+        per pass reaches every one in turn and none that can never be assigned
+        keeps its place."""
+        query: Doc = {"state": "unassignable", "subspecialty": {"$in": subspecialties}}
+        cursor = (
+            self.assignments.find(query, WITHOUT_OUTBOX)
+            .sort([("tried_at", 1), ("_id", 1)])
+            .limit(limit)
+        )
+        return [Assignment.model_validate(d) for d in await cursor.to_list(limit)]
 
     async def open_assignments(self) -> list[Assignment]:
         """The work in flight (bounded by the reviewers' capacity and the queue)."""

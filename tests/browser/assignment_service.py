@@ -1,6 +1,9 @@
-"""The assignment service as a real process for integration and browser tests:
-its own database, a free port, an injected clock (a file holding an ISO
-instant), and helpers to publish onto and read from the real broker."""
+"""The assignment service for integration and browser tests: as a real process
+(its own database, a free port, an injected clock: a file holding an ISO
+instant), with helpers to publish onto and read from the real broker; or in
+process (`InProcessAssignment`: the same routes over ASGI on the real database,
+a ManualClock, the events read from the outbox), for tests that exercise
+handlers rather than the process's life (restarts, consumer groups)."""
 
 from __future__ import annotations
 
@@ -23,7 +26,12 @@ import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from pydantic import BaseModel
 
-from shared.envelope import ce_headers
+from services.assignment.app import create_service
+from services.assignment.settings import AssignmentSettings
+from services.assignment.store import AssignmentStore
+from shared.clock import ManualClock
+from shared.envelope import EventMeta, ce_headers
+from shared.runtime import Service
 from shared.store import connect
 
 REPO = Path(__file__).resolve().parents[2]
@@ -176,3 +184,52 @@ class TopicLog:
 
     def of(self, topic: str, case_id: str) -> list[dict[str, Any]]:
         return list(self.seen.get((topic, case_id), []))
+
+
+class InProcessAssignment:
+    """`create_service` with a ManualClock on the real database: requests go
+    through the service's own routes (httpx over ASGI, no port, no process), and
+    events are handed to the handlers the subscribers call. Nothing is published:
+    `emitted` reads what the service wrote to its outbox."""
+
+    def __init__(self, infra: dict[str, Any], workdir: Path, start: datetime) -> None:
+        self.database = f"it_assign_{uuid.uuid4().hex[:8]}"
+        self.settings = AssignmentSettings(
+            mongo_uri=infra["mongo_uri"],
+            kafka_bootstrap=infra["kafka_bootstrap"],
+            mongo_database=self.database,
+            trace_dir=workdir / "traces",
+            roster_file=roomy_roster(workdir),
+        )
+        self.clock = ManualClock(start)
+        self.service: Service = create_service(self.settings, self.clock)
+        self.store = AssignmentStore(self.service.db["reviewers"], self.service.db["assignments"])
+        self.policy = self.settings.policy()
+        self.http = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=self.service.api), base_url="http://assignment"
+        )
+
+    async def load_roster(self) -> None:
+        """What start-up does: indexes, then the roster file through the import API."""
+        await self.store.create_indexes()
+        roster = json.loads(self.settings.roster_file.read_text())
+        r = await self.http.post("/v1/reviewers/import", json=roster, headers=OPS)
+        assert r.status_code == 200, r.text
+
+    async def emitted(self, topic: str, case_id: str) -> list[dict[str, Any]]:
+        """Bodies of the events written for `case_id` on `topic`, oldest first."""
+        docs = await self.store.assignments.find({"case_id": case_id}, {"outbox": 1}).to_list()
+        entries = [e for d in docs for e in d.get("outbox", []) if e["topic"] == topic]
+        return [e["body"] for e in sorted(entries, key=lambda e: e["created_at"])]
+
+    async def close(self) -> None:
+        await self.http.aclose()
+        await self.service.client.drop_database(self.database)
+        await self.service.client.close()
+
+
+def event_meta() -> EventMeta:
+    """The CloudEvents attributes of a consumed message, as a subscriber gets them."""
+    return EventMeta(
+        event_id=str(uuid.uuid4()), ce_type="t", source="/it", time="", tenant_id="demo-health"
+    )

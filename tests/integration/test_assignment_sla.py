@@ -1,12 +1,14 @@
 """The review clock against the real broker and database, with the service as a
 real process and an injected clock: a deadline passes while the service is
-down (SIGKILLed), and on restart the breach fires exactly once."""
+down (SIGKILLed), and on restart the breach fires exactly once. The handlers'
+flow (decline, roster change, pause, report) runs in process on the real
+database with a ManualClock."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -14,6 +16,7 @@ from zoneinfo import ZoneInfo
 import httpx
 import pytest_asyncio
 
+from services.assignment import handlers
 from shared.events import (
     FirstOpinionSource,
     ManifestItem,
@@ -25,7 +28,9 @@ from shared.events import (
 from tests.browser.assignment_service import (
     OPS,
     AssignmentProcess,
+    InProcessAssignment,
     TopicLog,
+    event_meta,
     publish,
     reviewer_auth,
 )
@@ -125,125 +130,124 @@ async def _async(value: bool) -> bool:
     return value
 
 
+@pytest_asyncio.fixture(loop_scope="session")
+async def inproc(infra: dict[str, Any], tmp_path: Path) -> AsyncIterator[InProcessAssignment]:
+    svc = InProcessAssignment(infra, tmp_path, ny(2026, 11, 16, 9))
+    try:
+        await svc.load_roster()
+        yield svc
+    finally:
+        await svc.close()
+
+
 async def test_multi_specialist_decline_pause_report_and_metrics(
-    service: AssignmentProcess,
+    inproc: InProcessAssignment,
 ) -> None:
     """One reviewer per subspecialty; a decline goes to the next eligible reviewer
-    (case.reassigned and a fresh case.assigned); no eligible reviewer → unassignable;
-    records re-requested pause the clock; the report closes the assignment."""
+    (case.reassigned and a fresh case.assigned); no eligible reviewer → unassignable,
+    until a roster change brings one; records re-requested pause the clock; the
+    report closes the assignment. In process: nothing here needs the process's life."""
+    svc, client = inproc, inproc.http
+    store, policy, clock = svc.store, svc.policy, svc.clock
     case_id = f"case-it-{uuid.uuid4().hex[:12]}"
     lonely = f"case-it-{uuid.uuid4().hex[:12]}"
-    service.set_clock(ny(2026, 11, 16, 9))
-    service.start()
-    bootstrap = service.infra["kafka_bootstrap"]
-    async with (
-        TopicLog(bootstrap, [*TOPICS, "case.unassignable"]) as log,
-        httpx.AsyncClient(timeout=5) as client,
-    ):
-        multi = records_complete(
-            case_id,
-            subspecialties=["neuroradiology", "pathology"],
-            service_tier="multi_specialist",
-            jurisdiction="US-CA",
-        )
-        await publish(bootstrap, multi)
-        await publish(bootstrap, records_complete(lonely, jurisdiction="US-WY"))
-        parts = await eventually(lambda: _n(service, case_id, 2), within=30)
-        by_sub = {a["subspecialty"]: a for a in parts}
-        assert by_sub["pathology"]["reviewer_id"] == "rev-path-1"
-        neuro = by_sub["neuroradiology"]
-        assert neuro["reviewer_id"] == "rev-neuro-1"
-        (alone,) = await eventually(lambda: assignments(service, lonely), within=30)
-        assert alone["state"] == "unassignable"
-        assert alone["excluded"]["rev-neuro-1"] == "not licensed in US-WY"
-        unassignable = await eventually(lambda: _of(log, "case.unassignable", lonely))
-        assert unassignable[0]["reason"] == "no eligible neuroradiology reviewer"
-
-        # The only other neuroradiologist shares the first reader's group: a
-        # decline leaves this part unassignable, with both reasons recorded.
-        url = f"{service.url}/v1/reviewer/assignments/{neuro['assignment_id']}/decline"
-        r = await client.post(
-            url, json={"reason": "on leave"}, headers=reviewer_auth("rev-neuro-1")
-        )
-        assert r.status_code == 200 and r.json()["state"] == "unassignable"
-        assert r.json()["excluded"]["rev-neuro-1"] == "declined this case earlier"
-        moved = await eventually(lambda: _of(log, "case.reassigned", case_id))
-        assert moved[0]["from_reviewer_id"] == "rev-neuro-1" and moved[0]["to_reviewer_id"] == ""
-        # Operations add a reviewer and hand the part on: a fresh case.assigned.
-        new = {
-            "reviewer_id": "rev-neuro-3",
-            "name": "Dr. New",
-            "subspecialties": ["neuroradiology"],
-            "licensed_jurisdictions": ["US-CA"],
-        }
-        r = await client.put(f"{service.url}/v1/reviewers/rev-neuro-3", json=new, headers=OPS)
-        assert r.status_code == 200
-        r = await client.post(
-            f"{service.url}/v1/cases/{case_id}/assignments/neuroradiology/reassign",
-            json={"reason": "roster extended"},
-            headers=OPS,
-        )
-        assert r.json()["reviewer_id"] == "rev-neuro-3"
-        fresh = await eventually(lambda: _count(log, "case.assigned", case_id, 3))
-        assert len({a["assignment_id"] for a in fresh}) == 3
-
-        # Records re-requested after assignment: every part's clock pauses.
-        incomplete = RecordsIncomplete(
-            case_id=case_id,
-            tenant_id="demo-health",
-            missing=[ManifestItem(kind="labs", present=False)],
-        )
-        await publish(bootstrap, incomplete)
-        paused = await eventually(lambda: _paused(service, case_id))
-        assert all(
-            p["clock"]["pauses"][0]["reason"].startswith("waiting on records") for p in paused
-        )
-
-        # The records arrive after all: the same parts' clocks run again (no new parts).
-        await publish(bootstrap, multi)
-        running = await eventually(lambda: _running(service, case_id))
-        assert {a["assignment_id"] for a in running} == {p["assignment_id"] for p in paused}
-        assert all(p["clock"]["pauses"][0]["resumed_by"] == "records complete" for p in running)
-
-        # The pathology report is in: that part closes, its reviewer is free again.
-        path = by_sub["pathology"]
-        report = ReportSubmitted(
-            case_id=case_id,
-            tenant_id="demo-health",
-            report_id="r-1",
-            reviewer_id="rev-path-1",
-            assignment_id=path["assignment_id"],
-            concordance="confirmed",
-        )
-        await publish(bootstrap, report)
-        await eventually(lambda: _state(service, case_id, "pathology", "reported"))
-        metrics = (await client.get(f"{service.url}/metrics")).text
-        assert "assignment_turnaround_hours" in metrics and "assignment_reviewer_load" in metrics
-        assert case_id not in metrics and lonely not in metrics  # no case ids in labels
-
-
-async def _n(svc: AssignmentProcess, case_id: str, n: int) -> list[dict[str, Any]]:
-    found = await assignments(svc, case_id)
-    return found if len(found) == n else []
-
-
-async def _count(log: TopicLog, topic: str, case_id: str, n: int) -> list[dict[str, Any]]:
-    found = log.of(topic, case_id)
-    return found if len(found) >= n else []
-
-
-async def _paused(svc: AssignmentProcess, case_id: str) -> list[dict[str, Any]]:
-    found = await assignments(svc, case_id)
-    return found if found and all(a["clock"]["paused_for"] for a in found) else []
-
-
-async def _running(svc: AssignmentProcess, case_id: str) -> list[dict[str, Any]]:
-    found = await assignments(svc, case_id)
-    resumed = found and all(a["clock"]["pauses"] and not a["clock"]["paused_for"] for a in found)
-    return found if resumed else []
-
-
-async def _state(svc: AssignmentProcess, case_id: str, sub: str, state: str) -> bool:
-    return any(
-        a["subspecialty"] == sub and a["state"] == state for a in await assignments(svc, case_id)
+    multi = records_complete(
+        case_id,
+        subspecialties=["neuroradiology", "pathology"],
+        service_tier="multi_specialist",
+        jurisdiction="US-CA",
     )
+    await handlers.assign_case(store, policy, clock.now(), multi, event_meta())
+    alone_event = records_complete(lonely, jurisdiction="US-WY")
+    await handlers.assign_case(store, policy, clock.now(), alone_event, event_meta())
+
+    parts = await inproc_assignments(svc, case_id)
+    by_sub = {a["subspecialty"]: a for a in parts}
+    assert by_sub["pathology"]["reviewer_id"] == "rev-path-1"
+    neuro = by_sub["neuroradiology"]
+    assert neuro["reviewer_id"] == "rev-neuro-1"
+    (alone,) = await inproc_assignments(svc, lonely)
+    assert alone["state"] == "unassignable"
+    assert alone["excluded"]["rev-neuro-1"] == "not licensed in US-WY"
+    unassignable = await svc.emitted("case.unassignable", lonely)
+    assert unassignable[0]["reason"] == "no eligible neuroradiology reviewer"
+
+    # The only other neuroradiologist shares the first reader's group: a
+    # decline leaves this part unassignable, with both reasons recorded.
+    clock.advance(timedelta(minutes=10))
+    url = f"/v1/reviewer/assignments/{neuro['assignment_id']}/decline"
+    r = await client.post(url, json={"reason": "on leave"}, headers=reviewer_auth("rev-neuro-1"))
+    assert r.status_code == 200 and r.json()["state"] == "unassignable"
+    assert r.json()["excluded"]["rev-neuro-1"] == "declined this case earlier"
+    (moved,) = await svc.emitted("case.reassigned", case_id)
+    assert moved["from_reviewer_id"] == "rev-neuro-1" and moved["to_reviewer_id"] == ""
+    # Operations add a reviewer: the roster change re-offers the waiting part at
+    # once (issue 21), a fresh case.assigned.
+    new = {
+        "reviewer_id": "rev-neuro-3",
+        "name": "Dr. New",
+        "subspecialties": ["neuroradiology"],
+        "licensed_jurisdictions": ["US-CA"],
+    }
+    r = await client.put("/v1/reviewers/rev-neuro-3", json=new, headers=OPS)
+    assert r.status_code == 200
+    (neuro_now,) = [
+        a for a in await inproc_assignments(svc, case_id) if a["subspecialty"] == "neuroradiology"
+    ]
+    assert neuro_now["state"] == "offered" and neuro_now["reviewer_id"] == "rev-neuro-3"
+    fresh = await svc.emitted("case.assigned", case_id)
+    assert len({a["assignment_id"] for a in fresh}) == 3
+    # Operations hand the part on again: nobody is left, it waits (unassignable).
+    r = await client.post(
+        f"/v1/cases/{case_id}/assignments/neuroradiology/reassign",
+        json={"reason": "reviewer unavailable"},
+        headers=OPS,
+    )
+    assert r.status_code == 200 and r.json()["state"] == "unassignable"
+    assert r.json()["excluded"]["rev-neuro-3"] == "escalated this case earlier"
+
+    # Records re-requested after assignment: every part's clock pauses.
+    incomplete = RecordsIncomplete(
+        case_id=case_id,
+        tenant_id="demo-health",
+        missing=[ManifestItem(kind="labs", present=False)],
+    )
+    clock.advance(timedelta(hours=1))
+    await handlers.records_incomplete(store, policy, clock.now(), incomplete, event_meta())
+    paused = await inproc_assignments(svc, case_id)
+    assert all(p["clock"]["paused_for"] for p in paused)
+    assert all(p["clock"]["pauses"][0]["reason"].startswith("waiting on records") for p in paused)
+
+    # The records arrive after all: the same parts' clocks run again (no new parts).
+    clock.advance(timedelta(hours=1))
+    await handlers.assign_case(store, policy, clock.now(), multi, event_meta())
+    running = await inproc_assignments(svc, case_id)
+    assert {a["assignment_id"] for a in running} == {p["assignment_id"] for p in paused}
+    assert all(not a["clock"]["paused_for"] for a in running)
+    assert all(p["clock"]["pauses"][0]["resumed_by"] == "records complete" for p in running)
+
+    # The pathology report is in: that part closes, its reviewer is free again.
+    path = by_sub["pathology"]
+    report = ReportSubmitted(
+        case_id=case_id,
+        tenant_id="demo-health",
+        report_id="r-1",
+        reviewer_id="rev-path-1",
+        assignment_id=path["assignment_id"],
+        concordance="confirmed",
+    )
+    await handlers.close_assignment(store, policy, clock.now(), report, event_meta())
+    states = {a["subspecialty"]: a["state"] for a in await inproc_assignments(svc, case_id)}
+    assert states["pathology"] == "reported"
+    r = await client.get("/v1/dashboard", headers=OPS)
+    assert r.status_code == 200
+    metrics = (await client.get("/metrics")).text
+    assert "assignment_turnaround_hours" in metrics and "assignment_reviewer_load" in metrics
+    assert case_id not in metrics and lonely not in metrics  # no case ids in labels
+
+
+async def inproc_assignments(svc: InProcessAssignment, case_id: str) -> list[dict[str, Any]]:
+    r = await svc.http.get(f"/v1/cases/{case_id}/assignments", headers=OPS)
+    assert r.status_code == 200, r.text
+    found: list[dict[str, Any]] = r.json()
+    return found

@@ -188,3 +188,23 @@ def test_case_waiting_on_capacity_is_offered_when_capacity_frees() -> None:
     offered, events = domain.retry_unassignable(waiting, MONDAY_9, POLICY, freed)
     assert offered.state == "offered" and offered.reviewer_id == "a"
     assert [type(e) for e in events] == [CaseAssigned]
+
+
+def test_failed_re_offer_records_the_try_so_the_case_goes_to_the_back_of_the_queue() -> None:
+    """Issue 21: the re-offer queue is ordered by the last try; a case no reviewer
+    can take must move behind the others each time it is tried."""
+    nobody = Pool([reviewer("a", licensed_jurisdictions=["US-NY"])], {})
+    waiting, _ = domain.open_assignment("c3", "t1", CTX, "neuroradiology", MONDAY_9, POLICY, nobody)
+    assert waiting.state == "unassignable" and waiting.tried_at == MONDAY_9
+    later = MONDAY_9 + timedelta(minutes=5)
+    still, events = domain.retry_unassignable(waiting, later, POLICY, nobody)
+    assert still.state == "unassignable" and events == []
+    assert still.tried_at == later
+
+
+def test_open_subspecialties_are_those_of_active_reviewers_below_capacity() -> None:
+    full = reviewer("a", capacity=2)
+    assert domain.open_subspecialties(Pool([full], {"a": 2})) == set()
+    assert domain.open_subspecialties(Pool([full], {"a": 1})) == {"neuroradiology"}
+    gone = reviewer("b", active=False, subspecialties=["pathology"])
+    assert domain.open_subspecialties(Pool([full, gone], {"a": 1})) == {"neuroradiology"}
