@@ -34,7 +34,6 @@ from shared.events import (
     ReportReady,
     ReportSubmitted,
 )
-from shared.http import problem
 from shared.runtime import Service
 
 JSON_TYPES = ("application/json", "application/fhir+json")
@@ -246,17 +245,6 @@ def _http_routes(service: Service, store: IntakeStore, settings: IntakeSettings)
     api = service.api
     integrator = service.require("integrator")
     parsing = asyncio.Semaphore(PARSE_CONCURRENCY)
-
-    @api.middleware("http")
-    async def limit_body_size(request: Request, call_next: Any) -> Response:
-        """Refuse oversize bodies before reading them (a case is JSON, not a DICOM upload)."""
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > settings.max_body_bytes:
-            return problem(
-                413, "Payload too large", f"body exceeds {settings.max_body_bytes} bytes"
-            )
-        response: Response = await call_next(request)
-        return response
 
     async def submit(
         request: Request, principal: Principal, fhir_only: bool

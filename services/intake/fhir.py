@@ -135,6 +135,16 @@ def parse(payload: Any) -> tuple[Any, Resources]:
         parsed = model.model_validate(payload)
     except ValidationError as exc:
         raise FhirMappingError(fhir_field_errors(exc, rtype)) from None
+    except (KeyError, TypeError):
+        # fhir.resources looks a nested resource's class up by its resourceType and
+        # fails with these (not a ValidationError) for an unknown or missing one.
+        raise _error(
+            f"{rtype}.entry.resource.resourceType"
+            if rtype == "Bundle"
+            else "ServiceRequest.contained.resourceType",
+            "a contained or entry resource has an unknown or missing resourceType",
+            "resource_type",
+        ) from None
     resources = Resources()
     if rtype == "ServiceRequest":
         resources.add(parsed)

@@ -38,6 +38,7 @@ from shared.clock import ManualClock
 from shared.consumer import EventConsumer
 from shared.envelope import OutboxEntry, ce_headers
 from shared.runtime import Service
+from tests.fakes import MemoryAuditCollection
 from tests.unit.test_intake_fhir import fhir_bundle, native_case
 
 DEMO = {"Authorization": "Bearer demo-int.dev-secret-demo-int"}
@@ -85,6 +86,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     store, clock = RejectionsOnly(), ManualClock()
     settings = IntakeSettings(trace_dir=tmp_path, max_body_bytes=3_000_000)
     service = create_service(settings, clock, store=store)
+    service.audit.collection = MemoryAuditCollection()  # type: ignore[assignment]
     transport = httpx.ASGITransport(app=service.api)
     async with httpx.AsyncClient(transport=transport, base_url="http://intake") as http:
         yield Rig(service, store, clock, http, tmp_path / "intake.jsonl")
