@@ -87,7 +87,7 @@ class Delivery(Stored):
     attempts: list[Attempt] = []
     cycle_attempts: int = 0
     next_attempt_at: datetime
-    lease_until: datetime
+    lease_until: datetime | None = None  # left out of listings
     created_at: datetime
     updated_at: datetime | None = None
     in_flight: datetime | None = None

@@ -275,6 +275,10 @@ async def test_tenant_b_never_sees_tenant_a_events(
     assert [d["tenant_id"] for d in docs] == ["tenant-a"]
     assert len(rx_a.requests) == 1 and rx_b.requests == []
     assert await store.list_deliveries("tenant-b", {}, 10) == []
+    [listed] = await store.list_deliveries("tenant-a", {}, 10)
+    shown = listed.view()
+    assert shown["delivery_id"] == docs[0]["_id"] and shown["state"] == "delivered"
+    assert shown["payload"] == {} and "lease_until" not in shown  # left out of listings
 
 
 class Exploding:
