@@ -42,7 +42,7 @@ async def validate_url(
     parsed = httpx.URL(normalised)
     return domain.check_webhook_url(
         normalised,
-        await resolver(parsed.host, parsed.port or 443),
+        await resolver(parsed.raw_host.decode("ascii"), parsed.port or 443),
         production=production(settings),
         allow_loopback=allow_loopback(settings),
     )

@@ -341,3 +341,17 @@ def test_the_webhook_client_ignores_proxy_settings_from_the_environment(
             )
 
     assert asyncio.run(send()).status_code == 204
+
+
+def test_the_name_checked_is_the_one_stored_and_connected_to() -> None:
+    """An internationalised name is resolved as its A-labels (what httpx connects
+    to), not re-encoded by the resolver's own IDNA 2003 codec."""
+    asked: list[tuple[str, int]] = []
+
+    async def resolver(host: str, port: int) -> list[str]:
+        asked.append((host, port))
+        return ["93.184.216.34"]
+
+    url = asyncio.run(validate_url("https://münchen.example:8443/x", PRODUCTION, resolver))
+    assert url == "https://xn--mnchen-3ya.example:8443/x"
+    assert asked == [("xn--mnchen-3ya.example", 8443)]
