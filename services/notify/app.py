@@ -25,7 +25,7 @@ from services.notify.settings import NotifySettings
 from services.notify.store import NotifyStore
 from shared.aio import drain_forever
 from shared.auth import Principal
-from shared.clock import Clock
+from shared.clock import SYSTEM_CLOCK, Clock
 from shared.envelope import EventMeta
 from shared.events import CaseRejected, RecordsIncomplete, ReportReady, SlaBreached
 from shared.runtime import Service
@@ -86,7 +86,7 @@ def create_service(settings: NotifySettings | None = None, clock: Clock | None =
         title="Second-opinion notify",
         description="Delivers partner-facing events as signed webhooks (Standard Webhooks) "
         "and e-mail, with retries, dead letters, a delivery log and resend.",
-        **({"clock": clock} if clock is not None else {}),
+        clock=clock or SYSTEM_CLOCK,
     )
     store = NotifyStore(
         service.collection("subscriptions"), service.collection("deliveries", outbox=True)
