@@ -1,5 +1,5 @@
 """`python -m services.notify` runs the notify service."""
 
-from services.notify.app import service
+from services.notify.app import default_service
 
-service.run()
+default_service().run()

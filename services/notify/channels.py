@@ -14,45 +14,64 @@ from typing import Protocol
 
 import httpx
 
-from services.notify import domain, webhooks
+from services.notify import domain, transport, webhooks
 from services.notify.domain import AttemptResult
+from services.notify.models import Delivery, Subscription
 from services.notify.settings import NotifySettings
+from shared.clock import Clock
 from shared.errors import UnregisteredEndpoint
-from shared.store import Doc
 
 
 class Channel(Protocol):
-    async def send(self, sub: Doc, delivery: Doc) -> AttemptResult: ...
+    async def send(self, sub: Subscription, delivery: Delivery) -> AttemptResult: ...
 
 
-async def validate_url(url: str, settings: NotifySettings) -> None:
-    domain.check_webhook_url(
-        url,
-        await webhooks.resolve(url),
-        production=not settings.dev_mode,
-        allow_loopback=settings.allow_loopback_webhooks,
+def production(settings: NotifySettings) -> bool:
+    return not settings.dev_mode
+
+
+def allow_loopback(settings: NotifySettings) -> bool:
+    return settings.allow_loopback_webhooks and settings.dev_mode
+
+
+async def validate_url(
+    url: str, settings: NotifySettings, resolver: transport.Resolver = transport.resolve
+) -> str:
+    """The normalised URL a tenant may register (UnregisteredEndpoint if not)."""
+    normalised = domain.destinations.normalise_webhook_url(url, production=production(settings))
+    parsed = httpx.URL(normalised)
+    return domain.check_webhook_url(
+        normalised,
+        await resolver(parsed.raw_host.decode("ascii"), parsed.port or 443),
+        production=production(settings),
+        allow_loopback=allow_loopback(settings),
     )
 
 
-def webhook_body(delivery: Doc) -> str:
-    return json.dumps(delivery["payload"], separators=(",", ":"), sort_keys=True)
+def webhook_body(delivery: Delivery) -> str:
+    return json.dumps(delivery.payload, separators=(",", ":"), sort_keys=True)
 
 
 class WebhookChannel:
-    def __init__(self, client: httpx.AsyncClient, settings: NotifySettings) -> None:
+    """Signed POSTs on a client whose connections are SSRF-checked where they
+    are opened (transport.webhook_client)."""
+
+    def __init__(self, client: httpx.AsyncClient, settings: NotifySettings, clock: Clock) -> None:
         self.client = client
         self.settings = settings
+        self.clock = clock
 
-    async def send(self, sub: Doc, delivery: Doc) -> AttemptResult:
-        try:
-            await validate_url(sub["url"], self.settings)  # again: DNS may have changed
+    async def send(self, sub: Subscription, delivery: Delivery) -> AttemptResult:
+        try:  # a URL stored before normalisation existed, or a setting changed since
+            url = domain.destinations.normalise_webhook_url(
+                sub.url, production=production(self.settings)
+            )
         except UnregisteredEndpoint as exc:
             return AttemptResult(False, False, None, exc.detail, 0.0)
-        at = webhooks.now()
+        at = self.clock.now()
         body = webhook_body(delivery)
-        keys = domain.signing_secrets(sub, at)
-        headers = webhooks.signed_headers(keys, delivery["_id"], body, at)
-        return await webhooks.post(self.client, sub["url"], headers, body)
+        headers = webhooks.signed_headers(sub.signing_secrets(at), delivery.id, body, at)
+        return await webhooks.post(self.client, url, headers, body, at)
 
 
 class EmailChannel:
@@ -62,16 +81,16 @@ class EmailChannel:
     def __init__(self, settings: NotifySettings) -> None:
         self.settings = settings
 
-    async def send(self, sub: Doc, delivery: Doc) -> AttemptResult:
-        payload = delivery["payload"]
+    async def send(self, sub: Subscription, delivery: Delivery) -> AttemptResult:
+        payload = delivery.payload
         subject, text = domain.email_message(
             payload["type"], payload["data"], self.settings.public_reporting_url
         )
         msg = EmailMessage()
         msg["From"] = self.settings.email_from
-        msg["To"] = sub["email"]
+        msg["To"] = domain.check_email_address(sub.email)  # again: stored before the check
         msg["Subject"] = subject
-        msg["Message-ID"] = f"<{delivery['_id']}@second-opinion.notify>"  # stable on retries
+        msg["Message-ID"] = f"<{delivery.id}@second-opinion.notify>"  # stable on retries
         msg.set_content(text)
         started = time.perf_counter()
         result = await asyncio.to_thread(self._send_blocking, msg)
@@ -96,3 +115,16 @@ class EmailChannel:
         except (OSError, smtplib.SMTPException) as exc:  # relay down or unreachable
             return False, True, None, type(exc).__name__
         return True, False, 250, ""
+
+
+def default_channels(
+    settings: NotifySettings, clock: Clock
+) -> tuple[dict[str, Channel], httpx.AsyncClient]:
+    client = transport.webhook_client(
+        settings.webhook_timeout_seconds, allow_loopback=allow_loopback(settings)
+    )
+    channels: dict[str, Channel] = {
+        "webhook": WebhookChannel(client, settings, clock),
+        "email": EmailChannel(settings),
+    }
+    return channels, client

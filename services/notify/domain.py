@@ -4,26 +4,28 @@ and what a notification e-mail may say (a link, never the clinical content)."""
 
 from __future__ import annotations
 
-import ipaddress
 import random
-import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote
 
-from shared.errors import InvalidInput, UnregisteredEndpoint
+from services.notify import destinations
+from services.notify.destinations import check_email_address
+from shared.errors import InvalidInput
+from shared.vocabulary import PartnerEventType
+
+__all__ = ["check_email_address"]  # and the rest of the module
 
 # Events a tenant's destinations can subscribe to (all carry case_id + tenant_id).
-PARTNER_EVENTS = ("report.ready", "case.rejected", "records.incomplete", "sla.breached")
+PARTNER_EVENTS = tuple(str(e) for e in PartnerEventType)
 # Who a destination serves: the partner portal's integration, the treating
 # clinician (configured per tenant, e.g. the referring clinic's inbox) or the
 # patient's portal.
 AUDIENCES = ("partner", "treating_clinician", "patient_portal")
 CHANNELS = ("webhook", "email")
-_EMAIL = re.compile(r"^[^@\s<>\"',;]{1,64}@[A-Za-z0-9.-]{1,253}\.[A-Za-z]{2,63}$")
 
 
 @dataclass(frozen=True)
@@ -50,45 +52,39 @@ def check_event_types(event_types: list[str]) -> list[str]:
     return sorted(set(event_types))
 
 
-def check_email_address(address: str) -> str:
-    if not _EMAIL.match(address):
-        raise InvalidInput("not a plain e-mail address")
-    return address
-
-
 def check_webhook_url(
     url: str, resolved: list[str], *, production: bool, allow_loopback: bool
-) -> None:
-    """Refuse URLs that would make us call into private networks (SSRF).
-
-    `resolved` are the addresses the host name resolves to now; every one of
-    them must be public (or loopback, in local development only).
-    """
-    try:
-        parts = urlsplit(url)
-    except ValueError:  # e.g. an unbalanced IPv6 bracket
-        raise UnregisteredEndpoint("webhook URL is malformed") from None
-    if parts.scheme not in ("https", "http") or not parts.hostname:
-        raise UnregisteredEndpoint("webhook URL must be an absolute http(s) URL")
-    if production and parts.scheme != "https":
-        raise UnregisteredEndpoint("webhook URL must use https")
-    if parts.username or parts.password:
-        raise UnregisteredEndpoint("webhook URL must not carry credentials")
-    if not resolved:
-        raise UnregisteredEndpoint("webhook host does not resolve")
-    for addr in resolved:
-        ip = ipaddress.ip_address(addr)
-        if ip.is_loopback and allow_loopback and not production:
-            continue
-        if not ip.is_global or ip.is_multicast:
-            raise UnregisteredEndpoint(f"webhook host resolves to a non-public address ({ip})")
+) -> str:
+    """The normalised URL, if it may be registered: well formed
+    (destinations.normalise_webhook_url) and every address its host resolves to
+    now is public (loopback only in local development). The dispatcher checks
+    again at connect time, on the addresses it connects to (transport.py)."""
+    normalised = destinations.normalise_webhook_url(url, production=production)
+    destinations.check_addresses(resolved, allow_loopback=allow_loopback and not production)
+    return normalised
 
 
-def signing_secrets(sub: dict[str, Any], now: datetime) -> list[str]:
-    """The current secret, plus rotated-out ones still in their grace period: the
-    partner verifies if any one signature matches, so a rotation breaks nobody."""
-    previous = [p["secret"] for p in sub.get("previous_secrets", []) if p["expires_at"] > now]
-    return [sub["secret"], *previous]
+def report_links(report_id: str, public_reporting_url: str) -> dict[str, str]:
+    """Where a partner fetches a report: built here from the report id and the
+    configured public address of reporting, never taken from the event (a
+    forged `report.ready` must not make us sign a link to anywhere else)."""
+    base = f"{public_reporting_url.rstrip('/')}/v1/reports/{quote(report_id, safe='')}"
+    return {
+        "report": base,
+        "fhir": f"{base}/fhir",
+        "pdf": f"{base}/pdf",
+        "signature": f"{base}/signature",
+    }
+
+
+def payload_data(
+    event_type: str, data: dict[str, Any], public_reporting_url: str
+) -> dict[str, Any]:
+    """The event as delivered: its fields, with links notify built itself."""
+    delivered = {k: v for k, v in data.items() if k != "links"}
+    if event_type == "report.ready":
+        delivered["links"] = report_links(str(data["report_id"]), public_reporting_url)
+    return delivered
 
 
 def retryable_status(status: int) -> bool:
@@ -149,15 +145,12 @@ _SUBJECTS = {
 
 def email_message(event_type: str, data: dict[str, Any], base_url: str) -> tuple[str, str]:
     """Subject and body of a notification e-mail. E-mail is not a safe carrier
-    for PHI: say that something happened and link to it (behind authentication)."""
+    for PHI: say that something happened and link to it (behind authentication).
+    The link is built from the report id, whatever the stored payload says."""
     subject = _SUBJECTS.get(event_type, "Second-opinion case update")
     lines = [f"{subject}.", "", f"Case reference: {data.get('case_id', '')}"]
-    link = (data.get("links") or {}).get("report", "")
-    if link:
-        lines.append(f"View the report (sign-in required): {absolute_link(link, base_url)}")
+    if event_type == "report.ready" and data.get("report_id"):
+        link = report_links(str(data["report_id"]), base_url)["report"]
+        lines.append(f"View the report (sign-in required): {link}")
     lines += ["", "This message contains no clinical details; sign in to see them."]
     return subject, "\n".join(lines) + "\n"
-
-
-def absolute_link(link: str, base_url: str) -> str:
-    return base_url.rstrip("/") + link if link.startswith("/") and base_url else link

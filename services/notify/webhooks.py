@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 import time
 from base64 import b64encode
-from datetime import UTC, datetime
-from urllib.parse import urlsplit
+from datetime import datetime
 
 import httpx
 from standardwebhooks import Webhook
 
 from services.notify import domain
 from services.notify.domain import AttemptResult
+from shared.errors import UnregisteredEndpoint
 
-__all__ = ["AttemptResult", "new_secret", "now", "post", "resolve", "signed_headers"]
+__all__ = ["AttemptResult", "new_secret", "post", "signed_headers"]
 
 
 def new_secret() -> str:
@@ -36,26 +35,28 @@ def signed_headers(
     }
 
 
-async def resolve(url: str) -> list[str]:
-    # A malformed URL ("http://[::1") or host (over-long IDNA label, NUL) is a
-    # ValueError: it resolves to nothing, which check_webhook_url refuses.
-    try:
-        host = urlsplit(url).hostname or ""
-        infos = await asyncio.get_running_loop().getaddrinfo(host, None)
-    except (OSError, ValueError):
-        return []
-    return sorted({str(info[4][0]) for info in infos})
-
-
 async def post(
-    client: httpx.AsyncClient, url: str, headers: dict[str, str], body: str
+    client: httpx.AsyncClient, url: str, headers: dict[str, str], body: str, now: datetime
 ) -> AttemptResult:
+    """One attempt; never raises. Timeouts and connection failures are worth
+    another try; a refused address or a URL httpx cannot send is not; anything
+    else unexpected is retried (within the attempt budget) rather than raised,
+    so one delivery's failure never stalls the dispatcher."""
     started = time.perf_counter()
+
+    def failed(retryable: bool, error: str) -> AttemptResult:
+        return AttemptResult(False, retryable, None, error, (time.perf_counter() - started) * 1000)
+
     try:
         resp = await client.post(url, content=body, headers=headers)
-    except httpx.HTTPError as exc:  # timeouts and connection failures: worth another try
-        elapsed = (time.perf_counter() - started) * 1000
-        return AttemptResult(False, True, None, type(exc).__name__, elapsed)
+    except UnregisteredEndpoint as exc:  # the connect-time SSRF check
+        return failed(False, exc.detail)
+    except httpx.HTTPError as exc:
+        return failed(True, type(exc).__name__)
+    except (httpx.InvalidURL, ValueError, TypeError) as exc:  # can never be sent
+        return failed(False, type(exc).__name__)
+    except Exception as exc:
+        return failed(True, type(exc).__name__)
     elapsed = (time.perf_counter() - started) * 1000
     ok = 200 <= resp.status_code < 300
     return AttemptResult(
@@ -64,9 +65,5 @@ async def post(
         resp.status_code,
         "" if ok else f"HTTP {resp.status_code}",
         elapsed,
-        domain.parse_retry_after(resp.headers.get("retry-after", ""), now()),
+        domain.parse_retry_after(resp.headers.get("retry-after", ""), now),
     )
-
-
-def now() -> datetime:
-    return datetime.now(UTC)

@@ -1,8 +1,11 @@
 """notify's rules: SSRF guard, retry classification, backoff, delivery identity."""
 
+from datetime import UTC, datetime
+
 import pytest
 
 from services.notify import domain, webhooks
+from services.notify.models import Subscription
 from shared.errors import UnregisteredEndpoint
 
 
@@ -73,7 +76,7 @@ def test_signature_verifies_with_the_secret_only() -> None:
 
     secret, other = webhooks.new_secret(), webhooks.new_secret()
     body = '{"type":"report.ready"}'
-    headers = webhooks.signed_headers(secret, "msg_1", body, webhooks.now())
+    headers = webhooks.signed_headers(secret, "msg_1", body, datetime.now(UTC))
     assert Webhook(secret).verify(body, headers) == {"type": "report.ready"}
     with pytest.raises(WebhookVerificationError):
         Webhook(other).verify(body, headers)
@@ -84,19 +87,26 @@ def test_rotated_secret_signs_twice_during_grace_only() -> None:
 
     from standardwebhooks import Webhook
 
-    now = webhooks.now()
+    now = datetime.now(UTC)  # Webhook.verify checks the timestamp against the real time
     old, new = webhooks.new_secret(), webhooks.new_secret()
-    sub = {"secret": new, "previous_secrets": [{"secret": old, "expires_at": now + timedelta(1)}]}
-    assert domain.signing_secrets(sub, now) == [new, old]
-    assert domain.signing_secrets(sub, now + timedelta(2)) == [new]
-    headers = webhooks.signed_headers(domain.signing_secrets(sub, now), "msg_1", "{}", now)
+    sub = Subscription.load(
+        {
+            "_id": "sub_1",
+            "tenant_id": "t1",
+            "event_types": ["report.ready"],
+            "created_at": now,
+            "secret": new,
+            "previous_secrets": [{"secret": old, "expires_at": now + timedelta(1)}],
+        }
+    )
+    assert sub.signing_secrets(now) == [new, old]
+    assert sub.signing_secrets(now + timedelta(2)) == [new]
+    headers = webhooks.signed_headers(sub.signing_secrets(now), "msg_1", "{}", now)
     for secret in (old, new):
         assert Webhook(secret).verify("{}", headers) == {}
 
 
 def test_retry_after_seconds_or_http_date() -> None:
-    from datetime import UTC, datetime
-
     now = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
     assert domain.parse_retry_after("120", now) == 120
     assert domain.parse_retry_after("Fri, 20 Nov 2026 10:01:00 GMT", now) == 60
@@ -105,7 +115,7 @@ def test_retry_after_seconds_or_http_date() -> None:
 
 
 def test_next_state_retries_only_transient_failures_within_budget() -> None:
-    now = webhooks.now()
+    now = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
     policy = domain.RetryPolicy(max_attempts=3, base_seconds=1, cap_seconds=600)
     fail = domain.AttemptResult(False, True, 503, "HTTP 503", 5.0)
     assert domain.next_state(policy, 1, domain.AttemptResult(True, False, 204, "", 1), now) == (
@@ -127,10 +137,12 @@ def test_email_carries_a_link_not_clinical_content() -> None:
         "case_id": "case-9",
         "concordance": "changed_diagnosis",
         "reviewer_id": "rev-neuro-1",
-        "links": {"report": "/v1/reports/r9"},
+        "report_id": "r9",
+        "links": {"report": "https://phish.example/login"},
     }
     subject, body = domain.email_message("report.ready", data, "https://reports.example/")
     assert "https://reports.example/v1/reports/r9" in body and "case-9" in body
+    assert "phish" not in body  # the link is built from the report id, not taken
     assert "changed" not in body + subject and "rev-neuro" not in body
 
 
