@@ -136,6 +136,17 @@ class RoutingContext(BaseModel):
 # ---------------------------------------------------------------- intake
 
 
+class Coding(BaseModel):
+    """A coded concept as integrators send it (FHIR Coding): ICD-10-CM or SNOMED CT
+    for a condition, LOINC or the RadLex playbook for a procedure, SNOMED CT for a
+    body site."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    system: Text200 = ""
+    code: Annotated[str, Field(min_length=1, max_length=64)]
+    display: Text200 = ""
+
+
 class CaseSubmittedPatient(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: str = Field(min_length=1, max_length=200)
@@ -193,6 +204,15 @@ class CaseSubmission(BaseModel):
     symptoms_status: str = Field(
         default="unknown", max_length=16, pattern=r"^(persistent|improving|resolved|unknown)$"
     )
+    # Coded data, read first when routing (docs/clinical-rules.md): the conditions
+    # in question (FHIR: Condition.code, ServiceRequest.reasonCode), the requested
+    # procedure (ServiceRequest.code) and the body sites (ServiceRequest.bodySite).
+    diagnoses: Annotated[list[Coding], Field(max_length=20)] = []
+    procedures: Annotated[list[Coding], Field(max_length=20)] = []
+    body_sites: Annotated[list[Coding], Field(max_length=10)] = []
+    # The integrator's own request this case fulfils (FHIR: the ServiceRequest's
+    # reference, e.g. "ServiceRequest/123" or its identifier), for the report's basedOn.
+    request_reference: Text200 = ""
 
 
 class CaseSubmitted(BaseModel):
@@ -221,6 +241,17 @@ class CaseAccepted(Event):
     urgency_reason: Clipped500 = ""
     earlier_case_ids: Annotated[list[Text128], Field(max_length=20)] = []
     treatment_start_date: Text10 | None = None
+    # What the report must name (docs/reporting.md): whom it is about, the question,
+    # the opinion under review, to whom it goes and the coded data. PHI: this topic
+    # already carries the patient's identifiers at the providers (docs/security.md).
+    patient: CaseSubmittedPatient | None = None
+    question: Annotated[str, Field(max_length=4000)] = ""
+    first_opinion: CaseSubmittedFirstOpinion | None = None
+    treating_clinician_email: Text200 = ""
+    request_reference: Text200 = ""
+    diagnoses: Annotated[list[Coding], Field(max_length=20)] = []
+    procedures: Annotated[list[Coding], Field(max_length=20)] = []
+    body_sites: Annotated[list[Coding], Field(max_length=10)] = []
 
 
 class FieldError(BaseModel):
@@ -234,6 +265,21 @@ class CaseRejected(Event):
     topic: ClassVar[str] = "case.rejected"
     external_id: Clipped128
     errors: Annotated[list[FieldError], clip_items(50), MaxLen(50)]
+
+
+class CaseStatusChanged(Event):
+    """`case.status`: intake's view of a case moved (docs/architecture.md): the stage
+    reached and, in plain words, what the case now waits for. Followed by the
+    operations view; no PHI beyond the ids."""
+
+    topic: ClassVar[str] = "case.status"
+    stage: Text64
+    previous_stage: Text64 = ""
+    waiting_for: Annotated[list[Clipped300], clip_items(20), MaxLen(20)] = []
+    subspecialties: Annotated[list[Text64], Field(max_length=10)] = []
+    urgency: Urgency = Urgency.ROUTINE
+    service_tier: ServiceTier = ServiceTier.SPECIALIST_OPINION
+    changed_at: datetime
 
 
 # ---------------------------------------------------------------- records_fetch
@@ -255,18 +301,31 @@ class RecordsProgress(Event):
     reason: Clipped500 = ""
 
 
+class StudySummary(BaseModel):
+    """One imaging study retrieved, as the report's "materials reviewed" lists it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    study_uid: Text64
+    modality: Clipped64 = ""
+    study_date: Text10 = ""
+    description: Clipped200 = ""
+    instances: int = 0
+
+
 class ManifestItem(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     kind: RecordKind
     present: bool
     count: int = 0
     detail: Clipped500 = ""
+    # For imaging: the studies retrieved (the first 20).
+    studies: Annotated[list[StudySummary], clip_items(20), MaxLen(20)] = []
 
 
 class RecordsComplete(Event):
     topic: ClassVar[str] = "records.complete"
     routing: RoutingContext
-    manifest: Annotated[list[ManifestItem], clip_items(20), MaxLen(20)]
+    manifest: Annotated[list[ManifestItem], clip_items(10), MaxLen(10)]
     completed_at: datetime
     override_reason: Clipped1000 = ""
 
@@ -276,7 +335,7 @@ class RecordsIncomplete(Event):
     the integrator (via notify) while records_fetch re-requests them with backoff."""
 
     topic: ClassVar[str] = "records.incomplete"
-    missing: Annotated[list[ManifestItem], clip_items(20), MaxLen(20)]
+    missing: Annotated[list[ManifestItem], clip_items(10), MaxLen(10)]
     attempt: int = 1
     next_retry_at: datetime | None = None
     gave_up: bool = False
@@ -393,6 +452,7 @@ TOPIC_MODELS: dict[str, type[BaseModel]] = {
         CaseSubmitted,
         CaseAccepted,
         CaseRejected,
+        CaseStatusChanged,
         RecordsRequested,
         RecordsProgress,
         RecordsComplete,

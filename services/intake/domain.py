@@ -414,4 +414,12 @@ def case_accepted(doc: CaseDocument) -> CaseAccepted:
         urgency_reason=doc.urgency_reason,
         earlier_case_ids=doc.earlier_case_ids,
         treatment_start_date=s.treatment_start_date,
+        patient=s.patient,
+        question=s.question,
+        first_opinion=s.first_opinion,
+        treating_clinician_email=s.treating_clinician_email,
+        request_reference=s.request_reference,
+        diagnoses=s.diagnoses,
+        procedures=s.procedures,
+        body_sites=s.body_sites,
     )
