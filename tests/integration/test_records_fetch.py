@@ -35,7 +35,9 @@ from services.records_fetch.domain import ProviderEndpoints, ProviderRegistry, R
 from services.records_fetch.retrieval import Retrieval
 from services.records_fetch.store import FetchStore
 from shared.auth import Principal
+from shared.consumer import decode_event
 from shared.envelope import EventMeta
+from shared.errors import PermanentError
 from shared.events import CaseAccepted, RecordsComplete, RecordsIncomplete
 from shared.store import Doc
 
@@ -481,25 +483,35 @@ async def test_identifiers_that_would_widen_a_search_are_refused_before_any_requ
     tmp_path: Path,
 ) -> None:
     """`<id>,Patient/<other>` is OR in a FHIR search (both charts came back) and
-    `PatientID=*` matches every patient at the real Orthanc: both are refused."""
+    `PatientID=*` matches every patient at the real Orthanc: the contract refuses
+    both where the event is decoded, so records_fetch's consumer dead-letters the
+    event and no request is made (records_fetch's own identifier checks, a second
+    line, are unit-tested in tests/unit/test_records_fetch_identifiers.py)."""
     other = seed.seed_fhir(infra["fhir_url"], "Other", "Pat", "1980-02-02")
     seeded_patient(infra, [("MR_small.dcm", "20261001")])  # someone at the PACS
+    body = json.loads(accepted("placeholder", clinic_pid).model_dump_json())
+    body["records"][0]["patient_id"] = "*"
+    body["records"][1]["patient_id"] = f"{clinic_pid},Patient/{other}"
     fhir = PacsProxy(infra["fhir_url"], prefix="")
     try:
-        ctx = make_ctx(db, client, infra, tmp_path, infra["dicomweb_url"])
-        ctx.registry.tenants[TENANT]["clinic"] = ProviderEndpoints(fhir_url=fhir.url)
-        event = accepted("*", f"{clinic_pid},Patient/{other}")
-        await handlers.open_case(ctx.store, event, meta())
-        doc = await attempt(ctx, event)
+        with pytest.raises(PermanentError) as refused:
+            decode_event(CaseAccepted, meta_for(body), json.dumps(body).encode())
     finally:
         fhir.stop()
-    assert fhir.paths == []  # no request with the id was made at all
-    assert [p["state"] for p in doc["providers"]] == ["refused", "refused"]
-    assert all("refused" in p["reason"] and other not in p["reason"] for p in doc["providers"])
-    assert doc.get("clinical", []) == [] and doc.get("studies", []) == []
-    assert await ctx.store.instance_states(event.case_id) == {}
-    [incomplete] = emitted(doc, "records.incomplete")
-    assert "patient identifier refused" in str(incomplete["missing"])
+    assert "records.0.patient_id" in refused.value.detail
+    assert "records.1.patient_id" in refused.value.detail
+    assert other not in refused.value.detail and clinic_pid not in refused.value.detail
+    assert fhir.paths == []  # no request with either id was made
+
+
+def meta_for(body: dict[str, Any]) -> EventMeta:
+    return EventMeta(
+        event_id="e-hostile",
+        ce_type=CaseAccepted.ce_type(),
+        source="/it",
+        time="",
+        tenant_id=body["tenant_id"],
+    )
 
 
 async def test_a_peer_answering_for_another_patient_is_refused_and_recorded(

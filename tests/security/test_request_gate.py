@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,10 +67,10 @@ class Call:
             return {"type": "http.request", "body": chunk, "more_body": bool(self.body_chunks)}
         return {"type": "http.disconnect"}
 
-    async def send(self, message: dict[str, Any]) -> None:
+    async def send(self, message: MutableMapping[str, Any]) -> None:
         if message["type"] == "http.response.start":
             self.status = message["status"]
-        self.sent.append(message)
+        self.sent.append(dict(message))
 
 
 async def call(
