@@ -23,7 +23,7 @@ from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
 from faststream.kafka.prometheus import KafkaPrometheusMiddleware
 from faststream.specification import AsyncAPI
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
-from prometheus_client import REGISTRY
+from prometheus_client import REGISTRY, Counter
 from pymongo.asynchronous.collection import AsyncCollection
 
 from shared.audit import STATE_KEY, AuditOutcome, AuditTrail
@@ -40,6 +40,9 @@ from shared.telemetry import setup_telemetry
 
 log = logging.getLogger(__name__)
 Hook = Callable[[], Coroutine[Any, Any, Any]]
+AUDIT_REFUSALS = Counter(
+    "router_audit_refusals_total", "API calls refused because their audit record was not written"
+)
 
 
 async def ensure_topics(
@@ -164,7 +167,12 @@ class Service:
             event = self.audit.event(
                 principal, request.method, route, dict(request.path_params), client
             )
-            request.scope.setdefault("state", {})[STATE_KEY] = await self.audit.record(event)
+            try:
+                recorded = await self.audit.record(event)
+            except Exception:
+                AUDIT_REFUSALS.inc()
+                raise  # a transient database error: 503, "send it again"
+            request.scope.setdefault("state", {})[STATE_KEY] = recorded
             return principal
 
         return audited
