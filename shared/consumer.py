@@ -123,9 +123,17 @@ class OffsetCommitter:
 class EventConsumer:
     """Registers topic handlers on a broker with dead-lettering and retries."""
 
-    def __init__(self, broker: KafkaBroker, settings: ServiceSettings) -> None:
+    def __init__(
+        self,
+        broker: KafkaBroker,
+        settings: ServiceSettings,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
         self.broker = broker
         self.settings = settings
+        # Waits between retries go through `sleep` so that a test can record the
+        # backoff without patching asyncio for the whole event loop.
+        self._sleep = sleep
         self.dead_lettered = 0
         self.committer = OffsetCommitter()
 
@@ -196,7 +204,7 @@ class EventConsumer:
                     delay,
                     exc_info=not is_retryable(exc),
                 )
-                await asyncio.sleep(delay)
+                await self._sleep(delay)
 
     async def dead_letter(self, message: Any, reason: str) -> None:
         """Publish the original bytes to `<topic>.dlq` with why it could not be processed."""

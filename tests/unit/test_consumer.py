@@ -50,17 +50,24 @@ EVENT = CaseRejected(
 )
 
 
-def make() -> tuple[EventConsumer, FakeBroker]:
+class RecordedSleeps(list[float]):
+    """The consumer's waits between retries, recorded instead of slept."""
+
+    async def __call__(self, seconds: float) -> None:
+        self.append(seconds)
+
+
+def make(sleeps: RecordedSleeps | None = None) -> tuple[EventConsumer, FakeBroker]:
     broker = FakeBroker()
-    return EventConsumer(broker, ServiceSettings()), broker  # type: ignore[arg-type]
+    consumer = EventConsumer(
+        broker, ServiceSettings(), sleep=RecordedSleeps() if sleeps is None else sleeps
+    )  # type: ignore[arg-type]
+    return consumer, broker
 
 
-async def test_retryable_failures_are_retried_until_success(monkeypatch: Any) -> None:
-    async def no_sleep(_: float) -> None:
-        return None
-
-    monkeypatch.setattr(consumer_mod.asyncio, "sleep", no_sleep)
-    c, broker = make()
+async def test_retryable_failures_are_retried_until_success() -> None:
+    sleeps = RecordedSleeps()
+    c, broker = make(sleeps)
     calls: list[str] = []
 
     async def handler(event: CaseRejected, meta: EventMeta) -> None:
@@ -71,6 +78,9 @@ async def test_retryable_failures_are_retried_until_success(monkeypatch: Any) ->
     await c._process(CaseRejected, handler, message(EVENT.model_dump_json().encode()))
     assert calls == ["e1"] * 5
     assert broker.published == []
+    # Four waits, each longer than the one before (exponential backoff).
+    assert len(sleeps) == 4
+    assert sleeps == sorted(sleeps) and sleeps[0] < sleeps[-1]
 
 
 async def test_permanent_failure_is_dead_lettered_with_reason() -> None:
@@ -106,11 +116,7 @@ async def test_undecodable_and_unknown_version_go_to_dead_letter_without_calling
     assert "is not" in reasons[1]
 
 
-async def test_a_bug_is_retried_a_few_times_then_dead_lettered(monkeypatch: Any) -> None:
-    async def no_sleep(_: float) -> None:
-        return None
-
-    monkeypatch.setattr(consumer_mod.asyncio, "sleep", no_sleep)
+async def test_a_bug_is_retried_a_few_times_then_dead_lettered() -> None:
     c, broker = make()
     calls = 0
 
