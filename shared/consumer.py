@@ -1,4 +1,4 @@
-"""Consuming a topic with the delivery rules of design.md §4.
+"""Consuming a topic with the delivery rules of docs/architecture.md ("Delivery semantics").
 
 `EventConsumer.on(Model)` registers a handler ``async (event, meta) -> None``
 for the model's topic. Around it:

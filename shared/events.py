@@ -3,7 +3,7 @@
 Every topic is keyed by ``case_id`` so one case's events stay ordered on one
 partition. Each model's ``ce_type`` names the topic and the schema version; a
 consumer refuses (dead-letters) a version it does not know. New fields are
-added with defaults so older consumers keep working (conventions.md §3).
+added with defaults so older consumers keep working (docs/architecture.md).
 
 PHI travels only in the event bodies that need it (intake → records_fetch needs
 patient identifiers at the provider); it never goes into keys, headers, logs or

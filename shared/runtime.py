@@ -287,3 +287,36 @@ class Service:
             log_level="info",
             access_log=False,
         )
+
+
+class ProcessService:
+    """The process's one service, built from the environment on first use.
+
+    A service module keeps nothing built at import: it declares
+    ``default_service = ProcessService(create_service)`` and
+    ``__getattr__ = default_service.module_attribute``, so ``module.service``,
+    ``module.api`` (for uvicorn) and ``module.app`` (for faststream's AsyncAPI)
+    build it only when asked for; tests call ``create_service(settings, clock)``.
+    """
+
+    def __init__(self, create: Callable[[], Service]) -> None:
+        self._create = create
+        self._service: Service | None = None
+
+    @property
+    def built(self) -> bool:
+        return self._service is not None
+
+    def __call__(self) -> Service:
+        if self._service is None:
+            self._service = self._create()
+        return self._service
+
+    def module_attribute(self, name: str) -> Any:
+        if name == "service":
+            return self()
+        if name == "api":
+            return self().api
+        if name == "app":
+            return self().asyncapi
+        raise AttributeError(name)

@@ -1,6 +1,6 @@
 """Store helpers every service uses on its own database.
 
-`apply_once` is the idempotency guard and the outbox of design.md §4 in one
+`apply_once` is the idempotency guard and the outbox (docs/architecture.md) in one
 single-document write: the state change, the id of the event being applied and
 the events to emit land atomically, so a redelivered message is skipped and an
 emitted event is never lost. `OutboxRelay` publishes pending outbox entries and

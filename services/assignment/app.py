@@ -38,7 +38,7 @@ from shared.clock import Clock, clock_from
 from shared.envelope import EventMeta, OutboxEntry
 from shared.errors import InvalidInput, NotFound
 from shared.events import RecordsComplete, RecordsIncomplete, ReportSubmitted
-from shared.runtime import Service
+from shared.runtime import ProcessService, Service
 from shared.telemetry import quiet
 from shared.vocabulary import Subspecialty
 
@@ -367,22 +367,5 @@ def _dashboard(w: Wiring) -> None:
             await asyncio.sleep(settings.timer_poll_seconds)
 
 
-_default: Service | None = None
-
-
-def default_service() -> Service:
-    """The process's service, built from the environment on first use."""
-    global _default
-    if _default is None:
-        _default = create_service()
-    return _default
-
-
-def __getattr__(name: str) -> Any:
-    if name == "service":
-        return default_service()
-    if name == "api":
-        return default_service().api
-    if name == "app":
-        return default_service().asyncapi
-    raise AttributeError(name)
+default_service = ProcessService(create_service)
+__getattr__ = default_service.module_attribute

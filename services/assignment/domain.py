@@ -1,8 +1,9 @@
 """assignment's domain, free of I/O: who may review a case, who should, and the
 review clock with its timers.
 
-Matching follows design.md §3: subspecialty, independence from the first
-opinion, licensure for the patient's jurisdiction, then workload. Every decision
+Matching (docs/sla.md; docs/architecture.md, "Where each rule of the field
+lives"): subspecialty, independence from the first opinion, licensure for the
+patient's jurisdiction, then workload. Every decision
 carries its reasons, for the chosen reviewer and for each excluded one.
 
 One `Assignment` is one needed subspecialty of a case (a multi-specialist case

@@ -34,7 +34,7 @@ from shared.events import (
     ReportReady,
     ReportSubmitted,
 )
-from shared.runtime import Service
+from shared.runtime import ProcessService, Service
 
 JSON_TYPES = ("application/json", "application/fhir+json")
 # Cases decoded and validated at once, each in a worker thread: enough to use the
@@ -400,22 +400,5 @@ def _follow(service: Service, store: IntakeStore, model: type[BaseModel], stage:
     service.consumer.on(model, follower=True)(on_stage)
 
 
-_default: Service | None = None
-
-
-def default_service() -> Service:
-    """The process's service, built from the environment on first use."""
-    global _default
-    if _default is None:
-        _default = create_service()
-    return _default
-
-
-def __getattr__(name: str) -> Any:
-    if name == "service":
-        return default_service()
-    if name == "api":
-        return default_service().api
-    if name == "app":
-        return default_service().asyncapi
-    raise AttributeError(name)
+default_service = ProcessService(create_service)
+__getattr__ = default_service.module_attribute

@@ -2,7 +2,7 @@
 triage signals, urgency, the subspecialties the clinical question needs, the
 links to earlier opinions and the flags that hold a case for a human.
 
-The wording of the rules comes from the field (design.md §3 intake); each
+The wording of the rules comes from the field (docs/intake.md); each
 signal and inference carries the phrase that triggered it so an operator can
 see why a case was routed the way it was.
 """
@@ -144,7 +144,7 @@ def infer_subspecialties(text: str) -> list[SubspecialtyFinding]:
 
 # ---------------------------------------------------------------- triage
 
-# Signals that make a second opinion worth it (design.md §3 intake).
+# Signals that make a second opinion worth it (docs/intake.md).
 HIGH_VALUE: tuple[tuple[str, str], ...] = (
     (
         "ambiguous_report",

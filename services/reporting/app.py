@@ -28,7 +28,7 @@ from shared.auth import Principal
 from shared.clock import SYSTEM_CLOCK, Clock
 from shared.envelope import EventMeta
 from shared.events import CaseAssigned, CaseReassigned
-from shared.runtime import Service
+from shared.runtime import ProcessService, Service
 
 JWKS_PATH = "/.well-known/jwks.json"
 
@@ -275,22 +275,5 @@ def _subscribers(service: Service, ctx: Reporting) -> None:
         await handlers.record_reassignment(ctx, event)
 
 
-_default: Service | None = None
-
-
-def default_service() -> Service:
-    """The process's service, built from the environment on first use."""
-    global _default
-    if _default is None:
-        _default = create_service()
-    return _default
-
-
-def __getattr__(name: str) -> Any:
-    if name == "service":
-        return default_service()
-    if name == "api":
-        return default_service().api
-    if name == "app":
-        return default_service().asyncapi
-    raise AttributeError(name)
+default_service = ProcessService(create_service)
+__getattr__ = default_service.module_attribute

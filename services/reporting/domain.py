@@ -47,7 +47,7 @@ class ImagingReview(BaseModel):
 
 
 class OpinionDraft(BaseModel):
-    """The structured written second opinion (design.md §3 reporting), possibly
+    """The structured written second opinion (docs/reporting.md), possibly
     unfinished: types are checked on every save, completeness only on submission."""
 
     model_config = ConfigDict(extra="forbid")

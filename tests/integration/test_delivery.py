@@ -1,4 +1,4 @@
-"""Delivery semantics of design.md §4 against the real broker and database:
+"""Delivery semantics (docs/architecture.md) against the real broker and database:
 idempotent handlers, dead-lettered poison messages with the partition moving
 on, and the outbox relay publishing CloudEvents."""
 

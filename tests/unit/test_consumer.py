@@ -59,9 +59,8 @@ class RecordedSleeps(list[float]):
 
 def make(sleeps: RecordedSleeps | None = None) -> tuple[EventConsumer, FakeBroker]:
     broker = FakeBroker()
-    consumer = EventConsumer(
-        broker, ServiceSettings(), sleep=RecordedSleeps() if sleeps is None else sleeps
-    )  # type: ignore[arg-type]
+    sleep = RecordedSleeps() if sleeps is None else sleeps
+    consumer = EventConsumer(broker, ServiceSettings(), sleep=sleep)  # type: ignore[arg-type]
     return consumer, broker
 
 
