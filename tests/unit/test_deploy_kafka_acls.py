@@ -1,0 +1,54 @@
+"""The production Kafka users (deploy/k8s/base/kafka-service-users.yaml) follow
+from the code: each service reads exactly what it subscribes to, joins only its
+own groups, and writes only what it owns (one producer per topic, as
+docs/architecture.md's ownership table says) plus its dead-letter topics."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from pathlib import Path
+
+import yaml
+
+from deploy import kafka_acls
+from shared.events import dead_letter_topic
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def users() -> dict[str, list[dict[str, object]]]:
+    docs = [d for d in yaml.safe_load_all(kafka_acls.OUTPUT.read_text()) if d]
+    return {d["metadata"]["name"]: d["spec"]["authorization"]["acls"] for d in docs}
+
+
+def test_the_committed_file_is_what_the_code_implies() -> None:
+    assert kafka_acls.OUTPUT.read_text() == kafka_acls.render(), (
+        "run `python -m deploy.kafka_acls` after changing a service's subscriptions"
+    )
+
+
+def test_each_service_reads_what_it_consumes_and_writes_what_it_owns() -> None:
+    found = users()
+    assert set(found) == {f"router-{s.replace('_', '-')}" for s in kafka_acls.SERVICES}
+    for service in kafka_acls.SERVICES:
+        acls = found[f"router-{service.replace('_', '-')}"]
+        reads = {a["resource"]["name"] for a in acls if "Read" in a["operations"]}  # type: ignore[index,operator]
+        writes = {a["resource"]["name"] for a in acls if "Write" in a["operations"]}  # type: ignore[index,operator]
+        consumed = set(kafka_acls.consumed_topics(service))
+        assert reads == consumed | {f"router.{service}."}
+        assert writes == set(kafka_acls.PRODUCES[service]) | {
+            dead_letter_topic(t) for t in consumed
+        }
+        assert not any(a["resource"]["name"] == "*" for a in acls)  # type: ignore[index]
+
+
+def test_every_topic_has_one_producer_and_the_architecture_table_agrees() -> None:
+    owners = Counter(t for topics in kafka_acls.PRODUCES.values() for t in topics)
+    assert [t for t, n in owners.items() if n > 1] == []
+    table = (ROOT / "docs" / "architecture.md").read_text()
+    for service, topics in kafka_acls.PRODUCES.items():
+        row = re.search(rf"^\| {service} \|.*$", table, re.M)
+        assert row, service
+        produces_cell = row.group(0).rstrip(" |").rsplit("|", 1)[-1]
+        assert set(re.findall(r"`([a-z.]+)`", produces_cell)) == set(topics), service
