@@ -26,12 +26,69 @@ CORE_KINDS = {
     "Deployment",
     "Service",
     "PodDisruptionBudget",
+    "NetworkPolicy",
 }
 
 # The parts of the custom resources' schemas (Strimzi, KEDA, Prometheus operator) the
 # manifests rely on; the real CRDs are not bundled with any installable validator.
 _STR_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
+_KAFKA_OPERATIONS = ["Read", "Write", "Create", "Delete", "Alter", "Describe", "All"]
 CRD_SCHEMAS: dict[str, dict[str, Any]] = {
+    "KafkaUser": {
+        "type": "object",
+        "required": ["metadata", "spec"],
+        "properties": {
+            "apiVersion": {"const": "kafka.strimzi.io/v1beta2"},
+            "metadata": {
+                "type": "object",
+                "required": ["labels"],
+                "properties": {"labels": {"required": ["strimzi.io/cluster"]}},
+            },
+            "spec": {
+                "type": "object",
+                "required": ["authentication", "authorization"],
+                "additionalProperties": False,
+                "properties": {
+                    "authentication": {
+                        "type": "object",
+                        "properties": {"type": {"enum": ["tls", "tls-external", "scram-sha-512"]}},
+                    },
+                    "authorization": {
+                        "type": "object",
+                        "required": ["type", "acls"],
+                        "properties": {
+                            "type": {"const": "simple"},
+                            "acls": {
+                                "type": "array",
+                                "items": {
+                                    "type": "object",
+                                    "required": ["resource", "operations"],
+                                    "additionalProperties": False,
+                                    "properties": {
+                                        "resource": {
+                                            "type": "object",
+                                            "required": ["type", "name", "patternType"],
+                                            "additionalProperties": False,
+                                            "properties": {
+                                                "type": {"enum": ["topic", "group", "cluster"]},
+                                                "name": {"type": "string", "minLength": 1},
+                                                "patternType": {"enum": ["literal", "prefix"]},
+                                            },
+                                        },
+                                        "operations": {
+                                            "type": "array",
+                                            "minItems": 1,
+                                            "items": {"enum": _KAFKA_OPERATIONS},
+                                        },
+                                    },
+                                },
+                            },
+                        },
+                    },
+                },
+            },
+        },
+    },
     "KafkaTopic": {
         "type": "object",
         "required": ["spec"],
