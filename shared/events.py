@@ -354,6 +354,11 @@ class CaseAssigned(Event):
     # Who the reviewer is, as the signed opinion names them (reporting does not own the roster).
     reviewer_name: str = Field(default="", max_length=200)
     reviewer_credentials: str = Field(default="", max_length=300, description="e.g. MD, ABR CAQ")
+    # The reviewer's US National Provider Identifier (10 digits) and the licence
+    # under which they review this case (the case's jurisdiction, e.g. US-CA): the
+    # report names both, and its FHIR performer carries the NPI.
+    reviewer_npi: str = Field(default="", pattern=r"^(\d{10})?$", description="10-digit NPI")
+    reviewer_licence_jurisdiction: Text32 = ""
 
 
 class CaseReassigned(Event):

@@ -49,6 +49,9 @@ class Reviewer(BaseModel):
     reviewer_id: str = Field(min_length=1, max_length=64)
     name: str
     credentials: str = ""
+    npi: str = Field(
+        default="", pattern=r"^(\d{10})?$", description="US National Provider Identifier"
+    )
     # The codes of shared.vocabulary (the wire values): an unknown code is refused.
     subspecialties: list[Subspecialty]
     board_certifications: list[str] = []
@@ -386,6 +389,9 @@ def _offer(a: Assignment, now: datetime, policy: SlaPolicy, pool: Pool) -> list[
             reason=d.reason,
             reviewer_name=d.reviewer.name,
             reviewer_credentials=d.reviewer.credentials,
+            reviewer_npi=d.reviewer.npi,
+            # choose_reviewer only picks a reviewer licensed where the patient is.
+            reviewer_licence_jurisdiction=a.routing.jurisdiction,
         )
     ]
 

@@ -27,7 +27,7 @@ from services.reporting.store import ReportingStore, StoredAddendum, StoredRepor
 from shared.auth import Principal
 from shared.clock import SYSTEM_CLOCK, Clock
 from shared.envelope import EventMeta
-from shared.events import CaseAssigned, CaseReassigned
+from shared.events import CaseAccepted, CaseAssigned, CaseReassigned, RecordsComplete
 from shared.runtime import ProcessService, Service
 
 JWKS_PATH = "/.well-known/jwks.json"
@@ -77,6 +77,7 @@ def create_service(
         service.collection("assignments"),
         service.collection("reports", outbox=True),
         service.collection("addenda", outbox=True),
+        service.collection("cases"),
     )
     service.on_startup(store.create_indexes)
     # Verification is for anyone holding a report (a partner, a clinician, an auditor).
@@ -186,6 +187,9 @@ def _partner_routes(service: Service, ctx: Reporting) -> None:
     reader = service.require("partner", "reviewer")
     base_url = ctx.signer.base_url
 
+    def pdf_url(report_id: str) -> str:
+        return ctx.signer.links(report_id).pdf
+
     async def readable(report_id: str, p: Principal) -> tuple[StoredReport, list[StoredAddendum]]:
         return await handlers.readable_report(ctx, report_id, p.role, p.tenant_id, p.subject)
 
@@ -223,18 +227,15 @@ def _partner_routes(service: Service, ctx: Reporting) -> None:
     ) -> Response:
         """The report as a FHIR R4 DiagnosticReport (signature as an extension)."""
         report, addenda = await readable(report_id, principal)
-        doc, sig = _signed(report)
-        pdf_url = ctx.signer.links(report_id).pdf
-        body = render.fhir_report(doc, sig, [_signed(a) for a in addenda], pdf_url)
-        return JSONResponse(body, media_type="application/fhir+json")
+        out = render.render(*_signed(report), [_signed(a) for a in addenda], pdf_url(report_id))
+        return JSONResponse(out.fhir, media_type="application/fhir+json")
 
     @api.get("/v1/reports/{report_id}/pdf", tags=["reports"])
     async def get_pdf(report_id: str, principal: Annotated[Principal, Depends(reader)]) -> Response:
-        """The report as a PDF for the treating physician."""
+        """The report as a PDF/A-3 for the treating physician (the FHIR report attached)."""
         report, addenda = await readable(report_id, principal)
-        doc, sig = _signed(report)
-        pdf = render.pdf_report(doc, sig, [_signed(a) for a in addenda])
-        return Response(pdf, media_type="application/pdf")
+        out = render.render(*_signed(report), [_signed(a) for a in addenda], pdf_url(report_id))
+        return Response(out.pdf, media_type="application/pdf")
 
 
 # ---------------------------------------------------------------- verification
@@ -266,6 +267,15 @@ def _verification_routes(service: Service, ctx: Reporting) -> None:
 
 
 def _subscribers(service: Service, ctx: Reporting) -> None:
+    # What the report names about the case; both arrive long before a reviewer submits.
+    @service.consumer.on(CaseAccepted, follower=True)
+    async def on_case_accepted(event: CaseAccepted, meta: EventMeta) -> None:
+        await handlers.record_case_accepted(ctx, event, meta)
+
+    @service.consumer.on(RecordsComplete, follower=True)
+    async def on_records_complete(event: RecordsComplete, meta: EventMeta) -> None:
+        await handlers.record_records_complete(ctx, event, meta)
+
     @service.consumer.on(CaseAssigned)
     async def on_case_assigned(event: CaseAssigned, meta: EventMeta) -> None:
         await handlers.record_assignment(ctx, event, meta)

@@ -18,7 +18,13 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.errors import InvalidInput
-from shared.events import Concordance
+from shared.events import (
+    CaseSubmittedFirstOpinion,
+    CaseSubmittedPatient,
+    Coding,
+    Concordance,
+    ManifestItem,
+)
 from shared.vocabulary import imaging_reread
 
 
@@ -138,12 +144,14 @@ def complete_opinion(draft: OpinionDraft, subspecialty: str) -> Opinion:
 
 
 class Reviewer(BaseModel):
-    """Who signs: as the assignment named them."""
+    """Who signs: as the assignment named them (from its roster)."""
 
     model_config = ConfigDict(frozen=True)
     reviewer_id: str
     name: str = ""
     credentials: str = ""
+    npi: str = ""
+    licence_jurisdiction: str = ""
 
 
 class Addendum(BaseModel):
@@ -158,13 +166,55 @@ def report_id_for(case_id: str, assignment_id: str) -> str:
     return "rpt-" + uuid.uuid5(uuid.NAMESPACE_URL, f"{case_id}/{assignment_id}").hex[:20]
 
 
-class Patient(BaseModel):
-    """Who the opinion is about, as far as reporting was told (all optional)."""
+class CaseDetails(BaseModel):
+    """What the report must name about its case, as reporting learnt it from
+    case.accepted (whom, the question, the opinion under review, to whom it goes)
+    and records.complete (the materials reviewed). Every part is optional: what
+    was not received is shown as such, never invented."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    name: str = Field(default="", max_length=200)
-    birth_date: str = Field(default="", pattern=r"^(\d{4}-\d{2}-\d{2})?$")
-    mrn: str = Field(default="", max_length=100, description="Medical record number")
+    external_id: str = ""
+    request_reference: str = ""
+    patient: CaseSubmittedPatient | None = None
+    question: str = ""
+    first_opinion: CaseSubmittedFirstOpinion | None = None
+    treating_clinician_email: str = ""
+    diagnoses: list[Coding] = []
+    materials: list[ManifestItem] | None = None
+    records_completed_at: str = ""
+
+
+def _case_parts(case: CaseDetails, tenant_id: str) -> dict[str, Any]:
+    parts: dict[str, Any] = {
+        "case_reference": {
+            "external_id": case.external_id,
+            "request_reference": case.request_reference,
+        },
+        "addressee": {
+            "treating_clinician_email": case.treating_clinician_email,
+            "requesting_organisation": tenant_id,
+        },
+    }
+    if case.patient is not None:
+        p = case.patient
+        parts["patient"] = {
+            "name": p.name,
+            "birth_date": p.birth_date,
+            "sex": p.sex,
+            "identifiers": [i.model_dump() for i in p.identifiers],
+        }
+    if case.question:
+        parts["clinical_question"] = case.question
+    if case.first_opinion is not None:
+        parts["first_opinion"] = case.first_opinion.model_dump(
+            include={"diagnosis", "treatment_plan", "report_text", "clinician_name", "institution"}
+        )
+    if case.diagnoses:
+        parts["diagnoses"] = [c.model_dump() for c in case.diagnoses]
+    if case.materials is not None:
+        parts["materials_reviewed"] = [m.model_dump(mode="json") for m in case.materials]
+        parts["records_completed_at"] = case.records_completed_at
+    return parts
 
 
 def report_document(
@@ -172,15 +222,16 @@ def report_document(
     reviewer: Reviewer,
     opinion: Opinion,
     signed_at: str,
-    patient: Patient | None = None,
-    clinical_question: str = "",
+    case: CaseDetails | None = None,
 ) -> dict[str, Any]:
     """The report as signed: everything a partner relies on, nothing else.
 
     The case reference (`case_id`, with `tenant_id` and `assignment_id`) is always
-    signed; the patient's identifiers and the clinical question are signed when
-    reporting holds them (case.assigned does not carry them today), so a report
-    cannot be presented as being about another patient or question."""
+    signed; so are, when reporting holds them (from case.accepted and
+    records.complete), the integrator's references (`case_reference`), the patient
+    with their identifiers, the clinical question, the first opinion under review,
+    the addressee and the materials reviewed: a report cannot be presented as
+    being about another patient, question or set of records."""
     document: dict[str, Any] = {
         "kind": "second_opinion",
         "report_id": report_id_for(assignment["case_id"], assignment["assignment_id"]),
@@ -193,10 +244,8 @@ def report_document(
         "opinion": opinion.model_dump(mode="json"),
         "signed_at": signed_at,
     }
-    if patient is not None:
-        document["patient"] = patient.model_dump(exclude_defaults=True)
-    if clinical_question:
-        document["clinical_question"] = clinical_question
+    if case is not None:
+        document.update(_case_parts(case, assignment["tenant_id"]))
     return document
 
 

@@ -1,4 +1,5 @@
-"""reporting's handlers: learn who may report from case.assigned / case.reassigned;
+"""reporting's handlers: learn what the report names about a case from
+case.accepted and records.complete; learn who may report from case.assigned / case.reassigned;
 turn the assigned reviewer's opinion into a signed report (report.submitted +
 report.ready: ids, plus links kept for compatibility); append signed addenda
 (report.addendum).
@@ -14,13 +15,21 @@ from typing import Any
 
 from services.reporting import domain, signing
 from services.reporting.keys import KeyRing
-from services.reporting.store import AssignmentCopy, ReportingStore, StoredAddendum, StoredReport
+from services.reporting.store import (
+    AssignmentCopy,
+    CaseRecord,
+    ReportingStore,
+    StoredAddendum,
+    StoredReport,
+)
 from shared.clock import Clock
 from shared.envelope import EventMeta, OutboxEntry, outbox_entry
 from shared.errors import Conflict, Forbidden, NotFound
 from shared.events import (
+    CaseAccepted,
     CaseAssigned,
     CaseReassigned,
+    RecordsComplete,
     ReportAddendum,
     ReportLinks,
     ReportReady,
@@ -64,6 +73,37 @@ def iso(instant: datetime) -> str:
     return instant.isoformat(timespec="seconds")
 
 
+# ---------------------------------------------------------------- cases
+
+
+async def record_case_accepted(ctx: Reporting, event: CaseAccepted, meta: EventMeta) -> None:
+    """Keep whom the case is about, its question, the opinion under review and its addressee."""
+    record = CaseRecord(
+        case_id=event.case_id,
+        tenant_id=event.tenant_id,
+        accepted=True,
+        external_id=event.external_id,
+        request_reference=event.request_reference,
+        patient=event.patient,
+        question=event.question,
+        first_opinion=event.first_opinion,
+        treating_clinician_email=event.treating_clinician_email,
+        diagnoses=event.diagnoses,
+    )
+    await ctx.store.record_case(record, CaseRecord.FROM_CASE_ACCEPTED, meta.event_id)
+
+
+async def record_records_complete(ctx: Reporting, event: RecordsComplete, meta: EventMeta) -> None:
+    """Keep the records manifest: the materials the report says were reviewed."""
+    record = CaseRecord(
+        case_id=event.case_id,
+        tenant_id=event.tenant_id,
+        manifest=event.manifest,
+        records_completed_at=event.completed_at,
+    )
+    await ctx.store.record_case(record, CaseRecord.FROM_RECORDS_COMPLETE, meta.event_id)
+
+
 # ---------------------------------------------------------------- assignments
 
 
@@ -76,6 +116,8 @@ async def record_assignment(ctx: Reporting, event: CaseAssigned, meta: EventMeta
         reviewer_id=event.reviewer_id,
         reviewer_name=event.reviewer_name,
         reviewer_credentials=event.reviewer_credentials,
+        reviewer_npi=event.reviewer_npi,
+        reviewer_licence_jurisdiction=event.reviewer_licence_jurisdiction,
         subspecialty=event.subspecialty,
         due_at=event.due_at,
         received_at=ctx.clock.now(),
@@ -178,15 +220,19 @@ async def submit_opinion(
         reviewer_id=reviewer_id,
         name=assignment.reviewer_name,
         credentials=assignment.reviewer_credentials,
+        npi=assignment.reviewer_npi,
+        licence_jurisdiction=assignment.reviewer_licence_jurisdiction,
     )
+    case = await ctx.store.case(assignment.case_id)
     signed_at = ctx.now()
     document = domain.report_document(
         assignment.model_dump(include={"case_id", "tenant_id", "assignment_id", "subspecialty"}),
         reviewer,
         opinion,
         iso(signed_at),
-        patient=assignment.patient,
-        clinical_question=assignment.clinical_question,
+        case=case.details()
+        if case is not None and case.tenant_id == assignment.tenant_id
+        else None,
     )
     sig = ctx.signer.sign(document)
     links = ctx.signer.links(document["report_id"])

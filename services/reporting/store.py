@@ -5,7 +5,12 @@
 - `reports`: one `StoredReport` per signed opinion (the document exactly as
   signed, its signature), with the outbox; never updated after insertion
   except by the relay;
-- `addenda`: one `StoredAddendum` per signed answer to a follow-up question.
+- `addenda`: one `StoredAddendum` per signed answer to a follow-up question;
+- `cases`: one `CaseRecord` per case, what the report must name about it:
+  the patient, the question, the first opinion and the addressee (from
+  case.accepted) and the materials reviewed (from records.complete's manifest).
+  The two topics are not ordered with each other, so each event sets only its
+  own fields on an upserted document.
 
 Events are written with the shared outbox API (`shared.store`), never by hand.
 The signed `document` is kept as the JSON object that was signed, not as a
@@ -17,14 +22,15 @@ reads (ids, tenant, reviewer, `signed_at` as a datetime) are typed beside it.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 from pymongo.asynchronous.collection import AsyncCollection
 
-from services.reporting.domain import OpinionDraft, Patient
+from services.reporting.domain import CaseDetails, OpinionDraft
 from services.reporting.signing import Signature
 from shared.envelope import OutboxEntry
+from shared.events import CaseSubmittedFirstOpinion, CaseSubmittedPatient, Coding, ManifestItem
 from shared.store import WITHOUT_OUTBOX, Doc, apply_once, insert_with_outbox, update_if
 
 
@@ -47,6 +53,8 @@ class AssignmentCopy(Stored):
     reviewer_id: str
     reviewer_name: str = ""
     reviewer_credentials: str = ""
+    reviewer_npi: str = ""
+    reviewer_licence_jurisdiction: str = ""
     subspecialty: str
     due_at: datetime
     # Orders the assignments of one case (one partition, so arrival order).
@@ -57,9 +65,52 @@ class AssignmentCopy(Stored):
     report_id: str = ""
     withdrawn: bool = False
     draft: OpinionDraft | None = None
-    # Signed into the report when known; case.assigned does not carry them today.
-    patient: Patient | None = None
-    clinical_question: str = ""
+
+
+class CaseRecord(Stored):
+    """What reporting keeps of a case for its report (docs/reporting.md).
+    PHI: read only to render and sign the case's own report."""
+
+    case_id: str = Field(alias="_id")
+    tenant_id: str
+    accepted: bool = False  # case.accepted was received
+    external_id: str = ""
+    request_reference: str = ""
+    patient: CaseSubmittedPatient | None = None
+    question: str = ""
+    first_opinion: CaseSubmittedFirstOpinion | None = None
+    treating_clinician_email: str = ""
+    diagnoses: list[Coding] = []
+    manifest: list[ManifestItem] | None = None  # None until records.complete
+    records_completed_at: datetime | None = None
+
+    # What each topic sets (the two are not ordered with each other).
+    FROM_CASE_ACCEPTED: ClassVar[set[str]] = {
+        "accepted",
+        "external_id",
+        "request_reference",
+        "patient",
+        "question",
+        "first_opinion",
+        "treating_clinician_email",
+        "diagnoses",
+    }
+    FROM_RECORDS_COMPLETE: ClassVar[set[str]] = {"manifest", "records_completed_at"}
+
+    def details(self) -> CaseDetails:
+        return CaseDetails(
+            external_id=self.external_id,
+            request_reference=self.request_reference,
+            patient=self.patient,
+            question=self.question,
+            first_opinion=self.first_opinion,
+            treating_clinician_email=self.treating_clinician_email,
+            diagnoses=self.diagnoses,
+            materials=self.manifest,
+            records_completed_at=self.records_completed_at.isoformat(timespec="seconds")
+            if self.records_completed_at
+            else "",
+        )
 
 
 class StoredReport(Stored):
@@ -89,6 +140,8 @@ _FROM_EVENT = {
     "reviewer_id",
     "reviewer_name",
     "reviewer_credentials",
+    "reviewer_npi",
+    "reviewer_licence_jurisdiction",
     "subspecialty",
     "due_at",
     "received_at",
@@ -102,16 +155,30 @@ class ReportingStore:
         assignments: AsyncCollection[Doc],
         reports: AsyncCollection[Doc],
         addenda: AsyncCollection[Doc],
+        cases: AsyncCollection[Doc],
     ) -> None:
         self.assignments = assignments
         self.reports = reports
         self.addenda = addenda
+        self.cases = cases
 
     async def create_indexes(self) -> None:
         await self.assignments.create_index([("reviewer_id", 1), ("reported", 1)])
         await self.assignments.create_index([("case_id", 1), ("subspecialty", 1)])
         await self.assignments.create_index([("case_id", 1), ("reviewer_id", 1)])
         await self.addenda.create_index([("report_id", 1), ("sequence", 1)])
+
+    # ------------------------------------------------------------ cases
+
+    async def record_case(self, record: CaseRecord, fields: set[str], event_id: str | None) -> bool:
+        """Set one event's `fields` of `record` on the case's document, once per
+        event (a redelivery is skipped); the other topic's fields are kept."""
+        update = {"$set": record.model_dump(mode="python", include=fields | {"tenant_id"})}
+        return await apply_once(self.cases, record.case_id, event_id, update)
+
+    async def case(self, case_id: str) -> CaseRecord | None:
+        doc = await self.cases.find_one({"_id": case_id}, WITHOUT_OUTBOX)
+        return CaseRecord.model_validate(doc) if doc else None
 
     # ------------------------------------------------------------ assignments
 

@@ -68,13 +68,15 @@ def gaps_of(data: dict[str, Any], subspecialty: str = "neuroradiology") -> list[
 def test_complete_opinion_signs_renders_and_verifies(tmp_path: Path) -> None:
     ring, doc, sig = signed(tmp_path)
     assert signing.verification_problems(doc, sig, ring.public_jwks()) == []
-    fhir = render.fhir_report(doc, sig, [], "http://r/v1/reports/x/pdf")
+    fhir = render.fhir_report(doc, sig, [])
     parsed = DiagnosticReport.model_validate(fhir)
     assert parsed.status == "final"
     assert fhir["conclusionCode"][0]["coding"][0]["code"] == "changed_diagnosis"
     ext = {e["url"]: e for e in fhir["extension"][0]["extension"]}
     assert ext["kid"]["valueString"] == sig.kid
-    assert fhir["performer"][0]["display"] == "Dr. Ines Moreau, MD, ABR Neuroradiology CAQ"
+    practitioner = next(r for r in fhir["contained"] if r["resourceType"] == "Practitioner")
+    assert fhir["performer"][0]["reference"] == "#reviewer" == f"#{practitioner['id']}"
+    assert practitioner["qualification"][0]["code"]["text"] == "MD, ABR Neuroradiology CAQ"
     text = " ".join(
         p.extract_text() for p in PdfReader(io.BytesIO(render.pdf_report(doc, sig, []))).pages
     )

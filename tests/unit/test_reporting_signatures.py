@@ -28,8 +28,9 @@ from services.reporting import domain, signing
 from services.reporting.app import create_service
 from services.reporting.keys import KeyRing
 from services.reporting.settings import ReportingSettings
+from tests import reporting_case
 from tests.conftest import REPO
-from tests.unit.test_reporting_domain import ASSIGNMENT, REVIEWER, opinion_json
+from tests.reporting_case import ASSIGNMENT, REVIEWER, opinion_json
 
 # RFC 9864 deprecates "EdDSA" for the fully specified "Ed25519"; reporting signs with
 # "EdDSA" because that is what partners' JOSE libraries verify today (docs/reporting.md).
@@ -38,11 +39,13 @@ NODE_PACKAGE = REPO / "tests" / "conformance" / "node"
 SIGNED_AT = "2026-11-20T10:00:00+00:00"
 
 
-def report(**extra: Any) -> dict[str, Any]:
+def report(case: domain.CaseDetails | None = reporting_case.CASE) -> dict[str, Any]:
+    """A report on the complete example case (tests/reporting_case.py), or on a case
+    reporting was told nothing about (`case=None`)."""
     opinion = domain.complete_opinion(
         domain.OpinionDraft.model_validate(opinion_json()), "neuroradiology"
     )
-    return domain.report_document(ASSIGNMENT, REVIEWER, opinion, SIGNED_AT, **extra)
+    return domain.report_document(ASSIGNMENT, REVIEWER, opinion, SIGNED_AT, case)
 
 
 def with_payload(jws_compact: str, document: dict[str, Any]) -> str:
@@ -123,16 +126,31 @@ async def test_report_jws_verifies_with_joserfc_and_node_jose_from_the_published
     by_node = node_verify(node_jose, sig.jws, jwks)
     assert by_node == {"valid": True, "payload": document, "kid": sig.kid}
 
-    # One field changed inside the signed payload: both libraries refuse it.
+    # The payload binds the opinion to whom, what and which case it is about.
+    assert document["patient"]["identifiers"][0]["value"] == "MRN-0042817"
+    assert document["clinical_question"] == reporting_case.QUESTION
+    assert document["case_reference"]["request_reference"] == "ServiceRequest/sr-118"
+
+    # One field changed inside the signed payload: both libraries refuse it, be it
+    # the answer, the patient's MRN, the question or the case reference.
+    patient = document["patient"]
+    other_mrn = [{**patient["identifiers"][0], "value": "MRN-0000001"}]
+    for changed in (
+        {"opinion": {**document["opinion"], "concordance": "confirmed"}},
+        {"patient": {**patient, "identifiers": other_mrn}},
+        {"clinical_question": "Is it a meningioma?"},
+        {"case_reference": {**document["case_reference"], "external_id": "OTHER-1"}},
+    ):
+        forged_payload = with_payload(sig.jws, {**document, **changed})
+        with pytest.raises(BadSignatureError):
+            joserfc_payload(forged_payload, jwks)
+        assert node_verify(node_jose, forged_payload, jwks) == {
+            "valid": False,
+            "error": "ERR_JWS_SIGNATURE_VERIFICATION_FAILED",
+        }
     tampered = with_payload(
         sig.jws, {**document, "opinion": {**document["opinion"], "concordance": "confirmed"}}
     )
-    with pytest.raises(BadSignatureError):
-        joserfc_payload(tampered, jwks)
-    assert node_verify(node_jose, tampered, jwks) == {
-        "valid": False,
-        "error": "ERR_JWS_SIGNATURE_VERIFICATION_FAILED",
-    }
     # And the service's own check, over HTTP, agrees on both.
     genuine = await http.post(
         "/v1/verify", json={"document": document, "signature": sig.model_dump()}
@@ -146,19 +164,36 @@ async def test_report_jws_verifies_with_joserfc_and_node_jose_from_the_published
 
 
 def test_signed_payload_carries_the_case_reference_and_patient_when_known() -> None:
-    plain = report()
+    plain = report(case=None)
     assert (plain["case_id"], plain["tenant_id"], plain["assignment_id"]) == (
-        "case-1",
+        "case-7f3a",
         "demo-health",
-        "asg-1",
+        "asg-7f3a-1",
     )
     assert "patient" not in plain and "clinical_question" not in plain  # not told: not signed
-    known = report(
-        patient=domain.Patient(name="Ada Example", birth_date="1970-02-03", mrn="MRN-1"),
-        clinical_question="Is the enhancing lesion a neoplasm?",
-    )
-    assert known["patient"] == {"name": "Ada Example", "birth_date": "1970-02-03", "mrn": "MRN-1"}
-    assert known["clinical_question"] == "Is the enhancing lesion a neoplasm?"
+    known = report()
+    assert known["patient"] == {
+        "name": reporting_case.PATIENT.name,
+        "birth_date": "1961-04-09",
+        "sex": "male",
+        "identifiers": [i.model_dump() for i in reporting_case.PATIENT.identifiers],
+    }
+    assert known["clinical_question"] == reporting_case.QUESTION
+    assert known["case_reference"] == {
+        "external_id": "SMRH-2026-118",
+        "request_reference": "ServiceRequest/sr-118",
+    }
+    assert known["first_opinion"]["diagnosis"] == reporting_case.FIRST_OPINION.diagnosis
+    assert known["addressee"]["treating_clinician_email"] == "p.anders@stmarys.example"
+    assert [m["kind"] for m in known["materials_reviewed"]] == [
+        "imaging",
+        "reports",
+        "notes",
+        "labs",
+        "pathology",
+    ]
+    assert known["reviewer"]["npi"] == "1234567802"
+    assert known["reviewer"]["licence_jurisdiction"] == "US-CA"
 
 
 async def test_rotated_keys_stay_published_and_verifiable_until_retired(
