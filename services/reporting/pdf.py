@@ -107,8 +107,16 @@ class _Pdf(FPDF):
         self.doc = doc
         self.producer = f"fpdf2 {fpdf_version}"  # Info and XMP name the same producer
         for (family, style), name in FONTS.items():
-            self.add_font(family, style, str(font_path(name)))
-        self.set_fallback_fonts(["cjk"], exact_match=False)
+            if family != "cjk":
+                self.add_font(family, style, str(font_path(name)))
+
+    def fallback_for(self, texts: str) -> None:
+        """Load the CJK fallback only when the text has characters DejaVu lacks:
+        parsing that 4 MB font is most of a rendering's time."""
+        covered = self.fonts["body"].ttfont.getBestCmap()
+        if any(ord(ch) not in covered for ch in set(texts) if not ch.isspace()):
+            self.add_font("cjk", "", str(font_path(FONTS[("cjk", "")])))
+            self.set_fallback_fonts(["cjk"], exact_match=False)
         self.set_auto_page_break(True, margin=18)
         self.set_margins(18, 18, 18)
 
@@ -430,6 +438,7 @@ def pdf_report(
         max([doc["signed_at"], *(a["signed_at"] for a, _ in addenda)])
     )
     pdf = _Pdf(doc)
+    pdf.fallback_for(json.dumps([doc, *(a for a, _ in addenda)], ensure_ascii=False))
     title = f"Second opinion report {doc['report_id']}"
     pdf.set_title(title)
     pdf.set_lang("en")
