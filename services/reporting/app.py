@@ -18,7 +18,7 @@ from fastapi import Body, Depends
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
-from services.reporting import handlers, render, signing
+from services.reporting import fhir, handlers, render, signing
 from services.reporting.domain import Addendum, OpinionDraft
 from services.reporting.handlers import Reporting, Signer
 from services.reporting.keys import KeyRing
@@ -81,7 +81,8 @@ def create_service(
     )
     service.on_startup(store.create_indexes)
     # Verification is for anyone holding a report (a partner, a clinician, an auditor).
-    service.public("/v1/verify", "/v1/keys", "/.well-known")
+    # So is the CodeSystem the FHIR reports' conclusion codes come from.
+    service.public("/v1/verify", "/v1/keys", "/.well-known", "/fhir/CodeSystem")
     ctx = Reporting(store, Signer(KeyRing(settings.key_dir), settings.base_url), service.clock)
     _reviewer_routes(service, ctx)
     _partner_routes(service, ctx)
@@ -255,6 +256,12 @@ def _verification_routes(service: Service, ctx: Reporting) -> None:
     async def published_keys() -> dict[str, Any]:
         """The same JWK set as /.well-known/jwks.json (kept for existing partners)."""
         return {"keys": keys.public_jwks()}
+
+    @api.get("/fhir/CodeSystem/concordance", tags=["verification"])
+    async def concordance_codesystem() -> Response:
+        """The FHIR CodeSystem of DiagnosticReport.conclusionCode (docs/fhir). Public."""
+        body = fhir.concordance_codesystem()
+        return JSONResponse(body, media_type="application/fhir+json")
 
     @api.post("/v1/verify", response_model=VerificationResult, tags=["verification"])
     async def verify(body: Verification) -> VerificationResult:

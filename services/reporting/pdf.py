@@ -109,16 +109,17 @@ class _Pdf(FPDF):
         for (family, style), name in FONTS.items():
             if family != "cjk":
                 self.add_font(family, style, str(font_path(name)))
+        self.set_auto_page_break(True, margin=18)
+        self.set_margins(18, 18, 18)
 
     def fallback_for(self, texts: str) -> None:
         """Load the CJK fallback only when the text has characters DejaVu lacks:
         parsing that 4 MB font is most of a rendering's time."""
-        covered = self.fonts["body"].ttfont.getBestCmap()
+        body: Any = self.fonts["body"]  # a TTFFont (fpdf2 types it with its core fonts)
+        covered = body.ttfont.getBestCmap()
         if any(ord(ch) not in covered for ch in set(texts) if not ch.isspace()):
             self.add_font("cjk", "", str(font_path(FONTS[("cjk", "")])))
             self.set_fallback_fonts(["cjk"], exact_match=False)
-        self.set_auto_page_break(True, margin=18)
-        self.set_margins(18, 18, 18)
 
     def multi_cell(self, *args: Any, **kwargs: Any) -> Any:
         """Left-aligned unless told otherwise (fpdf2 justifies by default, which

@@ -13,6 +13,8 @@ that the partner's verify command checks a report fetched over real HTTP."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import io
 import json
 import os
@@ -38,9 +40,20 @@ from services.reporting.app import create_service
 from services.reporting.settings import ReportingSettings
 from shared.clock import ManualClock
 from shared.envelope import ce_headers, new_event_id
-from shared.events import ALL_TOPICS, CaseAssigned, CaseReassigned, ReportAddendum, ReportReady
+from shared.events import (
+    ALL_TOPICS,
+    CaseAccepted,
+    CaseAssigned,
+    CaseReassigned,
+    Event,
+    RecordsComplete,
+    ReportAddendum,
+    ReportReady,
+    RoutingContext,
+)
 from shared.runtime import Service, ensure_topics
 from shared.store import connect
+from tests import reporting_case
 from tests.conftest import REPO, eventually
 from tests.unit.test_reporting_domain import opinion_json
 from tests.unit.test_reporting_signatures import joserfc_payload
@@ -150,7 +163,7 @@ async def producer(infra: dict[str, Any]) -> AsyncIterator[AIOKafkaProducer]:
     await p.stop()
 
 
-async def publish(producer: AIOKafkaProducer, event: CaseAssigned | CaseReassigned) -> None:
+async def publish(producer: AIOKafkaProducer, event: Event) -> None:
     headers = ce_headers(
         event_id=new_event_id(), ce_type=event.ce_type(), source="/it", tenant_id=event.tenant_id
     )
@@ -389,3 +402,93 @@ async def test_the_process_serves_and_the_partner_command_verifies_over_http(
     checked = verify_cli(reporting_process, report_id)
     assert checked.returncode == 0 and checked.stdout.startswith("VALID"), checked.stdout
     assert "1 addenda verified" in checked.stdout
+
+
+async def test_the_report_names_the_case_from_case_accepted_and_records_complete(
+    reporting: InProcess, producer: AIOKafkaProducer
+) -> None:
+    """What intake and records_fetch said about the case, consumed from the real
+    topics into reporting's own `cases` collection, is signed into the report and
+    printed on every page; the FHIR report quotes the served PDF's size and hash."""
+    client, partner = reporting.http, key("demo-partner")
+    case_id, asg = f"case-it-{uuid.uuid4().hex[:8]}", f"asg-{uuid.uuid4().hex[:8]}"
+    # The example case without its CJK text (that round trip is a unit test's; the
+    # fallback font would triple the rendering time here).
+    patient = reporting_case.PATIENT.model_copy(update={"name": "Juergen Mueller-Lukasz"})
+    details = reporting_case.CASE.model_copy(
+        update={"patient": patient, "question": reporting_case.QUESTION.split(" patient's")[0]}
+    )
+    routing = RoutingContext(subspecialties=["neuroradiology"], jurisdiction="US-CA")
+    await publish(
+        producer,
+        CaseAccepted(
+            case_id=case_id,
+            tenant_id=TENANT,
+            external_id=details.external_id,
+            routing=routing,
+            records=[],
+            patient=details.patient,
+            question=details.question,
+            first_opinion=details.first_opinion,
+            treating_clinician_email=details.treating_clinician_email,
+            request_reference=details.request_reference,
+            diagnoses=details.diagnoses,
+        ),
+    )
+    await publish(
+        producer,
+        RecordsComplete(
+            case_id=case_id,
+            tenant_id=TENANT,
+            routing=routing,
+            manifest=details.materials or [],
+            completed_at=datetime(2026, 11, 18, 14, 0, tzinfo=UTC),
+        ),
+    )
+    await publish(
+        producer,
+        assigned(case_id, asg, "rev-neuro-1", "Dr. Ines Moreau").model_copy(
+            update={"reviewer_npi": "1234567802", "reviewer_licence_jurisdiction": "US-CA"}
+        ),
+    )
+    cases = reporting.service.collection("cases")
+
+    async def case_known() -> bool:
+        doc = await cases.find_one({"_id": case_id})
+        return bool(doc and doc.get("accepted") and doc.get("manifest"))
+
+    await eventually(case_known, within=30)
+    await eventually(lambda: open_assignment(client, "rev-neuro-1", asg))
+    resp = await client.post(
+        f"/v1/assignments/{asg}/opinion",
+        json=reporting_case.opinion_json(),
+        headers=key("rev-neuro-1"),
+    )
+    assert resp.status_code == 201, resp.text
+    report_id = resp.json()["report_id"]
+
+    signed = (await client.get(f"/v1/reports/{report_id}", headers=partner)).json()["report"]
+    assert signed["patient"]["identifiers"][0]["value"] == "MRN-0042817"
+    assert signed["clinical_question"] == details.question
+    assert signed["case_reference"]["request_reference"] == "ServiceRequest/sr-118"
+    assert signed["reviewer"]["npi"] == "1234567802"
+    assert [m["kind"] for m in signed["materials_reviewed"]][:2] == ["imaging", "reports"]
+
+    pdf = (await client.get(f"/v1/reports/{report_id}/pdf", headers=partner)).content
+    pages = [" ".join(p.extract_text().split()) for p in PdfReader(io.BytesIO(pdf)).pages]
+    for n, text in enumerate(pages, start=1):
+        assert f"Patient: {details.patient.name}" in text  # type: ignore[union-attr]
+        assert report_id in text and f"Page {n} of {len(pages)}" in text
+    fhir = (await client.get(f"/v1/reports/{report_id}/fhir", headers=partner)).json()
+    (form,) = fhir["presentedForm"]
+    assert form["url"] == f"https://reports.example/v1/reports/{report_id}/pdf"
+    assert form["size"] == len(pdf)
+    assert (
+        form["hash"] == base64.b64encode(hashlib.sha1(pdf, usedforsecurity=False).digest()).decode()
+    )
+    assert fhir["subject"]["identifier"]["value"] == "MRN-0042817"
+    assert fhir["basedOn"] == [{"reference": "ServiceRequest/sr-118", "type": "ServiceRequest"}]
+    published = await client.get("/fhir/CodeSystem/concordance")
+    assert published.status_code == 200
+    assert published.headers["content-type"].startswith("application/fhir+json")
+    assert published.json()["url"] == fhir["conclusionCode"][0]["coding"][0]["system"]

@@ -148,7 +148,8 @@ def test_text_outside_latin1_round_trips(
     ):
         assert written in text, f"{written!r} did not survive"
     assert "DWI ? 2" not in text  # what a Latin-1 core font printed before
-    fonts = PdfReader(io.BytesIO(out.pdf)).pages[0]["/Resources"]["/Font"]
+    resources: Any = PdfReader(io.BytesIO(out.pdf)).pages[0]["/Resources"]
+    fonts = resources["/Font"]
     embedded = {
         str(f.get_object()["/BaseFont"]).split("+")[-1]
         for f in fonts.values()
@@ -188,10 +189,11 @@ def test_pdf_a3b_with_the_fhir_report_attached_and_stable_bytes(
 ) -> None:
     (doc, _), _, out = rendered
     reader = PdfReader(io.BytesIO(out.pdf))
-    xmp = reader.trailer["/Root"]["/Metadata"].get_object().get_data().decode()
+    root: Any = reader.trailer["/Root"]
+    xmp = root["/Metadata"].get_object().get_data().decode()
     assert "<pdfaid:part>3</pdfaid:part>" in xmp and "<pdfaid:conformance>B" in xmp
     assert 'xmp:ModifyDate="2026-11-22T09:30:00+00:00"' in xmp  # the report's time, not now
-    assert "/OutputIntents" in reader.trailer["/Root"]
+    assert "/OutputIntents" in root
     (attached,) = reader.attachments["report.fhir.json"]
     fhir = json.loads(attached)
     assert fhir["resourceType"] == "DiagnosticReport" and fhir["id"] == doc["report_id"]
