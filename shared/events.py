@@ -357,7 +357,9 @@ class CaseAssigned(Event):
     # The reviewer's US National Provider Identifier (10 digits) and the licence
     # under which they review this case (the case's jurisdiction, e.g. US-CA): the
     # report names both, and its FHIR performer carries the NPI.
-    reviewer_npi: str = Field(default="", pattern=r"^(\d{10})?$", description="10-digit NPI")
+    reviewer_npi: str = Field(
+        default="", max_length=10, pattern=r"^(|\d{10})$", description="10-digit NPI"
+    )
     reviewer_licence_jurisdiction: Text32 = ""
 
 

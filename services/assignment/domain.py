@@ -50,7 +50,7 @@ class Reviewer(BaseModel):
     name: str
     credentials: str = ""
     npi: str = Field(
-        default="", pattern=r"^(\d{10})?$", description="US National Provider Identifier"
+        default="", pattern=r"^(|\d{10})$", description="US National Provider Identifier"
     )
     # The codes of shared.vocabulary (the wire values): an unknown code is refused.
     subspecialties: list[Subspecialty]

@@ -4,6 +4,8 @@ breach and the escalation ladder, each timer firing once; and the dashboard."""
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
+import pytest
+
 from services.assignment import domain
 from services.assignment.calendar import CalendarSpec
 from services.assignment.dashboard import ReportedSummary, Turnaround, summarize
@@ -208,3 +210,16 @@ def test_open_subspecialties_are_those_of_active_reviewers_below_capacity() -> N
     assert domain.open_subspecialties(Pool([full], {"a": 1})) == {"neuroradiology"}
     gone = reviewer("b", active=False, subspecialties=["pathology"])
     assert domain.open_subspecialties(Pool([full, gone], {"a": 1})) == {"neuroradiology"}
+
+
+def test_the_offer_names_the_reviewers_npi_and_the_licence_it_is_made_under() -> None:
+    """Reporting prints and signs these (docs/reporting.md); the roster holds the NPI."""
+    _, events = domain.open_assignment(
+        "c1", "t1", CTX, "neuroradiology", MONDAY_9, POLICY, pool(reviewer("a", npi="1234567802"))
+    )
+    (assigned,) = events
+    assert isinstance(assigned, CaseAssigned)
+    assert assigned.reviewer_npi == "1234567802"
+    assert assigned.reviewer_licence_jurisdiction == CTX.jurisdiction == "US-CA"
+    with pytest.raises(ValueError):
+        reviewer("x", npi="12345")  # not ten digits: the roster is refused
