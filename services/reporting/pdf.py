@@ -447,7 +447,8 @@ def pdf_report(
     pdf.set_xmp_metadata(_xmp(title, pdf.producer, rendered_at))
     pdf.add_page()
     pdf.set_font("body", "B", 16)
-    status = f"with {len(addenda)} addendum(s)" if addenda else "final"
+    n = len(addenda)
+    status = f"final, {n} addend{'um' if n == 1 else 'a'}" if addenda else "final"
     pdf.cell(0, 9, f"Second opinion report ({status})", new_x="LMARGIN", new_y="NEXT")
     _addressee(pdf, doc)
     _patient(pdf, doc)
