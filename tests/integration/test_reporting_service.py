@@ -419,6 +419,17 @@ async def test_the_report_names_the_case_from_case_accepted_and_records_complete
         update={"patient": patient, "question": reporting_case.QUESTION.split(" patient's")[0]}
     )
     routing = RoutingContext(subspecialties=["neuroradiology"], jurisdiction="US-CA")
+    # records.complete first: the two topics are not ordered with each other.
+    await publish(
+        producer,
+        RecordsComplete(
+            case_id=case_id,
+            tenant_id=TENANT,
+            routing=routing,
+            manifest=details.materials or [],
+            completed_at=datetime(2026, 11, 18, 14, 0, tzinfo=UTC),
+        ),
+    )
     await publish(
         producer,
         CaseAccepted(
@@ -433,16 +444,6 @@ async def test_the_report_names_the_case_from_case_accepted_and_records_complete
             treating_clinician_email=details.treating_clinician_email,
             request_reference=details.request_reference,
             diagnoses=details.diagnoses,
-        ),
-    )
-    await publish(
-        producer,
-        RecordsComplete(
-            case_id=case_id,
-            tenant_id=TENANT,
-            routing=routing,
-            manifest=details.materials or [],
-            completed_at=datetime(2026, 11, 18, 14, 0, tzinfo=UTC),
         ),
     )
     await publish(
