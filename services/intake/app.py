@@ -15,9 +15,10 @@ import asyncio
 from typing import Annotated, Any, ClassVar, TypeVar
 
 from fastapi import Depends, FastAPI, Query, Request, Response
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from services.intake import fhir, handlers, progress
+from services.intake import fhir, fhir_out, handlers, progress
 from services.intake.documents import CaseDocument
 from services.intake.settings import IntakeSettings
 from services.intake.store import IntakeStore
@@ -177,6 +178,21 @@ def json_body(model: type[BaseModel]) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
 
 
+class FhirRefusal(Exception):
+    """A refusal to a FHIR client: answered as an OperationOutcome, not problem+json."""
+
+    def __init__(self, error: PermanentError) -> None:
+        super().__init__(error.detail)
+        self.error = error
+
+
+def wants_fhir(request: Request, fhir_only: bool) -> bool:
+    """A FHIR client: it sent or asks for `application/fhir+json`, or used the FHIR route."""
+    ctype = request.headers.get("content-type", "").lower()
+    accept = request.headers.get("accept", "").lower()
+    return fhir_only or "application/fhir+json" in ctype or "application/fhir+json" in accept
+
+
 def media_type(request: Request, fhir_only: bool) -> str:
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     allowed = ("application/fhir+json", "application/json") if fhir_only else JSON_TYPES
@@ -295,9 +311,19 @@ def _http_routes(
             await handlers.record_http_rejection(
                 store, service.clock, principal.tenant_id, channel, external_id, exc
             )
+            if wants_fhir(request, fhir_only):
+                raise FhirRefusal(exc) from None
             raise
         service.emitted(result.outbox)
         return result
+
+    @api.exception_handler(FhirRefusal)
+    async def fhir_refusal(_: Request, exc: Exception) -> Response:
+        """A FHIR client is refused with an OperationOutcome listing every issue."""
+        assert isinstance(exc, FhirRefusal)
+        e = exc.error
+        body = fhir_out.operation_outcome(e.status_code, e.title, e.detail, e.errors)
+        return JSONResponse(body, status_code=e.status_code, media_type=fhir_out.FHIR_JSON)
 
     def respond(result: handlers.SubmitResult, response: Response) -> SubmitResponse:
         response.status_code = 201 if result.created else 200
@@ -346,6 +372,23 @@ def _case_routes(service: Service, store: IntakeStore, settings: IntakeSettings)
     ) -> CaseStatus:
         """The stage the case reached (downstream too), and what it waits for and why."""
         return status_of(await handlers.tenant_case(store, principal.tenant_id, case_id), settings)
+
+    @api.get(
+        "/v1/fhir/Task/{case_id}",
+        tags=["cases"],
+        response_class=JSONResponse,
+        responses={200: {"content": {fhir_out.FHIR_JSON: {"schema": {"type": "object"}}}}},
+    )
+    async def case_task(
+        case_id: str, principal: Annotated[Principal, Depends(integrator)]
+    ) -> Response:
+        """The case's progress as a FHIR R4 Task: status and businessStatus from the
+        stage, `focus` the integrator's ServiceRequest, `for` the patient, what the case
+        waits for in `statusReason`. Another tenant's case is a 404."""
+        case = await handlers.tenant_case(store, principal.tenant_id, case_id)
+        policy = settings.delivery_policy_for(case.tenant_id)
+        required = policy.required(bool(case.submission.treating_clinician_email))
+        return JSONResponse(fhir_out.task(case, required), media_type=fhir_out.FHIR_JSON)
 
     @api.get("/v1/cases", response_model=list[CaseStatus], tags=["cases"])
     async def list_cases(

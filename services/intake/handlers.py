@@ -106,17 +106,27 @@ def _is_calendar_date(value: str) -> bool:
 
 
 def validate_fhir(payload: Any) -> CaseSubmission:
-    """A FHIR case mapped, then validated like a native one; errors name the FHIR source."""
+    """A FHIR case mapped, then validated like a native one. Every issue is reported
+    at once: what stands in the way of reading it, then what the native rules find in
+    what could be read, each located at its FHIR element (FHIRPath) and field."""
     try:
-        mapped = fhir.to_submission(payload)
+        reading = fhir.read_case(payload)
     except fhir.FhirMappingError as exc:
         raise InvalidInput("the FHIR case cannot be read", errors=_dump(exc.errors)) from None
+    errors = list(reading.issues)
+    submission = None
     try:
-        submission = CaseSubmission.model_validate(mapped)
+        submission = CaseSubmission.model_validate(reading.mapped)
     except ValidationError as exc:
-        errors = [e.model_copy(update={"loc": fhir.native_loc(e.loc)}) for e in field_errors(exc)]
-        raise InvalidInput("the FHIR case failed validation", errors=_dump(errors)) from None
-    if errors := impossible_dates(submission):
+        for e in field_errors(exc):
+            if (loc := reading.located(e.loc)) is not None:
+                errors.append(e.model_copy(update={"loc": loc}))
+    if submission is not None and not errors:
+        errors = [
+            e.model_copy(update={"loc": reading.located(e.loc) or e.loc})
+            for e in impossible_dates(submission)
+        ]
+    if errors or submission is None:
         raise InvalidInput("the FHIR case failed validation", errors=_dump(errors))
     return submission
 

@@ -43,7 +43,6 @@ from shared.events import (
     ReportReady,
     ReportSubmitted,
 )
-from shared.vocabulary import Subspecialty
 
 Stage = Literal[
     "received",
@@ -337,12 +336,8 @@ def _notification(p: Progress, event: NotificationDelivered, at: datetime) -> No
 
 
 def reviewer_words(subspecialty: str) -> str:
-    """`cardiology` → "cardiology reviewer"."""
-    try:
-        name = Subspecialty(subspecialty).needs.display
-    except ValueError:
-        name = subspecialty.replace("_", " ")
-    return f"{name[:1].lower()}{name[1:]} reviewer" if name else "reviewer"
+    """`cardiology` → "cardiology reviewer" (the router's own word for it)."""
+    return f"{subspecialty.replace('_', ' ')} reviewer" if subspecialty else "reviewer"
 
 
 def waiting_for(stage: Stage, p: Progress, required: tuple[Audience, ...]) -> list[str]:
@@ -386,8 +381,11 @@ def _records_words(r: RecordsView) -> list[str]:
 
 def _assignment_words(a: AssignmentView) -> list[str]:
     if a.state == "unassignable":
-        who = reviewer_words(a.subspecialty) if a.subspecialty else "reviewer"
-        return [f"a reviewer: no eligible {who} on the roster ({a.reason})"]
+        line = f"a reviewer: no eligible {reviewer_words(a.subspecialty)} on the roster"
+        # The assignment service's reason, when it says more than that.
+        if a.reason and not a.reason.startswith("no eligible"):
+            line += f" ({a.reason})"
+        return [line + "; operations are alerted"]
     if a.state == "reassigning":
         return [f"a new reviewer: {a.reason}; the case is being offered to another"]
     return ["a reviewer: the case is being matched to an independent subspecialist"]
