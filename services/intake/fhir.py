@@ -109,6 +109,14 @@ READABLE = {
     "string_type": "must be a string",
     "bool_type": "must be true or false",
     "date_from_datetime_parsing": "is not a FHIR date (YYYY, YYYY-MM or YYYY-MM-DD)",
+    "json_invalid": "has the wrong shape for this element (an object expected)",
+    "json_type": "has the wrong shape for this element (an object expected)",
+    "string_too_short": "is missing or too short",
+    "too_short": "is missing",
+    "string_too_long": "is too long",
+    "too_long": "has too many entries",
+    "enum": "is not one of the values this element allows",
+    "literal_error": "is not one of the values this element allows",
 }
 
 
@@ -321,10 +329,20 @@ def map_records(patient: Any, res: Resources) -> list[dict[str, Any]]:
     return records
 
 
-def _question(request: Any) -> str:
+def _question(request: Any, res: Resources) -> str:
+    """The clinical question: the notes and the reasons' text; a request with neither
+    (the published examples have none) asks for a second opinion on what it orders,
+    for its reason's condition (documented default)."""
     notes = [str(n.text) for n in request.note or [] if n.text]
     reasons = [t for t in (_text(c) for c in request.reasonCode or []) if t]
-    return "\n".join(notes + reasons)
+    if notes or reasons:
+        return "\n".join(notes + reasons)
+    what = _text(request.code)
+    conditions = [res.get(r) for r in request.reasonReference or []]
+    why = [_text(c.code) for c in conditions if c is not None and getattr(c, "code", None)]
+    if not what:
+        return ""
+    return f"Second opinion requested on {what}" + (f" ({', '.join(why)})" if why else "")
 
 
 def _tier(request: Any) -> str:
@@ -506,7 +524,7 @@ def read_case(payload: Any) -> Reading:
     mapped = {
         "external_id": _external_id(request),
         "patient": map_patient(patient) if patient is not None else {},
-        "question": _question(request),
+        "question": _question(request, res),
         "first_opinion": opinion,
         "urgency": PRIORITY.get(request.priority or "routine", Urgency.ROUTINE).value,
         "service_tier": _tier(request),

@@ -16,6 +16,7 @@ from services.intake.progress import Audience, waiting_for
 
 FHIR_JSON = "application/fhir+json"
 STAGE_SYSTEM = "urn:secondopinion:case-stage"
+ERROR_SYSTEM = "urn:secondopinion:error-type"
 
 # OperationOutcome.issue.code (http://hl7.org/fhir/issue-type) per error type.
 ISSUE_CODE = {
@@ -84,7 +85,14 @@ def operation_outcome(
         text = f"{where}: {msg}" if where and where != "body" else msg
         if field:
             text += f" (case field {field})"
-        issue: dict[str, Any] = {"severity": "error", "code": code, "details": {"text": text}}
+        issue: dict[str, Any] = {
+            "severity": "error",
+            "code": code,
+            # The router's own error type (the `type` of problem+json's errors) and,
+            # for machines, where the router located it (no submitted value).
+            "details": {"coding": [{"system": ERROR_SYSTEM, "code": type_ or code}], "text": text},
+            "diagnostics": loc or "body",
+        }
         if expression:
             issue["expression"] = [expression]
         issues.append(issue)

@@ -120,7 +120,9 @@ def validate_fhir(payload: Any) -> CaseSubmission:
     except ValidationError as exc:
         for e in field_errors(exc):
             if (loc := reading.located(e.loc)) is not None:
-                errors.append(e.model_copy(update={"loc": loc}))
+                errors.append(
+                    e.model_copy(update={"loc": loc, "msg": fhir.readable(e.type, e.msg)})
+                )
     if submission is not None and not errors:
         errors = [
             e.model_copy(update={"loc": reading.located(e.loc) or e.loc})

@@ -147,7 +147,7 @@ def test_manifest_says_why_something_is_missing() -> None:
 
 
 def test_missing_items_read_as_plain_words() -> None:
-    """"no prior study not found" said the opposite of what it meant."""
+    """ "no prior study not found" said the opposite of what it meant."""
     facts = Facts(studies=[study("a", "20261001")], clinical=REPORT)
     (prior,) = domain.build_manifest(REREAD, facts).missing
     assert prior.detail == "prior_studies: no prior study found at the provider"
