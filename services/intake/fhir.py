@@ -553,7 +553,7 @@ def read_case(payload: Any) -> Reading:
         )
         if loc in covered
     }
-    if not consents or any(".organization" in i.loc for i in issues):
+    if patient is None or not consents or any(".organization" in i.loc for i in issues):
         covers.add("records")
     return Reading(mapped, issues, covers, where)
 
