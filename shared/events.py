@@ -451,6 +451,14 @@ class NotificationDelivered(Event):
     channel: Text32
     subscription_id: Text128 = ""
     status: str = Field(max_length=16, pattern=r"^(delivered|dead_letter)$")
+    # Whom it was for (the subscription's audience): intake's status keeps delivery
+    # per audience and a case is `delivered` when the tenant's policy's audiences
+    # have the report (docs/intake.md). Older producers meant the partner.
+    audience: str = Field(
+        default="partner",
+        max_length=32,
+        pattern=r"^(partner|treating_clinician|patient_portal)$",
+    )
 
 
 TOPIC_MODELS: dict[str, type[BaseModel]] = {

@@ -102,12 +102,15 @@ def write_providers(paths: Paths, endpoints: dict[str, str]) -> Path:
 
 
 def service_env(paths: Paths, endpoints: dict[str, str], ports: dict[str, int]) -> dict[str, str]:
+    providers = write_providers(paths, endpoints)
     env = {
         **os.environ,
         "KAFKA_BOOTSTRAP": endpoints["kafka_bootstrap"],
         "MONGO_URI": endpoints["mongo_uri"],
         "TRACE_DIR": str(paths.traces),
-        "RECORDS_FETCH_PROVIDERS_FILE": str(write_providers(paths, endpoints)),
+        "RECORDS_FETCH_PROVIDERS_FILE": str(providers),
+        # Intake refuses a case naming a provider this registry does not hold.
+        "INTAKE_PROVIDERS_FILE": str(providers),
         # Retrieved DICOM files and reviewers' signing keys stay with this stack's state.
         "RECORDS_FETCH_RECORDS_DIR": str(paths.root / "records"),
         "REPORTING_KEY_DIR": str(paths.root / "keys"),

@@ -15,10 +15,11 @@ import asyncio
 from typing import Annotated, Any, ClassVar, TypeVar
 
 from fastapi import Depends, FastAPI, Query, Request, Response
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from services.intake import domain, fhir, handlers
-from services.intake.documents import CaseDocument, Stage
+from services.intake import fhir, fhir_out, handlers, progress
+from services.intake.documents import CaseDocument
 from services.intake.settings import IntakeSettings
 from services.intake.store import IntakeStore
 from services.intake.telemetry import IntegratorKeyRedaction
@@ -26,14 +27,8 @@ from shared.auth import Principal
 from shared.clock import SYSTEM_CLOCK, Clock
 from shared.envelope import EventMeta
 from shared.errors import InvalidInput, PermanentError
-from shared.events import (
-    CaseAssigned,
-    CaseSubmission,
-    NotificationDelivered,
-    RecordsComplete,
-    ReportReady,
-    ReportSubmitted,
-)
+from shared.events import CaseSubmission
+from shared.providers import ProviderRegistry, load_registry
 from shared.runtime import ProcessService, Service
 
 JSON_TYPES = ("application/json", "application/fhir+json")
@@ -55,15 +50,30 @@ class UnsupportedMediaType(PermanentError):
 
 
 class CaseStatus(BaseModel):
-    """What an integrator sees of its case: the stage reached, what it waits for and why,
-    and how intake triaged and routed it."""
+    """What an integrator sees of its case: the stage reached, what it waits for and why
+    (records still missing, the assignment's state, the report's delivery), and how
+    intake triaged and routed it: no other service's API is needed to follow a case."""
 
     case_id: str
     external_id: str
     stage: str
-    waiting_reasons: list[str] = []
+    waiting_reasons: list[str] = Field(
+        default=[], description="What the case waits for, in plain words"
+    )
     waiting_on_authorization: list[str] = []
     hold_reason: str = ""
+    records: progress.RecordsView = progress.RecordsView()
+    assignment: progress.AssignmentView = progress.AssignmentView()
+    report_id: str = ""
+    delivery: dict[str, progress.AudienceDelivery] = Field(
+        default={},
+        description="Per audience (partner, treating_clinician): the report's delivery "
+        "(not_sent, pending, delivered, failed = dead letter) and its time, and the latest "
+        "notifications sent to it",
+    )
+    delivery_audiences: list[str] = Field(
+        default=[], description="The audiences the report must reach before `delivered`"
+    )
     urgency: str = "routine"
     urgency_reason: str = ""
     subspecialties: list[dict[str, str]] = []
@@ -113,15 +123,22 @@ class CaseSubmittedEnvelope(BaseModel):
         return "org.secondopinion.case.submitted.v1"
 
 
-def status_of(case: CaseDocument) -> CaseStatus:
-    reasons = domain.waiting_reasons(case.hold_reason, case.waiting_on_authorization)
+def status_of(case: CaseDocument, settings: IntakeSettings) -> CaseStatus:
+    policy = settings.delivery_policy_for(case.tenant_id)
+    required = policy.required(bool(case.submission.treating_clinician_email))
+    p = case.progress
     return CaseStatus(
         case_id=case.id,
         external_id=case.external_id,
         stage=case.stage,
-        waiting_reasons=reasons if case.waiting else [],
+        waiting_reasons=handlers.waiting_for(case, case.stage, required),
         waiting_on_authorization=case.waiting_on_authorization,
         hold_reason=case.hold_reason,
+        records=p.records,
+        assignment=p.assignment,
+        report_id=p.report_id,
+        delivery=p.delivery,
+        delivery_audiences=list(required),
         urgency=case.urgency.value,
         urgency_reason=case.urgency_reason,
         subspecialties=[{"name": s.name.value, "reason": s.reason} for s in case.subspecialties],
@@ -159,6 +176,21 @@ def json_body(model: type[BaseModel]) -> dict[str, Any]:
     """OpenAPI for a body the route reads itself (`read_model`)."""
     ref = {"$ref": f"#/components/schemas/{model.__name__}"}
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
+
+
+class FhirRefusal(Exception):
+    """A refusal to a FHIR client: answered as an OperationOutcome, not problem+json."""
+
+    def __init__(self, error: PermanentError) -> None:
+        super().__init__(error.detail)
+        self.error = error
+
+
+def wants_fhir(request: Request, fhir_only: bool) -> bool:
+    """A FHIR client: it sent or asks for `application/fhir+json`, or used the FHIR route."""
+    ctype = request.headers.get("content-type", "").lower()
+    accept = request.headers.get("accept", "").lower()
+    return fhir_only or "application/fhir+json" in ctype or "application/fhir+json" in accept
 
 
 def media_type(request: Request, fhir_only: bool) -> str:
@@ -234,14 +266,20 @@ def create_service(
         service.collection("cases", outbox=True), service.collection("rejections", outbox=True)
     )
     service.on_startup(store.create_indexes)
-    _http_routes(service, store, settings)
+    registry = load_registry(settings.providers_file) if settings.providers_file else None
+    _http_routes(service, store, settings, registry)
     _case_routes(service, store, settings)
-    _subscribers(service, store)
+    _subscribers(service, store, settings, registry)
     _document_bodies(service.api)
     return service
 
 
-def _http_routes(service: Service, store: IntakeStore, settings: IntakeSettings) -> None:
+def _http_routes(
+    service: Service,
+    store: IntakeStore,
+    settings: IntakeSettings,
+    registry: ProviderRegistry | None,
+) -> None:
     api = service.api
     integrator = service.require("integrator")
     parsing = asyncio.Semaphore(PARSE_CONCURRENCY)
@@ -267,15 +305,25 @@ def _http_routes(service: Service, store: IntakeStore, settings: IntakeSettings)
                 submission = await asyncio.to_thread(validate, payload)
             external_id = submission.external_id
             result = await handlers.submit_case(
-                store, service.clock, principal.tenant_id, submission
+                store, service.clock, principal.tenant_id, submission, registry, as_fhir
             )
         except PermanentError as exc:
             await handlers.record_http_rejection(
                 store, service.clock, principal.tenant_id, channel, external_id, exc
             )
+            if wants_fhir(request, fhir_only):
+                raise FhirRefusal(exc) from None
             raise
         service.emitted(result.outbox)
         return result
+
+    @api.exception_handler(FhirRefusal)
+    async def fhir_refusal(_: Request, exc: Exception) -> Response:
+        """A FHIR client is refused with an OperationOutcome listing every issue."""
+        assert isinstance(exc, FhirRefusal)
+        e = exc.error
+        body = fhir_out.operation_outcome(e.status_code, e.title, e.detail, e.errors)
+        return JSONResponse(body, status_code=e.status_code, media_type=fhir_out.FHIR_JSON)
 
     def respond(result: handlers.SubmitResult, response: Response) -> SubmitResponse:
         response.status_code = 201 if result.created else 200
@@ -323,7 +371,24 @@ def _case_routes(service: Service, store: IntakeStore, settings: IntakeSettings)
         case_id: str, principal: Annotated[Principal, Depends(integrator)]
     ) -> CaseStatus:
         """The stage the case reached (downstream too), and what it waits for and why."""
-        return status_of(await handlers.tenant_case(store, principal.tenant_id, case_id))
+        return status_of(await handlers.tenant_case(store, principal.tenant_id, case_id), settings)
+
+    @api.get(
+        "/v1/fhir/Task/{case_id}",
+        tags=["cases"],
+        response_class=JSONResponse,
+        responses={200: {"content": {fhir_out.FHIR_JSON: {"schema": {"type": "object"}}}}},
+    )
+    async def case_task(
+        case_id: str, principal: Annotated[Principal, Depends(integrator)]
+    ) -> Response:
+        """The case's progress as a FHIR R4 Task: status and businessStatus from the
+        stage, `focus` the integrator's ServiceRequest, `for` the patient, what the case
+        waits for in `statusReason`. Another tenant's case is a 404."""
+        case = await handlers.tenant_case(store, principal.tenant_id, case_id)
+        policy = settings.delivery_policy_for(case.tenant_id)
+        required = policy.required(bool(case.submission.treating_clinician_email))
+        return JSONResponse(fhir_out.task(case, required), media_type=fhir_out.FHIR_JSON)
 
     @api.get("/v1/cases", response_model=list[CaseStatus], tags=["cases"])
     async def list_cases(
@@ -331,7 +396,7 @@ def _case_routes(service: Service, store: IntakeStore, settings: IntakeSettings)
         limit: Annotated[int, Query(ge=1, le=500)] = 100,
     ) -> list[CaseStatus]:
         docs = await store.list_for_tenant(principal.tenant_id, limit)
-        return [status_of(d) for d in docs]
+        return [status_of(d, settings) for d in docs]
 
     @api.post(
         "/v1/cases/{case_id}/authorizations",
@@ -349,7 +414,7 @@ def _case_routes(service: Service, store: IntakeStore, settings: IntakeSettings)
             store, service.clock, principal.tenant_id, case_id, body.provider_id, body.reference
         )
         service.emitted(outbox)
-        return status_of(doc)
+        return status_of(doc, settings)
 
     @api.post(
         "/v1/cases/{case_id}/review",
@@ -366,38 +431,47 @@ def _case_routes(service: Service, store: IntakeStore, settings: IntakeSettings)
             store, service.clock, case_id, body.release, body.note, principal.subject
         )
         service.emitted(outbox)
-        return status_of(doc)
+        return status_of(doc, settings)
 
 
-STAGE_EVENTS: dict[type[BaseModel], Stage] = {
-    RecordsComplete: "records_complete",
-    CaseAssigned: "assigned",
-    ReportSubmitted: "report_submitted",
-    ReportReady: "report_ready",
-    NotificationDelivered: "delivered",
-}
-
-
-def _subscribers(service: Service, store: IntakeStore) -> None:
+def _subscribers(
+    service: Service,
+    store: IntakeStore,
+    settings: IntakeSettings,
+    registry: ProviderRegistry | None,
+) -> None:
     @service.consumer.on(CaseSubmittedEnvelope)
     async def on_case_submitted(event: CaseSubmittedEnvelope, meta: EventMeta) -> None:
         if not service.credentials.has_tenant(event.tenant_id):
             raise PermanentError(f"unknown tenant {event.tenant_id!r}")
         outbox = await handlers.submit_from_kafka(
-            store, service.clock, meta.event_id, event.tenant_id, event.submission, event.fhir
+            store,
+            service.clock,
+            meta.event_id,
+            event.tenant_id,
+            event.submission,
+            event.fhir,
+            registry,
         )
         service.emitted(outbox)
 
-    for model, stage in STAGE_EVENTS.items():
-        _follow(service, store, model, stage)
+    # The case's progress downstream (services/intake/progress.py): every event that
+    # moves a stage or says what the case waits for.
+    for model in progress.FOLLOWED:
+        _follow(service, store, settings, model)
 
 
-def _follow(service: Service, store: IntakeStore, model: type[BaseModel], stage: Stage) -> None:
-    async def on_stage(event: Any, meta: EventMeta) -> None:
-        await handlers.record_stage(store, service.clock, event.case_id, meta, stage)
+def _follow(
+    service: Service, store: IntakeStore, settings: IntakeSettings, model: type[BaseModel]
+) -> None:
+    async def on_event(event: Any, meta: EventMeta) -> None:
+        outbox = await handlers.follow(
+            store, service.clock, event, meta, settings.delivery_policy_for
+        )
+        service.emitted(outbox)
 
-    on_stage.__name__ = f"on_{stage}"
-    service.consumer.on(model, follower=True)(on_stage)
+    on_event.__name__ = f"on_{model.topic.replace('.', '_')}"  # type: ignore[attr-defined]
+    service.consumer.on(model, follower=True)(on_event)
 
 
 default_service = ProcessService(create_service)

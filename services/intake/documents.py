@@ -14,21 +14,12 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from services.intake.progress import Progress
+from services.intake.progress import Stage as Stage
+from services.intake.progress import StageRecord as StageRecord
 from shared.events import CaseSubmission, FieldError, Urgency
 from shared.vocabulary import Subspecialty
 
-Stage = Literal[
-    "received",
-    "held_for_review",
-    "awaiting_authorization",
-    "accepted",
-    "records_complete",
-    "assigned",
-    "report_submitted",
-    "report_ready",
-    "delivered",
-    "declined",
-]
 SecondOpinionValue = Literal["high", "standard", "low"]
 
 
@@ -70,15 +61,6 @@ class ReviewRecord(BaseModel):
     at: datetime
 
 
-class StageRecord(BaseModel):
-    """A stage reached: `at` when it happened, `recorded_at` when intake heard of it
-    (downstream stages only)."""
-
-    stage: Stage
-    at: datetime
-    recorded_at: datetime | None = None
-
-
 class CaseDocument(Stored):
     id: str = Field(alias="_id")
     tenant_id: str
@@ -99,6 +81,10 @@ class CaseDocument(Stored):
     stage: Stage
     stage_rank: int
     history: list[StageRecord] = []
+    # What intake knows downstream (services/intake/progress.py); the stage is derived
+    # from it and `progress_version` guards its read-modify-write.
+    progress: Progress = Progress()
+    progress_version: int = 0
     created_at: datetime
     updated_at: datetime
 

@@ -15,6 +15,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import date
 
+from services.intake import progress
 from services.intake.documents import CaseDocument
 from shared.events import (
     CaseAccepted,
@@ -28,18 +29,8 @@ from shared.vocabulary import Subspecialty
 
 CASE_NAMESPACE = uuid.UUID("6f2b1c3e-6a53-4c1b-9d0e-2d8f0e8a7c11")
 
-# Stages a case goes through, in order; intake's status view only moves forward.
-STAGES = (
-    "received",
-    "held_for_review",
-    "awaiting_authorization",
-    "accepted",
-    "records_complete",
-    "assigned",
-    "report_submitted",
-    "report_ready",
-    "delivered",
-)
+# Stages a case goes through, in order (services/intake/progress.py).
+STAGES = progress.STAGES
 
 
 def case_id_for(tenant_id: str, external_id: str) -> str:
@@ -52,7 +43,7 @@ def submission_fingerprint(submission: CaseSubmission) -> str:
 
 
 def stage_rank(stage: str) -> int:
-    return STAGES.index(stage) if stage in STAGES else -1
+    return progress.stage_rank(stage)
 
 
 def missing_authorizations(submission: CaseSubmission) -> list[str]:

@@ -19,6 +19,7 @@ status active = authorized, provision.class = the kinds of records).
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any
 
 from fhir.resources.R4B.bundle import Bundle
@@ -44,18 +45,27 @@ KIND_BY_RESOURCE = {
     "Procedure": RecordKind.TREATMENTS,
 }
 # Native field → the FHIR element it is read from, so errors point at the FHIR input.
-FHIR_SOURCE = {
-    "external_id": "ServiceRequest.identifier",
-    "question": "ServiceRequest.note",
-    "patient.name": "Patient.name",
-    "patient.birth_date": "Patient.birthDate",
-    "patient.jurisdiction": "Patient.address",
-    "patient.sex": "Patient.gender",
-    "first_opinion.diagnosis": "ServiceRequest.reasonReference",
-    "first_opinion.report_text": "DiagnosticReport.presentedForm",
-    "records": "Consent",
-    "urgency": "ServiceRequest.priority",
-    "service_tier": "ServiceRequest.code",
+FHIR_SOURCE: dict[str, tuple[str, str]] = {
+    "external_id": ("ServiceRequest", "identifier"),
+    "question": ("ServiceRequest", "note"),
+    "patient.name": ("Patient", "name"),
+    "patient.birth_date": ("Patient", "birthDate"),
+    "patient.jurisdiction": ("Patient", "address"),
+    "patient.sex": ("Patient", "gender"),
+    "patient.identifiers": ("Patient", "identifier"),
+    "patient": ("Patient", ""),
+    "first_opinion.diagnosis": ("ServiceRequest", "reasonReference"),
+    "first_opinion.report_text": ("DiagnosticReport", "presentedForm"),
+    "first_opinion": ("DiagnosticReport", ""),
+    "records": ("Consent", ""),
+    "urgency": ("ServiceRequest", "priority"),
+    "service_tier": ("ServiceRequest", "code"),
+    "treating_clinician_email": ("ServiceRequest", "requester"),
+    "earlier_opinions": ("ServiceRequest", "supportingInfo"),
+    "diagnoses": ("ServiceRequest", "reasonCode"),
+    "procedures": ("ServiceRequest", "code"),
+    "body_sites": ("ServiceRequest", "bodySite"),
+    "request_reference": ("ServiceRequest", "identifier"),
 }
 
 
@@ -80,18 +90,50 @@ def _error(loc: str, msg: str, type_: str = "fhir_mapping") -> FhirMappingError:
 
 
 def fhir_field_errors(exc: ValidationError, root: str) -> list[FieldError]:
-    """fhir.resources validation errors, located in the FHIR document, without values."""
-    return [
-        FieldError(loc=".".join([root, *(str(p) for p in e["loc"])]), msg=e["msg"], type=e["type"])
-        for e in exc.errors(include_input=False, include_url=False)
-    ]
+    """fhir.resources validation errors, located in the FHIR document (FHIRPath:
+    `Bundle.entry[0].resource.subject`), in words, without values."""
+    errors = []
+    for e in exc.errors(include_input=False, include_url=False):
+        path = root
+        for part in e["loc"]:
+            path += f"[{part}]" if isinstance(part, int) else f".{part}"
+        errors.append(FieldError(loc=path, msg=readable(e["type"], e["msg"]), type=e["type"]))
+    return errors
+
+
+READABLE = {
+    "missing": "is required",
+    "extra_forbidden": "is not an element of this resource in FHIR R4",
+    "model_type": "has the wrong shape for this element (an object, a list or a value expected)",
+    "list_type": "must be a list (this element repeats in FHIR R4)",
+    "string_type": "must be a string",
+    "bool_type": "must be true or false",
+    "date_from_datetime_parsing": "is not a FHIR date (YYYY, YYYY-MM or YYYY-MM-DD)",
+    "json_invalid": "has the wrong shape for this element (an object expected)",
+    "json_type": "has the wrong shape for this element (an object expected)",
+    "string_too_short": "is missing or too short",
+    "too_short": "is missing",
+    "string_too_long": "is too long",
+    "too_long": "has too many entries",
+    "enum": "is not one of the values this element allows",
+    "literal_error": "is not one of the values this element allows",
+}
+
+
+def readable(type_: str, msg: str) -> str:
+    """A validation message in the words of the FHIR specification, not of the library."""
+    if type_ in READABLE:
+        return READABLE[type_]
+    if type_.endswith("pattern_mismatch") or type_ == "value_error":
+        return "is not a valid value for this FHIR element"
+    return msg
 
 
 def native_loc(loc: str) -> str:
     """`records.0.kinds` → `Consent (records.0.kinds)`: the FHIR source, then the field."""
-    for prefix, source in FHIR_SOURCE.items():
+    for prefix, (rtype, element) in FHIR_SOURCE.items():
         if loc == prefix or loc.startswith(prefix + "."):
-            return f"{source} ({loc})"
+            return f"{rtype}.{element} ({loc})" if element else f"{rtype} ({loc})"
     return loc
 
 
@@ -100,17 +142,23 @@ class Resources:
 
     def __init__(self) -> None:
         self._by_ref: dict[str, Any] = {}
+        self._path: dict[int, str] = {}
         self.all: list[Any] = []
 
-    def add(self, resource: Any, *refs: str) -> None:
+    def add(self, resource: Any, *refs: str, path: str = "") -> None:
         self.all.append(resource)
         rtype, rid = resource.get_resource_type(), resource.id
+        self._path[id(resource)] = path or rtype
         for ref in (*refs, f"{rtype}/{rid}" if rid else ""):
             if ref:
                 self._by_ref[ref] = resource
         # Not every resource type has `contained` (a bare `Resource` has not).
-        for inner in getattr(resource, "contained", None) or []:
-            self.add(inner, f"#{inner.id}")
+        for j, inner in enumerate(getattr(resource, "contained", None) or []):
+            self.add(inner, f"#{inner.id}", path=f"{self._path[id(resource)]}.contained[{j}]")
+
+    def path(self, resource: Any) -> str:
+        """Where the resource is in the submission, as FHIRPath (`Bundle.entry[2].resource`)."""
+        return self._path.get(id(resource), resource.get_resource_type())
 
     def get(self, reference: Any) -> Any:
         ref = getattr(reference, "reference", None) or ""
@@ -149,9 +197,11 @@ def parse(payload: Any) -> tuple[Any, Resources]:
     if rtype == "ServiceRequest":
         resources.add(parsed)
     else:
-        for entry in parsed.entry or []:
+        for i, entry in enumerate(parsed.entry or []):
             if entry.resource is not None:
-                resources.add(entry.resource, entry.fullUrl or "")
+                resources.add(
+                    entry.resource, entry.fullUrl or "", path=f"Bundle.entry[{i}].resource"
+                )
     requests = resources.of_type("ServiceRequest")
     if len(requests) != 1:
         raise _error("Bundle.entry", f"expected one ServiceRequest, found {len(requests)}")
@@ -279,10 +329,20 @@ def map_records(patient: Any, res: Resources) -> list[dict[str, Any]]:
     return records
 
 
-def _question(request: Any) -> str:
+def _question(request: Any, res: Resources) -> str:
+    """The clinical question: the notes and the reasons' text; a request with neither
+    (the published examples have none) asks for a second opinion on what it orders,
+    for its reason's condition (documented default)."""
     notes = [str(n.text) for n in request.note or [] if n.text]
     reasons = [t for t in (_text(c) for c in request.reasonCode or []) if t]
-    return "\n".join(notes + reasons)
+    if notes or reasons:
+        return "\n".join(notes + reasons)
+    what = _text(request.code)
+    conditions = [res.get(r) for r in request.reasonReference or []]
+    why = [_text(c.code) for c in conditions if c is not None and getattr(c, "code", None)]
+    if not what:
+        return ""
+    return f"Second opinion requested on {what}" + (f" ({', '.join(why)})" if why else "")
 
 
 def _tier(request: Any) -> str:
@@ -297,32 +357,238 @@ def _requester_email(request: Any, res: Resources) -> str:
     return str(emails[0]) if emails else ""
 
 
-def to_submission(payload: Any) -> dict[str, Any]:
-    """The native submission (unvalidated dict) a FHIR case maps to."""
-    request, res = parse(payload)
-    if request.status != "active" or request.intent not in ("order", "original-order"):
-        raise _error("ServiceRequest.status", "expected status 'active' and intent 'order'")
+# `intent` values that order the service; `proposal`, `plan`, `directive` and
+# `option` only suggest or plan it and are refused with that reason.
+ORDER_INTENTS = ("order", "original-order", "reflex-order", "filler-order", "instance-order")
+
+
+def _codings(concepts: Any) -> list[dict[str, str]]:
+    """The codes of CodeableConcepts (those with a code), clipped to the contract's bounds."""
+    found = []
+    for concept in concepts or []:
+        for c in concept.coding or []:
+            if c.code and c.system != TIER_SYSTEM:
+                found.append(
+                    {
+                        "system": str(c.system or "")[:200],
+                        "code": str(c.code)[:64],
+                        "display": str(c.display or "")[:200],
+                    }
+                )
+    return found
+
+
+def _token(identifier: Any) -> str:
+    """An Identifier as a FHIR search token, `system|value` (or the value alone)."""
+    if identifier is None or not identifier.value:
+        return ""
+    return f"{identifier.system}|{identifier.value}" if identifier.system else str(identifier.value)
+
+
+def request_reference(request: Any) -> str:
+    """The integrator's own request, for the report's `basedOn`: the identifier as a
+    token, else the requisition, else `ServiceRequest/<id>`."""
+    ident = next((i for i in request.identifier or [] if i.value), None)
+    token = _token(ident) or _token(request.requisition)
+    return (token or (f"ServiceRequest/{request.id}" if request.id else ""))[:200]
+
+
+def _external_id(request: Any) -> str:
+    """The idempotency key: the first identifier's value, else the requisition's, else
+    the ServiceRequest's id (documented default for requests without an identifier)."""
     ident = next((i.value for i in request.identifier or [] if i.value), None)
-    if not ident:
-        raise _error("ServiceRequest.identifier", "the integrator's reference is required")
+    if ident:
+        return str(ident)
+    if request.requisition is not None and request.requisition.value:
+        return str(request.requisition.value)
+    return str(request.id or "")
+
+
+def earlier_opinions(request: Any, res: Resources, first: Any) -> list[dict[str, Any]]:
+    """Opinions given before the one under review: the DiagnosticReports the request
+    points at in `supportingInfo` (other than the first opinion's) or through the
+    Provenance of `relevantHistory`. `basedOn` is the plan or order this request
+    fulfils (in R4), never an earlier opinion."""
+    found: list[Any] = [res.get(s) for s in request.supportingInfo or []]
+    for h in request.relevantHistory or []:
+        prov = res.get(h)
+        if prov is not None and prov.get_resource_type() == "Provenance":
+            found += [res.get(t) for t in prov.target or []]
+    opinions, seen = [], {id(first)}
+    for r in found:
+        if r is None or r.get_resource_type() != "DiagnosticReport" or id(r) in seen:
+            continue
+        seen.add(id(r))
+        ident = next((i.value for i in r.identifier or [] if i.value), None)
+        reference = str(ident or (f"DiagnosticReport/{r.id}" if r.id else ""))
+        if not reference:
+            continue
+        _, org = _performers(r, res)
+        issued = r.issued.date().isoformat() if r.issued else None
+        opinions.append(
+            {
+                "reference": reference[:128],
+                "diagnosis": str(r.conclusion or "")[:2000],
+                "institution": str(org.name or "")[:200] if org else "",
+                "given_on": issued,
+            }
+        )
+    return opinions[:20]
+
+
+def _first_report(request: Any, res: Resources) -> Any:
+    support = [r for r in (res.get(s) for s in request.supportingInfo or []) if r is not None]
+    return next((r for r in support if r.get_resource_type() == "DiagnosticReport"), None)
+
+
+def read_case(payload: Any) -> Reading:
+    """Read a FHIR case: the mapped submission and every issue found, at once."""
+    request, res = parse(payload)
+    sr = res.path(request)
+    issues: list[FieldError] = []
+    if request.status != "active":
+        issues.append(
+            FieldError(
+                loc=f"{sr}.status",
+                msg=f"is '{request.status}': only an active request can be worked on",
+                type="business-rule",
+            )
+        )
+    if request.intent not in ORDER_INTENTS:
+        issues.append(
+            FieldError(
+                loc=f"{sr}.intent",
+                msg=f"is '{request.intent}': a second opinion needs an order "
+                f"({', '.join(ORDER_INTENTS)}), not a proposal or a plan",
+                type="business-rule",
+            )
+        )
+    if not _external_id(request):
+        issues.append(
+            FieldError(
+                loc=f"{sr}.identifier",
+                msg="the request needs an identifier (or an id) to be followed and resubmitted",
+                type="required",
+            )
+        )
     patient = res.get(request.subject)
     if patient is None or patient.get_resource_type() != "Patient":
-        raise _error("ServiceRequest.subject", "must reference a Patient in the submission")
-    return {
-        "external_id": str(ident),
-        "patient": map_patient(patient),
-        "question": _question(request),
-        "first_opinion": map_first_opinion(request, res),
+        issues.append(
+            FieldError(
+                loc=f"{sr}.subject",
+                msg="must reference a Patient carried in the submission (a Bundle entry or a "
+                "contained resource): the patient's name, birth date and address are needed",
+                type="required",
+            )
+        )
+        patient = None
+    records: list[dict[str, Any]] = []
+    consents = res.of_type("Consent")
+    if not consents:
+        issues.append(
+            FieldError(
+                loc=sr,
+                msg="no Consent: each provider holding the records needs a Consent whose "
+                "organization is that provider (the patient's release)",
+                type="required",
+            )
+        )
+    for consent in consents:
+        org_ref = (consent.organization or [None])[0]
+        org = res.get(org_ref) if org_ref else None
+        if org is None or not org.identifier:
+            issues.append(
+                FieldError(
+                    loc=f"{res.path(consent)}.organization",
+                    msg="must reference the providing Organization, with its identifier",
+                    type="required",
+                )
+            )
+    if patient is not None and not any(i.loc.endswith(".organization") for i in issues):
+        records = map_records(patient, res)
+    first = _first_report(request, res)
+    opinion = map_first_opinion(request, res)
+    if not opinion["diagnosis"]:
+        issues.append(
+            FieldError(
+                loc=f"{sr}.supportingInfo",
+                msg="no first opinion: reference the DiagnosticReport under review (its "
+                "conclusion) in supportingInfo, or the Condition in reasonReference",
+                type="required",
+            )
+        )
+    conditions = [res.get(r) for r in request.reasonReference or []]
+    condition_codes = [c.code for c in conditions if c is not None and getattr(c, "code", None)]
+    diagnoses = _codings(request.reasonCode) + _codings(condition_codes)
+    procedures = _codings([request.code] if request.code else []) + _codings(request.category)
+    mapped = {
+        "external_id": _external_id(request),
+        "patient": map_patient(patient) if patient is not None else {},
+        "question": _question(request, res),
+        "first_opinion": opinion,
         "urgency": PRIORITY.get(request.priority or "routine", Urgency.ROUTINE).value,
         "service_tier": _tier(request),
-        "records": map_records(patient, res),
+        "records": records,
         "treating_clinician_email": _requester_email(request, res),
-        "earlier_opinions": [
-            {"reference": str(b.identifier.value)}
-            for b in request.basedOn or []
-            if b.identifier is not None and b.identifier.value
-        ],
+        "earlier_opinions": earlier_opinions(request, res, first),
+        "diagnoses": diagnoses[:20],
+        "procedures": procedures[:20],
+        "body_sites": _codings(request.bodySite)[:10],
+        "request_reference": request_reference(request),
     }
+    # Where each native field's source is, so the native rules' findings point there.
+    where = {
+        "ServiceRequest": sr,
+        "Patient": res.path(patient) if patient is not None else f"{sr}.subject",
+        "Consent": res.path(consents[0]) if consents else sr,
+        "DiagnosticReport": res.path(first) if first is not None else f"{sr}.supportingInfo",
+    }
+    covered = {i.loc for i in issues}
+    covers = {
+        native
+        for native, loc in (
+            ("external_id", f"{sr}.identifier"),
+            ("patient", f"{sr}.subject"),
+            ("first_opinion.diagnosis", f"{sr}.supportingInfo"),
+        )
+        if loc in covered
+    }
+    if patient is None or not consents or any(".organization" in i.loc for i in issues):
+        covers.add("records")
+    return Reading(mapped, issues, covers, where)
+
+
+@dataclass
+class Reading:
+    """What a FHIR case says: the native submission it maps to (unvalidated), the
+    issues found reading it, the native fields those issues already explain (so one
+    problem is reported once), and where each resource is (FHIRPath)."""
+
+    mapped: dict[str, Any]
+    issues: list[FieldError]
+    covers: set[str]
+    where: dict[str, str]
+
+    def located(self, native: str) -> str | None:
+        """The FHIRPath of a native field's source, then the field: `Bundle.entry[1].
+        resource.address (patient.jurisdiction)`; None when an issue already says it."""
+        if any(native == c or native.startswith(c + ".") for c in self.covers):
+            return None
+        for prefix, (rtype, element) in FHIR_SOURCE.items():
+            if native == prefix or native.startswith(prefix + "."):
+                base = self.where.get(rtype, rtype)
+                path = f"{base}.{element}" if element else base
+                return f"{path} ({native})"
+        return f"{self.where['ServiceRequest']} ({native})"
+
+
+def to_submission(payload: Any) -> dict[str, Any]:
+    """The native submission (unvalidated dict) a FHIR case maps to, or
+    FhirMappingError listing every element that stands in the way at once."""
+    reading = read_case(payload)
+    if reading.issues:
+        raise FhirMappingError(reading.issues)
+    return reading.mapped
 
 
 def is_fhir_content_type(content_type: str) -> bool:

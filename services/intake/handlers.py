@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from services.intake import domain, fhir, safejson
+from services.intake import domain, fhir, progress, safejson
 from services.intake.documents import (
     AuthorizationRecord,
     CaseDocument,
@@ -27,8 +28,9 @@ from services.intake.documents import (
 from services.intake.store import IntakeStore
 from shared.clock import Clock
 from shared.envelope import EventMeta, OutboxEntry, outbox_entry
-from shared.errors import Conflict, InvalidInput, NotFound, PermanentError
-from shared.events import CaseRejected, CaseSubmission, FieldError
+from shared.errors import Conflict, InvalidInput, NotFound, PermanentError, RetryableError
+from shared.events import CaseRejected, CaseStatusChanged, CaseSubmission, FieldError
+from shared.providers import ProviderRegistry
 from shared.telemetry import current_traceparent
 
 MalformedInput = safejson.MalformedInput
@@ -104,17 +106,29 @@ def _is_calendar_date(value: str) -> bool:
 
 
 def validate_fhir(payload: Any) -> CaseSubmission:
-    """A FHIR case mapped, then validated like a native one; errors name the FHIR source."""
+    """A FHIR case mapped, then validated like a native one. Every issue is reported
+    at once: what stands in the way of reading it, then what the native rules find in
+    what could be read, each located at its FHIR element (FHIRPath) and field."""
     try:
-        mapped = fhir.to_submission(payload)
+        reading = fhir.read_case(payload)
     except fhir.FhirMappingError as exc:
         raise InvalidInput("the FHIR case cannot be read", errors=_dump(exc.errors)) from None
+    errors = list(reading.issues)
+    submission = None
     try:
-        submission = CaseSubmission.model_validate(mapped)
+        submission = CaseSubmission.model_validate(reading.mapped)
     except ValidationError as exc:
-        errors = [e.model_copy(update={"loc": fhir.native_loc(e.loc)}) for e in field_errors(exc)]
-        raise InvalidInput("the FHIR case failed validation", errors=_dump(errors)) from None
-    if errors := impossible_dates(submission):
+        for e in field_errors(exc):
+            if (loc := reading.located(e.loc)) is not None:
+                errors.append(
+                    e.model_copy(update={"loc": loc, "msg": fhir.readable(e.type, e.msg)})
+                )
+    if submission is not None and not errors:
+        errors = [
+            e.model_copy(update={"loc": reading.located(e.loc) or e.loc})
+            for e in impossible_dates(submission)
+        ]
+    if errors or submission is None:
         raise InvalidInput("the FHIR case failed validation", errors=_dump(errors))
     return submission
 
@@ -149,17 +163,79 @@ def _new_case(
         updated_at=now,
     )
     outbox = [_accepted_entry(case)] if a.stage == "accepted" else []
-    return case, outbox
+    return case, [*outbox, status_entry(case, case.stage, "", now)]
 
 
 def _accepted_entry(case: CaseDocument) -> OutboxEntry:
     return outbox_entry(domain.case_accepted(case), traceparent=current_traceparent())
 
 
+def waiting_for(
+    case: CaseDocument, stage: Stage, required: tuple[progress.Audience, ...]
+) -> list[str]:
+    """What the case at `stage` waits for, in plain words (services/intake/progress.py)."""
+    if stage in ("held_for_review", "awaiting_authorization"):
+        return domain.waiting_reasons(case.hold_reason, case.waiting_on_authorization)
+    return progress.waiting_for(stage, case.progress, required)
+
+
+def status_entry(
+    case: CaseDocument,
+    stage: Stage,
+    previous: str,
+    now: datetime,
+    required: tuple[progress.Audience, ...] = ("partner",),
+) -> OutboxEntry:
+    """`case.status`: the case reached `stage` (the operations view follows it)."""
+    changed = CaseStatusChanged(
+        case_id=case.id,
+        tenant_id=case.tenant_id,
+        stage=stage,
+        previous_stage=previous,
+        waiting_for=waiting_for(case, stage, required),
+        subspecialties=[s.name.value for s in case.subspecialties],
+        urgency=case.urgency,
+        service_tier=case.submission.service_tier,
+        changed_at=now,
+    )
+    return outbox_entry(changed, traceparent=current_traceparent())
+
+
+def refuse_unregistered(
+    registry: ProviderRegistry | None, tenant_id: str, submission: CaseSubmission, as_fhir: bool
+) -> None:
+    """A case naming a provider not registered for its tenant is refused at the door
+    (422 on the field; `case.rejected` on Kafka): records_fetch could never fetch it.
+    Once the provider is registered the same case is submitted again (docs/intake.md)."""
+    if registry is None:
+        return
+    errors = [
+        FieldError(
+            loc=fhir.native_loc(f"records.{i}.provider_id")
+            if as_fhir
+            else f"records.{i}.provider_id",
+            msg=f"provider {r.provider_id!r} is not registered for this tenant: register it, "
+            "then submit the case again",
+            type="unregistered_provider",
+        )
+        for i, r in enumerate(submission.records)
+        if not registry.is_registered(tenant_id, r.provider_id)
+    ]
+    if errors:
+        raise InvalidInput("the case names an unregistered provider", errors=_dump(errors))
+
+
 async def submit_case(
-    store: IntakeStore, clock: Clock, tenant_id: str, submission: CaseSubmission
+    store: IntakeStore,
+    clock: Clock,
+    tenant_id: str,
+    submission: CaseSubmission,
+    registry: ProviderRegistry | None = None,
+    as_fhir: bool = False,
 ) -> SubmitResult:
-    """Create the case once; a resubmission returns it, a changed one is a conflict."""
+    """Create the case once; a resubmission returns it, a changed one is a conflict.
+    A provider not in the tenant's `registry` refuses the case (nothing stored)."""
+    refuse_unregistered(registry, tenant_id, submission, as_fhir)
     refs = [e.reference for e in submission.earlier_opinions]
     known = await store.known_references(tenant_id, refs)
     case, outbox = _new_case(tenant_id, submission, known, clock.now())
@@ -266,7 +342,7 @@ async def _accept_if_ready(
 ) -> tuple[CaseDocument, list[OutboxEntry]]:
     if not case.waiting or case.hold_reason or case.waiting_on_authorization:
         return case, []
-    outbox = [_accepted_entry(case)]
+    outbox = [_accepted_entry(case), status_entry(case, "accepted", case.stage, clock.now())]
     rank = domain.stage_rank("accepted")
     if not await store.accept_if_ready(case.id, rank, outbox, clock.now()):
         outbox = []  # someone else accepted it first: one case.accepted only
@@ -289,13 +365,19 @@ async def review_hold(
         rejected = CaseRejected(
             case_id=case_id, tenant_id=case.tenant_id, external_id=case.external_id, errors=[err]
         )
-        outbox = [outbox_entry(rejected, traceparent=current_traceparent())]
+        outbox = [
+            outbox_entry(rejected, traceparent=current_traceparent()),
+            status_entry(case, "declined", case.stage, now),
+        ]
         if not await store.decline(case_id, review, outbox, now):
             outbox = []
         return await store.get(case_id) or case, outbox
     nxt: Stage = "awaiting_authorization"
-    await store.release_hold(case_id, review, nxt, domain.stage_rank(nxt), now)
-    return await _accept_if_ready(store, clock, await store.get(case_id) or case)
+    released = [status_entry(case.model_copy(update={"hold_reason": ""}), nxt, case.stage, now)]
+    if not await store.release_hold(case_id, review, nxt, domain.stage_rank(nxt), released, now):
+        released = []
+    case, outbox = await _accept_if_ready(store, clock, await store.get(case_id) or case)
+    return case, [*released, *outbox]
 
 
 def kafka_submission(submission: Any, fhir_payload: Any) -> CaseSubmission:
@@ -319,25 +401,56 @@ async def submit_from_kafka(
     tenant_id: str,
     submission: Any,
     fhir_payload: Any,
+    registry: ProviderRegistry | None = None,
 ) -> list[OutboxEntry]:
     """A Kafka submission: the case (idempotent), or a recorded case.rejected."""
     external_id = claimed_external_id(submission)
     try:
         # FHIR parsing is CPU work proportional to the Bundle: off the event loop.
         case = await asyncio.to_thread(kafka_submission, submission, fhir_payload)
-        result = await submit_case(store, clock, tenant_id, case)
+        as_fhir = fhir_payload is not None and submission is None
+        result = await submit_case(store, clock, tenant_id, case, registry, as_fhir)
     except (InvalidInput, MalformedInput, Conflict) as exc:
         errors = [FieldError.model_validate(e) for e in exc.errors]
         return await reject_submission(store, clock, event_id, tenant_id, external_id, errors)
     return result.outbox
 
 
-async def record_stage(
-    store: IntakeStore, clock: Clock, case_id: str, meta: EventMeta, stage: Stage
-) -> None:
-    """The stage is dated when the service that reached it says it happened (the
-    event's time), not when intake heard of it: a case is assigned when assignment
-    chose the reviewer."""
+# A downstream event re-read and re-applied when the case changed under it (another
+# topic's event for the same case, applied at the same moment); a case changing under
+# every try is retried by the consumer later.
+FOLLOW_TRIES = 8
+
+
+async def follow(
+    store: IntakeStore,
+    clock: Clock,
+    event: progress.Followed,
+    meta: EventMeta,
+    policy_for: Callable[[str], progress.DeliveryPolicy],
+) -> list[OutboxEntry]:
+    """A downstream event applied to the case's progress (services/intake/progress.py),
+    once, with a `case.status` per stage reached. The stage is dated when the service
+    that reached it says it happened (the event's time), not when intake heard of it."""
     now = clock.now()
     at = meta.occurred_at(default=now)
-    await store.advance_stage(case_id, meta.event_id, stage, domain.stage_rank(stage), at, now)
+    for _ in range(FOLLOW_TRIES):
+        case = await store.get(event.case_id)
+        if case is None:
+            return []  # not a case of this intake: nothing to show
+        if case.tenant_id != event.tenant_id:
+            raise PermanentError("the event names another tenant than its case")
+        required = policy_for(case.tenant_id).required(
+            bool(case.submission.treating_clinician_email)
+        )
+        step = progress.apply(case.stage, case.progress, event, at, now, required)
+        after = case.model_copy(update={"progress": step.progress})
+        outbox, previous = [], case.stage
+        for reached in step.reached:
+            outbox.append(status_entry(after, reached.stage, previous, reached.at, required))
+            previous = reached.stage
+        if await store.save_progress(case, meta.event_id, step, outbox, now):
+            return outbox
+        if await store.applied(case.id, meta.event_id):
+            return []
+    raise RetryableError("the case kept changing while the event was applied")

@@ -19,11 +19,11 @@ from services.intake.documents import (
     ReviewRecord,
     Stage,
 )
+from services.intake.progress import Step, stage_rank
 from shared.envelope import OutboxEntry
 from shared.store import (
     WITHOUT_OUTBOX,
     Doc,
-    apply_once,
     insert_with_outbox,
     update_if,
     update_with_outbox,
@@ -97,23 +97,18 @@ class IntakeStore:
         return await self.get(case_id) if recorded else None
 
     async def release_hold(
-        self, case_id: str, review: ReviewRecord, next_stage: Stage, rank: int, now: datetime
+        self,
+        case_id: str,
+        review: ReviewRecord,
+        next_stage: Stage,
+        rank: int,
+        outbox: list[OutboxEntry],
+        now: datetime,
     ) -> bool:
         """Clear the human-review hold once; the case then waits only on authorizations."""
-        return await update_if(
-            self.cases,
-            {"_id": case_id, "stage": "held_for_review"},
-            {
-                "$set": {
-                    "hold_reason": "",
-                    "review": _saved(review),
-                    "stage": next_stage,
-                    "stage_rank": rank,
-                    "updated_at": now,
-                },
-                "$push": {"history": {"stage": next_stage, "at": now}},
-            },
-        )
+        held = {"_id": case_id, "stage": "held_for_review"}
+        fields = {"hold_reason": "", "review": _saved(review), "stage_rank": rank}
+        return await self._transition(held, next_stage, fields, outbox, now)
 
     async def _transition(
         self, condition: Doc, stage: Stage, fields: Doc, outbox: list[OutboxEntry], now: datetime
@@ -145,28 +140,37 @@ class IntakeStore:
         }
         return await self._transition(ready, "accepted", {"stage_rank": rank}, outbox, now)
 
-    async def advance_stage(
-        self, case_id: str, event_id: str, stage: Stage, rank: int, at: datetime, now: datetime
-    ) -> None:
-        """Record a downstream stage reached `at` (heard of `now`); the stage shown
-        only moves forward.
+    async def save_progress(
+        self,
+        case: CaseDocument,
+        event_id: str,
+        step: Step,
+        outbox: list[OutboxEntry],
+        now: datetime,
+    ) -> bool:
+        """Store what a downstream event changed (services/intake/progress.py) with its
+        `case.status` events, once per event, if the case is still as it was read
+        (stage and `progress_version`); False if it is not, or the event was applied."""
+        version: Any = case.progress_version or {"$in": [0, None]}
+        query = {"_id": case.id, "stage": case.stage, "progress_version": version}
+        update: Doc = {
+            "$set": {
+                "progress": step.progress.model_dump(mode="python"),
+                "progress_version": case.progress_version + 1,
+                "stage": step.stage,
+                "stage_rank": stage_rank(step.stage),
+                "updated_at": now,
+            },
+        }
+        if step.reached:
+            history = [r.model_dump(mode="python") for r in step.reached]
+            update["$push"] = {"history": {"$each": history}}
+        return await update_with_outbox(self.cases, query, update, outbox, event_id)
 
-        One write in the usual case (stages arrive in order); a stage that
-        arrives after a later one (report.ready before report.submitted) only
-        joins the history, in a second, guarded write."""
-        entry: dict[str, Any] = {"history": {"stage": stage, "at": at, "recorded_at": now}}
-        forward = {"$push": entry, "$set": {"updated_at": now, "stage": stage, "stage_rank": rank}}
-        moved = await apply_once(
-            self.cases,
-            case_id,
-            event_id,
-            forward,
-            upsert=False,
-            where={"stage_rank": {"$lt": rank}},
-        )
-        if not moved:
-            late = {"$push": entry, "$set": {"updated_at": now}}
-            await apply_once(self.cases, case_id, event_id, late, upsert=False)
+    async def applied(self, case_id: str, event_id: str) -> bool:
+        """Whether the event was already applied to the case."""
+        found = await self.cases.find_one({"_id": case_id, "applied": event_id}, {"_id": 1})
+        return found is not None
 
     async def record_rejection(
         self, rejection: RejectionDocument, outbox: list[OutboxEntry]

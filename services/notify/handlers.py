@@ -189,6 +189,7 @@ def _finished_event(delivery: Delivery, state: str) -> list[OutboxEntry]:
         channel=delivery.channel,
         subscription_id=delivery.subscription_id,
         status=state,
+        audience=delivery.audience,
     )
     return [outbox_entry(done, traceparent=delivery.traceparent)]
 

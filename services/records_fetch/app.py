@@ -11,7 +11,6 @@ build their own service with their own settings and clock.
 # annotations at definition time, and they name closures of create_service.
 
 import asyncio
-import json
 import logging
 from typing import Annotated, Any
 
@@ -25,6 +24,7 @@ from services.records_fetch.domain import ProviderRegistry, RetryPolicy
 from services.records_fetch.retrieval import Retrieval
 from services.records_fetch.settings import RecordsFetchSettings
 from services.records_fetch.store import FetchStore
+from shared import providers
 from shared.aio import Slots, drain_forever
 from shared.auth import Principal
 from shared.clock import SYSTEM_CLOCK, Clock
@@ -41,9 +41,7 @@ class OverrideIn(BaseModel):
 
 
 def load_registry(settings: RecordsFetchSettings) -> ProviderRegistry:
-    if not settings.providers_file.exists():
-        return ProviderRegistry()
-    return ProviderRegistry(tenants=json.loads(settings.providers_file.read_text()))
+    return providers.load_registry(settings.providers_file)
 
 
 def create_service(

@@ -18,35 +18,18 @@ from enum import StrEnum
 from typing import Any
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl
+from pydantic import BaseModel, ConfigDict, Field
 
-from shared.errors import UnregisteredEndpoint
 from shared.events import ManifestItem, RecordKind, ServiceTier
+from shared.providers import ProviderEndpoints as ProviderEndpoints
+from shared.providers import ProviderRegistry as ProviderRegistry
 from shared.vocabulary import Subspecialty
 
 # ---------------------------------------------------------------- provider registry
 
 
-class ProviderEndpoints(BaseModel):
-    """A provider registered for a tenant: its PACS (DICOMweb) and FHIR base URLs."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    dicomweb_url: HttpUrl | None = None
-    fhir_url: HttpUrl | None = None
-
-
-class ProviderRegistry(BaseModel):
-    """tenant_id → provider_id → endpoints."""
-
-    tenants: dict[str, dict[str, ProviderEndpoints]] = {}
-
-    def lookup(self, tenant_id: str, provider_id: str) -> ProviderEndpoints:
-        try:
-            return self.tenants[tenant_id][provider_id]
-        except KeyError:
-            raise UnregisteredEndpoint(
-                f"provider {provider_id!r} is not registered for tenant {tenant_id!r}"
-            ) from None
+# The registry itself is shared/providers.py: intake reads it too, to refuse a case
+# naming a provider not registered for its tenant.
 
 
 def within_base(url: str, base: str) -> bool:
@@ -384,14 +367,17 @@ def _item(req: Requirement, present: bool, count: int, detail: str) -> ManifestI
 
 
 def _why_missing(kind: RecordKind, facts: Facts, what: str) -> str:
+    """Why nothing of `kind` is there, `what` naming the absence ("no prior study"):
+    "no prior study found at the provider", "no study: imaging not requested from any
+    provider" (read by integrators in intake's status: plain words, no double negation)."""
     if kind in facts.not_requested:
-        return f"{what} not requested from any provider"
+        return f"{what}: {kind.value} not requested from any provider"
     if facts.identifier_refused:
         refused = ", ".join(sorted(facts.identifier_refused))
-        return f"{what} missing; patient identifier refused (not requested) for: {refused}"
+        return f"{what}: patient identifier refused (not requested) for: {refused}"
     if facts.unreachable:
-        return f"{what} missing; provider unreachable: " + ", ".join(sorted(facts.unreachable))
-    return f"{what} not found at the provider"
+        return f"{what}: provider unreachable: " + ", ".join(sorted(facts.unreachable))
+    return f"{what} found at the provider"
 
 
 def _imaging_item(req: Requirement, facts: Facts) -> ManifestItem:

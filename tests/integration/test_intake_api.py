@@ -33,7 +33,17 @@ from services.intake.settings import IntakeSettings
 from shared.clock import ManualClock
 from shared.consumer import raw_body
 from shared.envelope import ce_headers
-from shared.events import ManifestItem, RecordsComplete, RoutingContext
+from shared.events import (
+    CaseAssigned,
+    ManifestItem,
+    NotificationDelivered,
+    RecordsComplete,
+    RecordsIncomplete,
+    ReportLinks,
+    ReportReady,
+    ReportSubmitted,
+    RoutingContext,
+)
 from shared.runtime import Service
 from shared.store import connect
 from tests.conftest import eventually
@@ -86,6 +96,18 @@ class Intake:
         return list(await eventually(check, within=30))
 
 
+def providers_file(directory: Path) -> Path:
+    """The provider registry (shared/providers.py) the tenants' test cases name."""
+    pacs = {"dicomweb_url": "http://127.0.0.1:9/dicom-web"}
+    registry = {
+        tenant: {"valley-imaging": pacs, "valley-clinic": pacs, "p": pacs}
+        for tenant in ("demo-health", "other-clinic")
+    }
+    path = directory / "providers.json"
+    path.write_text(json.dumps(registry))
+    return path
+
+
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def intake(
     infra: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
@@ -98,6 +120,7 @@ async def intake(
         trace_dir=Path(tmp_path_factory.mktemp("traces")),
         outbox_sweep_seconds=0.5,
         max_body_bytes=50_000,
+        providers_file=providers_file(Path(tmp_path_factory.mktemp("providers"))),
     )
     service = create_service(settings, ManualClock())
     tap = KafkaBroker(infra["kafka_bootstrap"])
@@ -185,7 +208,8 @@ async def test_native_and_fhir_cases_are_accepted_over_http_and_kafka(intake: In
     assert fhir_event["routing"]["service_tier"] == "imaging_reread"
 
     status = (await it.http.get(f"/v1/cases/{ids[0]}", headers=DEMO)).json()
-    assert status["stage"] == "accepted" and status["waiting_reasons"] == []
+    assert status["stage"] == "accepted"
+    assert status["waiting_reasons"] == ["the records: retrieval from the providers is under way"]
     assert status["second_opinion_value"] == "high"
     # Dated by the service's clock (ManualClock), not the machine's.
     assert status["history"][0]["at"].startswith("2026-01-05T09:00:00")
@@ -288,7 +312,7 @@ async def test_a_case_waits_for_release_authorization_and_resumes_once(intake: I
     first = await it.http.post(f"/v1/cases/{case_id}/authorizations", json=grant, headers=DEMO)
     again = await it.http.post(f"/v1/cases/{case_id}/authorizations", json=grant, headers=DEMO)
     assert first.json()["stage"] == again.json()["stage"] == "accepted"
-    assert first.json()["waiting_reasons"] == []
+    assert not any("authorization" in w for w in first.json()["waiting_reasons"])
     event = await accepted_once(it, case_id)
     assert [r["authorized"] for r in event["records"]] == [True, True]
     sentinel = await it.http.post("/v1/cases", json=native_case(ext(it, "c-s")), headers=DEMO)
@@ -441,7 +465,7 @@ def _bad_requests(it: Intake) -> list[tuple[str, dict[str, Any], int, str]]:
             "FHIR dangling subject",
             {"content": json.dumps(bad_fhir), "headers": {**DEMO, **FHIR_JSON}},
             422,
-            "ServiceRequest.subject|fhir_mapping",
+            "Bundle.entry[0].resource.subject|required",
         ),
     ]
 
@@ -463,6 +487,11 @@ async def test_bad_input_gets_its_precise_error_and_leaves_no_partial_state(inta
     for name, kwargs, status, _ in bad:
         r = await it.http.post("/v1/cases", **kwargs)
         assert r.status_code == status, (name, r.text)
+        if r.headers["content-type"] == "application/fhir+json":  # FHIR clients: OperationOutcome
+            issue = r.json()["issue"][0]
+            got = f"{issue['diagnostics']}|{issue['details']['coding'][0]['code']}"
+            outcomes[name] = got
+            continue
         assert r.headers["content-type"] == "application/problem+json", name
         problem = r.json()
         errors = problem.get("errors", [])
@@ -493,6 +522,7 @@ async def test_bad_kafka_submissions_are_rejected_or_dead_lettered(intake: Intak
     changed = {**kept, "question": "Second opinion on knee MRI: is this a meniscal tear?"}
     bad_fhir = fhir_bundle(ext(it, "k-fhir"))
     del bad_fhir["entry"][0]["resource"]["identifier"]
+    del bad_fhir["entry"][0]["resource"]["id"]  # without either, nothing identifies it
     t = "demo-health"
     sent = {
         "k-invalid": await send(
@@ -508,7 +538,7 @@ async def test_bad_kafka_submissions_are_rejected_or_dead_lettered(intake: Intak
         "k-invalid": "submission.records|too_short",
         "k-conflict": "external_id|conflict",
         "k-both": "submission|one_of",
-        "k-fhir": "ServiceRequest.identifier|fhir_mapping",
+        "k-fhir": "Bundle.entry[0].resource.identifier|required",
     }
     garbage_id = await it.publish(b"\xff\xfe not json", ext(it, "k-garbage"))
     unknown_tenant = await it.publish(
@@ -536,3 +566,139 @@ async def test_bad_kafka_submissions_are_rejected_or_dead_lettered(intake: Intak
     for name in ("k-invalid", "k-both", "k-fhir", "k-tenant"):
         assert await it.service.db["cases"].count_documents({"external_id": ext(it, name)}) == 0
     assert await it.service.db["cases"].count_documents({"external_id": ext(it, "k-conflict")}) == 1
+
+
+async def emit(it: Intake, event: Any, topic: str) -> None:
+    """Publish a downstream service's event on its real topic."""
+    headers = ce_headers(
+        event_id=str(uuid.uuid4()),
+        ce_type=event.ce_type(),
+        source="/it/downstream",
+        tenant_id=event.tenant_id,
+    )
+    await it.tap.publish(
+        event.model_dump_json().encode(), topic=topic, key=event.case_id.encode(), headers=headers
+    )
+
+
+async def test_notices_and_dead_letters_show_in_delivery_and_never_move_the_stage(
+    intake: Intake,
+) -> None:
+    """The status lied: any notification.delivered read `delivered`. A delivered
+    records.incomplete notice and a dead-lettered report webhook now show in the
+    partner's delivery entry and leave the stage where it was."""
+    it = intake
+    r = await it.http.post("/v1/cases", json=native_case(ext(it, "notices")), headers=DEMO)
+    case_id = r.json()["case_id"]
+    ids = {"case_id": case_id, "tenant_id": "demo-health"}
+    missing = ManifestItem(
+        kind="imaging", present=False, detail="prior_studies: no prior study found at the provider"
+    )
+    await emit(it, RecordsIncomplete(**ids, missing=[missing], attempt=1), "records.incomplete")
+    sent = NotificationDelivered(
+        **ids,
+        delivery_id="d-1",
+        event_type="records.incomplete",
+        channel="webhook",
+        status="delivered",
+    )
+    await emit(it, sent, "notification.delivered")
+
+    async def status(check: Any) -> dict[str, Any] | None:
+        body = (await it.http.get(f"/v1/cases/{case_id}", headers=DEMO)).json()
+        return dict(body) if check(body) else None
+
+    def noticed(body: dict[str, Any]) -> bool:
+        return bool(body["delivery"].get("partner", {}).get("notices"))
+
+    body = await eventually(lambda: status(noticed), within=30)
+    assert body["stage"] == "accepted"
+    assert body["delivery"]["partner"]["report"] == "not_sent"
+    assert (
+        "the records: prior_studies: no prior study found at the provider"
+        in body["waiting_reasons"]
+    )
+
+    routing = RoutingContext(subspecialties=["body_imaging"], jurisdiction="US-CA")
+    now = datetime.now(UTC)
+    await emit(
+        it,
+        RecordsComplete(**ids, routing=routing, manifest=[], completed_at=now),
+        "records.complete",
+    )
+    await emit(
+        it,
+        CaseAssigned(
+            **ids,
+            assignment_id="a",
+            reviewer_id="rev-1",
+            subspecialty="body_imaging",
+            due_at=now,
+            reason="matched",
+        ),
+        "case.assigned",
+    )
+    await emit(
+        it,
+        ReportSubmitted(**ids, report_id="r", reviewer_id="rev-1", concordance="confirmed"),
+        "report.submitted",
+    )
+    links = ReportLinks(report="https://reporting.example/v1/reports/r")
+    ready = ReportReady(
+        **ids,
+        report_id="r",
+        reviewer_id="rev-1",
+        concordance="confirmed",
+        signed_at=now,
+        content_sha256="0" * 64,
+        links=links,
+    )
+    await emit(it, ready, "report.ready")
+    dead = sent.model_copy(
+        update={"delivery_id": "d-2", "event_type": "report.ready", "status": "dead_letter"}
+    )
+    await emit(it, dead, "notification.delivered")
+
+    def failed(body: dict[str, Any]) -> bool:
+        return body["stage"] == "report_ready" and body["delivery"]["partner"]["report"] == "failed"
+
+    body = await eventually(lambda: status(failed), within=30)
+    assert [h["stage"] for h in body["history"]] == [
+        "accepted",
+        "records_complete",
+        "assigned",
+        "report_submitted",
+        "report_ready",
+    ]
+    assert body["waiting_reasons"] == [
+        "delivery of the report to the partner: failed (dead letter); "
+        "resend it from notify's delivery log"
+    ]
+    task = await it.http.get(f"/v1/fhir/Task/{case_id}", headers=DEMO)
+    assert task.headers["content-type"] == "application/fhir+json"
+    assert task.json()["businessStatus"]["coding"][0]["code"] == "report_ready"
+    assert (await it.http.get(f"/v1/fhir/Task/{case_id}", headers=OTHER)).status_code == 404
+
+
+async def test_an_unregistered_provider_is_refused_with_the_field_named(intake: Intake) -> None:
+    it = intake
+    case = native_case(ext(it, "unregistered"))
+    case["records"][1]["provider_id"] = "nowhere-clinic"
+    r = await it.http.post("/v1/cases", json=case, headers=DEMO)
+    assert r.status_code == 422
+    (error,) = r.json()["errors"]
+    assert (error["loc"], error["type"]) == ("records.1.provider_id", "unregistered_provider")
+    assert "register it, then submit the case again" in error["msg"]
+    assert (
+        await it.http.get(
+            f"/v1/cases/{domain.case_id_for('demo-health', case['external_id'])}", headers=DEMO
+        )
+    ).status_code == 404
+
+    body = json.dumps({"tenant_id": "demo-health", "submission": case})
+    await it.publish(body.encode(), case["external_id"])
+    case_id = domain.case_id_for("demo-health", case["external_id"])
+    (rejected,) = await it.wait_for("case.rejected", case_id)
+    assert [(e["loc"], e["type"]) for e in rejected["body"]["errors"]] == [
+        ("records.1.provider_id", "unregistered_provider")
+    ]

@@ -1,28 +1,38 @@
-"""Intake's record of the downstream stages, on the real Mongo-wire server: the
-stage shown only moves forward, an event that arrives late still joins the
-history, and a redelivered event is recorded once (services/intake/store.py)."""
+"""Intake's record of the downstream stages, on the real Mongo-wire server
+(services/intake/progress.py through handlers.follow and the store): an event that
+overtakes its predecessor waits and the history has no gap, a redelivered event is
+applied once, events of one case applied at the same moment all land, and every
+stage reached leaves one `case.status` in the outbox."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pytest
 from pymongo.asynchronous.database import AsyncDatabase
 
-from services.intake import domain, handlers
-from services.intake.documents import CaseDocument
+from services.intake import handlers, progress
 from services.intake.store import IntakeStore
 from shared.clock import ManualClock
+from shared.envelope import EventMeta
 from shared.events import CaseSubmission
 from shared.store import Doc
 from tests.unit.test_intake_fhir import native_case
+from tests.unit.test_intake_progress import EVENTS, notice
 
 pytestmark = pytest.mark.integration
+PARTNER = progress.DeliveryPolicy()
 
 
-async def test_stages_move_forward_late_ones_join_history_and_redeliveries_count_once(
+def meta(event_id: str, at: datetime) -> EventMeta:
+    return EventMeta(
+        event_id=event_id, ce_type="x", source="/it", time=at.isoformat(), tenant_id="demo-health"
+    )
+
+
+async def test_stages_in_order_without_gaps_redeliveries_once_and_status_events(
     db: AsyncDatabase[Doc],
 ) -> None:
     store = IntakeStore(db["cases"], db["rejections"])
@@ -31,35 +41,45 @@ async def test_stages_move_forward_late_ones_join_history_and_redeliveries_count
     submission = CaseSubmission.model_validate(native_case(f"it-{uuid.uuid4().hex[:10]}"))
     result = await handlers.submit_case(store, clock, "demo-health", submission)
     case_id = result.case_id
-    assert result.stage == "accepted"
     clock.set(reached + timedelta(hours=1))  # intake hears of every stage later
 
-    async def advance(stage: Any, event_id: str) -> CaseDocument:
-        at = reached + timedelta(minutes=int(event_id[1:]))
-        await store.advance_stage(
-            case_id, event_id, stage, domain.stage_rank(stage), at, clock.now()
+    async def follow(name: str, minute: int, event_id: str | None = None) -> list[str]:
+        event = EVENTS[name].model_copy(update={"case_id": case_id, "tenant_id": "demo-health"})
+        at = reached + timedelta(minutes=minute)
+        out = await handlers.follow(
+            store, clock, event, meta(event_id or name, at), lambda _: PARTNER
         )
-        doc = await store.get(case_id)
-        assert doc is not None
-        return doc
+        return [e.topic for e in out]
 
-    doc = await advance("records_complete", "e1")
-    assert doc.stage == "records_complete"
-    doc = await advance("report_ready", "e3")  # overtakes report_submitted
+    assert await follow("records.complete", 1) == ["case.status"]
+    # Read at the same moment on their own topics: both land (version-guarded writes).
+    await asyncio.gather(follow("case.assigned", 2), follow("records.incomplete", 2))
+    assert await follow("report.ready", 4) == []  # overtook report.submitted: waits
+    assert await follow("report.submitted", 3) == ["case.status", "case.status"]
+    assert await follow("report.submitted", 3) == []  # redelivered
+    n = notice("report.ready", "dead_letter").model_copy(
+        update={"case_id": case_id, "tenant_id": "demo-health"}
+    )
+    await handlers.follow(
+        store, clock, n, meta("dl", reached + timedelta(minutes=5)), lambda _: PARTNER
+    )
+    doc = await store.get(case_id)
+    assert doc is not None
     assert doc.stage == "report_ready"
-    doc = await advance("report_submitted", "e2")  # late: history only
-    assert doc.stage == "report_ready"
-    assert doc.stage_rank == domain.stage_rank("report_ready")
-    doc = await advance("records_complete", "e1")  # redelivered
-    downstream = doc.history[1:]  # after the submission's own "accepted"
     assert [h.stage for h in doc.history] == [
         "accepted",
         "records_complete",
-        "report_ready",
+        "assigned",
         "report_submitted",
+        "report_ready",
     ]
-    # Dated when the stage was reached (the event's time), recorded when heard of.
-    minutes = [round((h.at - reached).total_seconds() / 60) for h in downstream]
-    assert minutes == [1, 3, 2]
-    assert all(h.recorded_at == clock.now() for h in downstream)
-    assert doc.created_at == reached - timedelta(days=1)
+    minutes = [round((h.at - reached).total_seconds() / 60) for h in doc.history[1:]]
+    assert minutes == [1, 2, 3, 4]
+    assert all(h.recorded_at == clock.now() for h in doc.history[1:])
+    assert doc.progress.assignment.reviewer_id == "rev-1"
+    assert doc.progress.records.state == "complete"  # incomplete after complete changes nothing
+    assert doc.progress.delivery["partner"].report == "failed"
+    stored = await db["cases"].find_one({"_id": case_id})
+    assert stored is not None
+    statuses = [e["body"]["stage"] for e in stored["outbox"] if e["topic"] == "case.status"]
+    assert statuses == ["accepted", *[h.stage for h in doc.history[1:]]]

@@ -94,6 +94,9 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
 
 
 def first_error(response: httpx.Response) -> str:
+    if response.headers["content-type"] == "application/fhir+json":  # a FHIR client's refusal
+        issue = response.json()["issue"][0]
+        return f"{issue['diagnostics']}|{issue['details']['coding'][0]['code']}"
     assert response.headers["content-type"] == "application/problem+json", response.text
     error = response.json()["errors"][0]
     return f"{error['loc']}|{error['type']}"
@@ -178,7 +181,7 @@ async def test_a_10000_entry_bundle_is_refused_with_the_limit(rig: Rig) -> None:
         r = await rig.http.post(path, content=body, headers={**DEMO, **FHIR_JSON})
         assert r.status_code == 422
         assert first_error(r) == "Bundle.entry|too_long"
-        assert str(fhir.MAX_RESOURCES) in r.json()["errors"][0]["msg"]
+        assert str(fhir.MAX_RESOURCES) in r.json()["issue"][0]["details"]["text"]
 
 
 @pytest.fixture

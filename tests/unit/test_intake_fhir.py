@@ -235,6 +235,7 @@ def test_fhir_and_native_forms_of_one_case_are_the_same_submission() -> None:
     ]
     native["records"][1]["kinds"] = ["labs", "notes"]
     native["treating_clinician_email"] = "dr.treating@example.org"
+    native["request_reference"] = "urn:ehr:orders|sr-1"  # the identifier as a FHIR token
     assert handlers.validate_fhir(fhir_bundle()) == CaseSubmission.model_validate(native)
 
 
@@ -266,29 +267,34 @@ def test_wrong_resource_type_is_refused() -> None:
     assert _errors({"resourceType": "Patient", "id": "x"}) == ["resourceType|resource_type"]
 
 
-def test_missing_identifier_points_at_the_service_request() -> None:
+def test_missing_identifier_defaults_to_the_id_else_points_at_the_service_request() -> None:
     b = fhir_bundle()
     del b["entry"][0]["resource"]["identifier"]
-    assert _errors(b) == ["ServiceRequest.identifier|fhir_mapping"]
+    s = handlers.validate_fhir(b)
+    assert (s.external_id, s.request_reference) == ("sr", "ServiceRequest/sr")
+    del b["entry"][0]["resource"]["id"]
+    assert _errors(b) == ["Bundle.entry[0].resource.identifier|required"]
 
 
 def test_schema_error_of_the_fhir_model_is_located() -> None:
     b = fhir_bundle()
     b["entry"][0]["resource"]["subject"] = "Patient/1"  # a Reference must be an object
     errors = _errors(b)
-    assert errors and all(e.startswith("Bundle.entry.0.resource") for e in errors)
+    assert errors and all(e.startswith("Bundle.entry[0].resource") for e in errors)
 
 
 def test_mapped_field_error_names_the_fhir_source() -> None:
     b = fhir_bundle()
     del b["entry"][1]["resource"]["address"]
-    assert _errors(b) == ["Patient.address (patient.jurisdiction)|string_too_short"]
+    assert _errors(b) == [
+        "Bundle.entry[1].resource.address (patient.jurisdiction)|string_too_short"
+    ]
 
 
 def test_case_without_consents_has_no_records() -> None:
     b = fhir_bundle()
     b["entry"] = [e for e in b["entry"] if e["resource"]["resourceType"] != "Consent"]
-    assert _errors(b) == ["Consent (records)|too_short"]
+    assert _errors(b) == ["Bundle.entry[0].resource|required"]
 
 
 def test_content_type_detection() -> None:

@@ -146,6 +146,17 @@ def test_manifest_says_why_something_is_missing() -> None:
     assert "not requested from any provider" in details[2]
 
 
+def test_missing_items_read_as_plain_words() -> None:
+    """ "no prior study not found" said the opposite of what it meant."""
+    facts = Facts(studies=[study("a", "20261001")], clinical=REPORT)
+    (prior,) = domain.build_manifest(REREAD, facts).missing
+    assert prior.detail == "prior_studies: no prior study found at the provider"
+    facts = Facts(not_requested=[RecordKind.IMAGING], clinical=REPORT)
+    details = [i.detail for i in domain.build_manifest(REREAD, facts).missing]
+    assert "original_images: no study: imaging not requested from any provider" in details
+    assert not any("not found" in d for d in details)
+
+
 def test_slides_are_pathology_not_the_current_radiology_study() -> None:
     facts = Facts(studies=[study("s", "20270101", mods=["SM"]), study("a", "20261001")])
     manifest = domain.build_manifest([R.PATHOLOGY, R.ORIGINAL_IMAGES], facts)
