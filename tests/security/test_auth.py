@@ -25,6 +25,10 @@ PUBLIC = {
     "/openapi.json": "the published API description",
     "reporting /v1/keys": "the reviewers' PUBLIC verification keys (a JWK set) partners need",
     "reporting /.well-known/jwks.json": "the same public JWK set at its well-known address",
+    "reporting /fhir/CodeSystem/concordance": (
+        "the CodeSystem of the report's conclusion codes, a terminology resource any "
+        "reader of a filed DiagnosticReport must be able to resolve (no PHI)"
+    ),
     "reporting /v1/verify": "checks a document the caller already holds against the public "
     "keys; reads no stored data",
     "assignment /dashboard": "a static page; its script asks /v1/dashboard with the operator's "
