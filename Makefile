@@ -18,6 +18,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 	$(BIN)/python deploy/local/infra.py install
 	sh deploy/local/install_browser.sh
+	cd services/assignment/web && npm ci --no-audit --no-fund
 
 ## Bring the whole system up, push sample cases through, watch them; Ctrl-C stops all.
 run: install

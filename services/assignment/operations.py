@@ -366,7 +366,8 @@ def ops_state(
         return "awaiting_authorization", "; ".join(c.waiting_for) or "release authorization"
     if "at_risk" in slas:
         return "at_risk", "most of the review time is used"
-    if any(s.state == "offered" for s in live):
+    offered = live or list(c.slots.values())  # assignment's events, if none is live
+    if any(s.state == "offered" for s in offered):
         return "awaiting_acceptance", "offered; the reviewer has not accepted yet"
     if live and all(s.state == "accepted" for s in live):
         paused = "; clock paused" if "paused" in slas else ""
@@ -451,9 +452,11 @@ def capacity(rows: list[OpsRow], roster: list[Any], load: dict[str, int]) -> lis
     yet reported. Alert: demand and no eligible reviewer at all."""
     demand: Counter[tuple[str, str]] = Counter()
     for r in rows:
-        if r.state != "done" and STAGE_RANK.get(r.stage, 0) < STAGE_RANK["report_submitted"]:
+        # From accepted (routing known, jurisdiction included) until the report is in.
+        rank = STAGE_RANK.get(r.stage, 0)
+        if r.jurisdiction and STAGE_RANK["records"] <= rank < STAGE_RANK["report_submitted"]:
             for s in r.subspecialties:
-                demand[(s, r.jurisdiction or "?")] += 1
+                demand[(s, r.jurisdiction)] += 1
     out = []
     for (sub, where), n in sorted(demand.items()):
         eligible = [
