@@ -366,8 +366,9 @@ def ops_state(
         return "awaiting_authorization", "; ".join(c.waiting_for) or "release authorization"
     if "at_risk" in slas:
         return "at_risk", "most of the review time is used"
-    offered = live or list(c.slots.values())  # assignment's events, if none is live
-    if any(s.state == "offered" for s in offered):
+    # The live assignments, or what assignment's events said if none is live yet.
+    states = [s.state for s in live] or [s.state for s in c.slots.values()]
+    if "offered" in states:
         return "awaiting_acceptance", "offered; the reviewer has not accepted yet"
     if live and all(s.state == "accepted" for s in live):
         paused = "; clock paused" if "paused" in slas else ""
