@@ -70,6 +70,31 @@ def board(url: str) -> dict[str, Any]:
     return dict(r.json())
 
 
+def test_a_case_page_shows_spans_of_all_five_services_and_no_phi(
+    running_stack: RunningStack, canary: Canary, browser: Any
+) -> None:
+    url = running_stack.urls["assignment"]
+    page = browser.new_page(viewport={"width": 1500, "height": 1200})
+    page.goto(f"{url}/dashboard/case?id={canary.case_id}#key={OPS_KEY}")
+    page.wait_for_selector("body[data-loaded=true]", timeout=30_000)
+    services = set(
+        page.eval_on_selector_all("#waterfall .span", "rows => rows.map(r => r.dataset.service)")
+    )
+    assert services >= {"intake", "records_fetch", "assignment", "reporting", "notify"}, services
+    timeline = page.locator("#timeline").inner_text()
+    assert "report.ready" in timeline and "notification.delivered" in timeline
+    links = page.eval_on_selector_all("#links a", "as => as.map(a => a.href)")
+    assert any(link.endswith(f"/v1/cases/{canary.case_id}/manifest") for link in links)
+    assert any(f"/v1/reports/{canary.report_id}" in link for link in links)
+    text = page.content()
+    for phi in (CANARY_NAME, CANARY_BIRTH, CANARY_MRN):
+        assert phi not in text
+    shot(page, "case")
+    journey = httpx.get(f"{url}/v1/ops/cases/{canary.case_id}", headers=auth("ops"), timeout=10)
+    assert CANARY_NAME not in json.dumps(journey.json())
+    page.close()
+
+
 def test_stuck_cases_are_red_held_is_released_and_filters_narrow(
     running_stack: RunningStack, browser: Any
 ) -> None:
@@ -167,29 +192,4 @@ def test_stuck_cases_are_red_held_is_released_and_filters_narrow(
     status = httpx.get(f"{urls['intake']}/v1/cases/{held}", headers=auth("demo-int")).json()
     assert status["stage"] != "held_for_review"
     shot(page, "released")
-    page.close()
-
-
-def test_a_case_page_shows_spans_of_all_five_services_and_no_phi(
-    running_stack: RunningStack, canary: Canary, browser: Any
-) -> None:
-    url = running_stack.urls["assignment"]
-    page = browser.new_page(viewport={"width": 1500, "height": 1200})
-    page.goto(f"{url}/dashboard/case?id={canary.case_id}#key={OPS_KEY}")
-    page.wait_for_selector("body[data-loaded=true]", timeout=30_000)
-    services = set(
-        page.eval_on_selector_all("#waterfall .span", "rows => rows.map(r => r.dataset.service)")
-    )
-    assert services >= {"intake", "records_fetch", "assignment", "reporting", "notify"}, services
-    timeline = page.locator("#timeline").inner_text()
-    assert "report.ready" in timeline and "notification.delivered" in timeline
-    links = page.eval_on_selector_all("#links a", "as => as.map(a => a.href)")
-    assert any(link.endswith(f"/v1/cases/{canary.case_id}/manifest") for link in links)
-    assert any(f"/v1/reports/{canary.report_id}" in link for link in links)
-    text = page.content()
-    for phi in (CANARY_NAME, CANARY_BIRTH, CANARY_MRN):
-        assert phi not in text
-    shot(page, "case")
-    journey = httpx.get(f"{url}/v1/ops/cases/{canary.case_id}", headers=auth("ops"), timeout=10)
-    assert CANARY_NAME not in json.dumps(journey.json())
     page.close()
