@@ -19,6 +19,7 @@ install: $(STAMP)
 	$(BIN)/python deploy/local/infra.py install
 	sh deploy/local/install_browser.sh
 	sh deploy/local/install_reporting.sh
+	cd services/assignment/web && npm ci --no-audit --no-fund
 
 ## Bring the whole system up, push sample cases through, watch them; Ctrl-C stops all.
 run: install

@@ -121,6 +121,14 @@ def service_env(paths: Paths, endpoints: dict[str, str], ports: dict[str, int]) 
         "PYTHONUNBUFFERED": "1",
     }
     env.update({f"{PREFIX[name]}_HTTP_PORT": str(port) for name, port in ports.items()})
+    # The operations view's actions and links go to the other services' APIs.
+    env.update(
+        {
+            f"ASSIGNMENT_{name.upper()}_URL": f"http://127.0.0.1:{port}"
+            for name, port in ports.items()
+            if name != "assignment"
+        }
+    )
     return env
 
 

@@ -31,6 +31,8 @@ from services.assignment import handlers
 from services.assignment.dashboard import Dashboard, ReportedSummary, summarize
 from services.assignment.domain import Assignment, Reviewer, SlaPolicy, slot_id_for
 from services.assignment.metrics import COLLECTOR, count_emitted
+from services.assignment.operations import Filters
+from services.assignment.ops_app import OpsView, wire_operations
 from services.assignment.settings import AssignmentSettings
 from services.assignment.store import AssignmentStore
 from shared.auth import Principal
@@ -68,6 +70,7 @@ class Wiring:
     settings: AssignmentSettings
     policy: SlaPolicy
     store: AssignmentStore
+    ops: OpsView
 
     @property
     def clock(self) -> Clock:
@@ -107,7 +110,9 @@ def create_service(
     store = AssignmentStore(
         service.collection("reviewers"), service.collection("assignments", outbox=True)
     )
-    wiring = Wiring(service, settings, settings.policy(), store)
+    policy = settings.policy()
+    ops = wire_operations(service, settings, policy, store)
+    wiring = Wiring(service, settings, policy, store, ops)
     service.api.mount("/dashboard/static", StaticFiles(directory=STATIC), name="dashboard-static")
     # The page and its script hold no data; /v1/dashboard needs an operations key.
     service.public("/dashboard")
@@ -142,10 +147,12 @@ def _subscribers(w: Wiring) -> None:
     @consumer.on(RecordsComplete)
     async def on_records_complete(event: RecordsComplete, meta: EventMeta) -> None:
         w.emit(await handlers.assign_case(store, policy, w.clock.now(), event, meta))
+        await w.ops.record(event, meta)
 
     @consumer.on(RecordsIncomplete, follower=True)  # pauses a clock: not urgent
     async def on_records_incomplete(event: RecordsIncomplete, meta: EventMeta) -> None:
         await handlers.records_incomplete(store, policy, w.clock.now(), event, meta)
+        await w.ops.record(event, meta)
 
     @consumer.on(ReportSubmitted)
     async def on_report_submitted(event: ReportSubmitted, meta: EventMeta) -> None:
@@ -154,6 +161,7 @@ def _subscribers(w: Wiring) -> None:
                 store, policy, w.clock.now(), event, meta, reoffer_batch=w.settings.reoffer_batch
             )
         )
+        await w.ops.record(event, meta)
 
 
 # ---------------------------------------------------------------- roster (operations)
@@ -361,6 +369,7 @@ def _dashboard(w: Wiring) -> None:
                         )
                     )
                 await snapshot(fresh=False)
+                await w.ops.board(Filters())  # the operations gauges
             except Exception as exc:  # database or broker down: next pass retries
                 log.warning("timer pass failed: %s", type(exc).__name__)
             TICKS.inc()

@@ -25,7 +25,7 @@ class CaseRow(BaseModel):
     urgency: str
     stage: str
     reviewer_id: str | None
-    status: str  # on_track / at_risk / breached / paused
+    status: str  # on_track / at_risk / breached / paused / unassignable
     due_at: datetime | None
     remaining_business_hours: float
     fraction_elapsed: float
@@ -83,7 +83,8 @@ def case_row(a: Assignment, policy: SlaPolicy, now: datetime) -> CaseRow:
         urgency=a.routing.urgency.value,
         stage=a.state,
         reviewer_id=a.reviewer_id,
-        status=domain.sla_status(a, policy, now),
+        # No reviewer: never "on track" (the clock of an unassignable case waits too).
+        status="unassignable" if a.state == "unassignable" else domain.sla_status(a, policy, now),
         due_at=a.due_at,
         remaining_business_hours=round((budget - used) / 3600, 2),
         fraction_elapsed=round(used / budget, 3) if budget else 1.0,
@@ -105,7 +106,12 @@ def summarize(
     of cases ever reviewed."""
     rows = sorted(
         (case_row(a, policy, now) for a in open_),
-        key=lambda r: (r.status != "breached", r.status != "at_risk", r.remaining_business_hours),
+        key=lambda r: (
+            r.status != "breached",
+            r.status != "unassignable",
+            r.status != "at_risk",
+            r.remaining_business_hours,
+        ),
     )
     stages = Counter((a.state, a.routing.service_tier.value) for a in open_)
     stages.update({("reported", tier): n for tier, n in reported.by_tier.items()})

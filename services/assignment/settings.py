@@ -54,6 +54,24 @@ class AssignmentSettings(ServiceSettings):
     turnaround_window_days: int = 90
     # How often the timer loop recomputes the reported-work part of the metrics.
     reported_refresh_seconds: float = 60.0
+    # The operations view (docs/operations.md): a case with no event for this long
+    # reads "stalled", whatever its stage; trends cover this many days; due times
+    # are shown in this time zone (the organisation's calendar by default).
+    ops_stall_hours: float = Field(default=8.0, gt=0)
+    ops_trend_days: int = Field(default=30, ge=1, le=366)
+    # Where the operations actions go (each the service's own API, called with the
+    # operator's own key, so the owning service authorises and audits the operator),
+    # and where the case page links the report and the records manifest.
+    intake_url: str = "http://127.0.0.1:8001"
+    records_fetch_url: str = "http://127.0.0.1:8002"
+    reporting_url: str = "http://127.0.0.1:8004"
+    notify_url: str = "http://127.0.0.1:8005"
+    # An OTLP backend's query API (Tempo: /api/traces/{id}); empty: TRACE_DIR's files.
+    trace_query_url: str = ""
+
+    @property
+    def ops_timezone(self) -> str:
+        return self.calendar.timezone
 
     def policy(self) -> SlaPolicy:
         return SlaPolicy(

@@ -198,6 +198,20 @@ def _delivery_routes(service: Service, ctx: Notify, wake: asyncio.Event) -> None
         wake.set()
         return {"delivery_id": delivery_id, "state": "pending"}
 
+    @api.post(
+        "/v1/operations/deliveries/{delivery_id}/resend", status_code=202, tags=["operations"]
+    )
+    async def resend_delivery_for_operations(
+        delivery_id: str,
+        tenant_id: Annotated[str, Query(min_length=1, max_length=64)],
+        _: Annotated[Principal, Depends(service.require("operations"))],
+    ) -> dict[str, str]:
+        """Operations resend a tenant's finished delivery (the operations view's action);
+        the same rules as the partner's resend, the operator recorded in the audit."""
+        await handlers.resend_delivery(ctx, tenant_id, delivery_id)
+        wake.set()
+        return {"delivery_id": delivery_id, "state": "pending"}
+
 
 def _subscribers(service: Service, ctx: Notify, wake: asyncio.Event) -> None:
     async def fan_out(event: Any, meta: EventMeta) -> None:

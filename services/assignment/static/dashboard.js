@@ -3,7 +3,7 @@
 // browser never sends to the server; it is kept in sessionStorage for this tab.
 "use strict";
 
-const LABEL = { on_track: "on track", at_risk: "AT RISK", breached: "BREACHED", paused: "paused" };
+const LABEL = { on_track: "on track", at_risk: "AT RISK", breached: "BREACHED", paused: "paused", unassignable: "UNASSIGNABLE" };
 
 function cell(tr, text, cls) {
   const td = document.createElement("td");
@@ -38,7 +38,7 @@ function renderCase(tr, c) {
   cell(tr, c.subspecialty);
   cell(tr, c.tier);
   cell(tr, c.urgency);
-  cell(tr, c.stage + (c.paused_for.length ? ` (waiting on ${c.paused_for.join(", ")})` : ""));
+  cell(tr, c.stage + (c.status === "unassignable" && c.reason ? `: ${c.reason}` : "") + (c.paused_for.length ? ` (waiting on ${c.paused_for.join(", ")})` : ""));
   cell(tr, c.reviewer_id || "—");
   cell(tr, c.due_at ? new Date(c.due_at).toLocaleString() : "paused");
   cell(tr, c.remaining_business_hours.toFixed(1));

@@ -1,0 +1,75 @@
+// One case's journey: /v1/ops/cases/{id}: state, timeline, links and its trace as a waterfall.
+"use strict";
+
+const caseId = new URLSearchParams(location.search).get("id") || "";
+
+function waterfall(spans) {
+  const box = document.getElementById("waterfall");
+  box.replaceChildren();
+  if (!spans.length) { box.textContent = "No spans found for this trace."; return; }
+  const t0 = Math.min(...spans.map((s) => s.start_ns));
+  const t1 = Math.max(...spans.map((s) => s.end_ns));
+  const width = Math.max(t1 - t0, 1);
+  for (const s of spans) {
+    const row = document.createElement("div");
+    row.className = "span";
+    row.dataset.service = s.service;
+    const label = document.createElement("span");
+    label.className = "label";
+    label.textContent = `${s.service} · ${s.name}`;
+    const track = document.createElement("span");
+    track.className = "track";
+    const bar = document.createElement("span");
+    bar.className = `bar svc-${s.service}`;
+    bar.style.left = `${(100 * (s.start_ns - t0)) / width}%`;
+    bar.style.width = `${(100 * (s.end_ns - s.start_ns)) / width}%`;
+    bar.title = `${((s.end_ns - s.start_ns) / 1e6).toFixed(1)} ms`;
+    track.appendChild(bar);
+    row.append(label, track);
+    box.appendChild(row);
+  }
+}
+
+async function load() {
+  const j = await api(`/v1/ops/cases/${encodeURIComponent(caseId)}`);
+  const r = j.row;
+  const sum = document.getElementById("summary");
+  sum.innerHTML = "<h2></h2><p><span></span> <span class='reason'></span></p><p class='meta'></p>";
+  sum.querySelector("h2").textContent = `${r.case_id} (${r.external_id || "no external id"}) · ${r.tenant_id}`;
+  const badge = sum.querySelector("p span");
+  badge.className = `badge ${r.severity}`;
+  badge.dataset.state = r.state;
+  badge.textContent = r.state.replaceAll("_", " ").toUpperCase();
+  sum.querySelector(".reason").textContent = r.reason;
+  sum.querySelector(".meta").textContent = `stage ${r.stage} · ${r.subspecialties.join(", ")} · ${r.tier} · ${r.urgency} · due ${due(r.due_at, r.due_timezone)}`;
+  const actions = document.getElementById("actions");
+  actions.replaceChildren();
+  for (const d of j.case.delivery_failed) {
+    const b = document.createElement("button");
+    b.textContent = `Resend delivery ${d}`;
+    b.onclick = async () => { await api(`/v1/ops/cases/${encodeURIComponent(caseId)}/deliveries/${encodeURIComponent(d)}/resend`, { method: "POST", body: "{}" }); load(); };
+    actions.appendChild(b);
+  }
+  const links = document.getElementById("links");
+  links.replaceChildren();
+  for (const [name, url] of Object.entries(j.links)) {
+    const li = document.createElement("li");
+    const a = document.createElement("a");
+    a.href = url;
+    a.textContent = name.replaceAll("_", " ");
+    li.appendChild(a);
+    links.appendChild(li);
+  }
+  const body = document.querySelector("#timeline tbody");
+  body.replaceChildren();
+  for (const e of j.case.timeline) {
+    const tr = document.createElement("tr");
+    [due(e.at, r.due_timezone), e.service, e.event, e.detail].forEach((v) => td(tr, v));
+    body.appendChild(tr);
+  }
+  document.getElementById("trace-id").textContent = j.trace_id || "(none)";
+  waterfall(j.spans);
+  document.getElementById("board").hidden = false;
+  document.body.dataset.loaded = "true";
+}
+load().catch(() => {});

@@ -1,0 +1,195 @@
+"""The operations view in a real browser: Playwright (the Python package) driving
+Debian's Chromium (/usr/bin/chromium, never a downloaded browser) against the
+whole system as processes (`running_stack`), reusing the canary case this tier
+already drives to a delivered report, so the pages are checked on real traces.
+
+- an unassignable case (no cardiology reviewer on the roster) is red with its reason,
+  and its subspecialty is a capacity alert;
+- a case intake holds for human review appears and is released from the page
+  (assignment forwards the operator's key to intake, which emits case.accepted);
+- a filter narrows the list;
+- the canary's case page shows spans of all five services and none of its PHI.
+
+Screenshots: test-artifacts/ops-*.png.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from deploy.local.demo import auth, sample_case
+from shared.events import CaseStatusChanged, ManifestItem, RecordsComplete, RoutingContext
+from tests.browser.assignment_service import publish
+from tests.conftest import REPO, RunningStack
+from tests.security.conftest import CANARY_BIRTH, CANARY_MRN, CANARY_NAME, Canary
+
+pytestmark = pytest.mark.integration
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = REPO / "test-artifacts"
+OPS_KEY = "ops.dev-secret-ops"
+playwright_api = pytest.importorskip("playwright.sync_api")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not Path(CHROMIUM).exists():
+        pytest.skip("deploy/local/install_browser.sh installs Debian's chromium")
+    with playwright_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"], headless=True)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def shot(page: Any, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"ops-{name}.png"), full_page=True)
+
+
+def publish_now(bootstrap: str, event: Any) -> None:
+    """Publish from a thread: Playwright's sync API runs an event loop of its own here."""
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, publish(bootstrap, event)).result(timeout=30)
+
+
+def board(url: str) -> dict[str, Any]:
+    r = httpx.get(f"{url}/v1/ops/cases", headers=auth("ops"), timeout=10)
+    r.raise_for_status()
+    return dict(r.json())
+
+
+def test_a_case_page_shows_spans_of_all_five_services_and_no_phi(
+    running_stack: RunningStack, canary: Canary, browser: Any
+) -> None:
+    url = running_stack.urls["assignment"]
+    page = browser.new_page(viewport={"width": 1500, "height": 1200})
+    page.goto(f"{url}/dashboard/case?id={canary.case_id}#key={OPS_KEY}")
+    page.wait_for_selector("body[data-loaded=true]", timeout=30_000)
+    services = set(
+        page.eval_on_selector_all("#waterfall .span", "rows => rows.map(r => r.dataset.service)")
+    )
+    assert services >= {"intake", "records_fetch", "assignment", "reporting", "notify"}, services
+    timeline = page.locator("#timeline").inner_text()
+    assert "report.ready" in timeline and "notification.delivered" in timeline
+    links = page.eval_on_selector_all("#links a", "as => as.map(a => a.href)")
+    assert any(link.endswith(f"/v1/cases/{canary.case_id}/manifest") for link in links)
+    assert any(f"/v1/reports/{canary.report_id}" in link for link in links)
+    text = page.content()
+    for phi in (CANARY_NAME, CANARY_BIRTH, CANARY_MRN):
+        assert phi not in text
+    shot(page, "case")
+    journey = httpx.get(f"{url}/v1/ops/cases/{canary.case_id}", headers=auth("ops"), timeout=10)
+    assert CANARY_NAME not in json.dumps(journey.json())
+    page.close()
+
+
+def test_stuck_cases_are_red_held_is_released_and_filters_narrow(
+    running_stack: RunningStack, browser: Any
+) -> None:
+    urls = running_stack.urls
+    bootstrap = running_stack.infra["kafka_bootstrap"]
+    # 1. Unassignable: records complete for a subspecialty nobody on the roster has.
+    unassignable = f"case-ops-{uuid.uuid4().hex[:10]}"
+    routing = RoutingContext(subspecialties=["cardiology"], jurisdiction="US-NY")
+    publish_now(
+        bootstrap,
+        RecordsComplete(
+            case_id=unassignable,
+            tenant_id="other-clinic",
+            routing=routing,
+            manifest=[ManifestItem(kind="notes", present=True, count=1)],
+            completed_at=datetime.now(UTC),
+        ),
+    )
+    # 2. Held: intake holds a controlled-substance request; its case.status is what
+    # intake publishes on a stage change (shared/events.py CaseStatusChanged).
+    ext = f"ops-held-{uuid.uuid4().hex[:8]}"
+    case = sample_case(
+        ext,
+        "My doctor refused to refill my oxycodone; I want a second opinion to renew it",
+        "MRN-OPS1",
+        "clinic-ops-1",
+        "Valley Clinic",
+        "Chronic pain",
+    )
+    r = httpx.post(f"{urls['intake']}/v1/cases", json=case, headers=auth("demo-int"), timeout=10)
+    assert r.status_code == 201, r.text
+    held = r.json()["case_id"]
+    assert r.json()["stage"] == "held_for_review"
+    publish_now(
+        bootstrap,
+        CaseStatusChanged(
+            case_id=held,
+            tenant_id="demo-health",
+            stage="held_for_review",
+            previous_stage="received",
+            waiting_for=["held for human review: controlled substance request"],
+            subspecialties=["general_internal_medicine"],
+            changed_at=datetime.now(UTC),
+        ),
+    )
+    page = browser.new_page(viewport={"width": 1500, "height": 1000})
+    page.goto(f"{urls['assignment']}/dashboard/ops#key={OPS_KEY}")
+    red = page.locator(f'tr[data-case-id="{unassignable}"]')
+    red.wait_for(timeout=30_000)
+    page.locator(f'tr[data-case-id="{held}"]').wait_for(timeout=30_000)
+    assert red.get_attribute("data-state") == "unassignable"
+    assert red.get_attribute("data-severity") == "red"
+    assert "no eligible cardiology reviewer" in red.inner_text()
+    assert "rgb(220, 38, 38)" in red.locator(".badge").evaluate(
+        "e => getComputedStyle(e).backgroundColor"
+    )
+    assert "need cardiology in US-NY: no eligible reviewer" in page.locator("#alerts").inner_text()
+    row = page.locator(f'tr[data-case-id="{held}"]')
+    assert row.get_attribute("data-state") == "held_for_review"
+    shot(page, "board")
+    # The JSON API and the metrics carry the same states.
+    states = {c["case_id"]: c["state"] for c in board(urls["assignment"])["cases"]}
+    assert states[unassignable] == "unassignable" and states[held] == "held_for_review"
+    metrics = httpx.get(f"{urls['assignment']}/metrics", timeout=10).text
+    assert (
+        'assignment_ops_cases{stage="assignment",state="unassignable",tenant="other-clinic"}'
+        in (metrics)
+    )
+    assert (
+        'assignment_specialty_eligible_reviewers{jurisdiction="US-NY",'
+        'subspecialty="cardiology"} 0.0' in (metrics)
+    )
+    # A filter narrows the list.
+    before = page.locator("#cases tbody tr").count()
+    page.fill("#f-tenant", "other-clinic")
+    page.click("#filters button")
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#cases tbody tr')]"
+        ".every(r => r.children[2].textContent === 'other-clinic')",
+        timeout=10_000,
+    )
+    after = page.locator("#cases tbody tr").count()
+    assert 1 <= after < before
+    shot(page, "filtered")
+    # Release the held case from the page: intake accepts it, the row leaves "held".
+    page.fill("#f-tenant", "")
+    page.click("#filters button")
+    page.locator(f'tr[data-case-id="{held}"] button.release').click()
+    page.wait_for_function(
+        f"() => {{ const r = document.querySelector('tr[data-case-id=\"{held}\"]');"
+        " return !r || r.dataset.state !== 'held_for_review'; }",
+        timeout=30_000,
+        polling=500,
+    )
+    status = httpx.get(f"{urls['intake']}/v1/cases/{held}", headers=auth("demo-int")).json()
+    assert status["stage"] != "held_for_review"
+    shot(page, "released")
+    page.close()
