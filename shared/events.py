@@ -229,6 +229,19 @@ class CaseSubmitted(BaseModel):
         return f"org.secondopinion.{cls.topic}.v{cls.version}"
 
 
+class RoutingFinding(BaseModel):
+    """A concept intake read in the case (docs/clinical-rules.md): the words or code
+    that named it, where, and the context that qualified it (current, negated,
+    family, hypothetical, historical, uncertain) with the words that set it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    concept: Clipped64
+    words: Clipped200
+    source: Clipped128
+    context: Clipped64 = "current"
+    cue: Clipped200 = ""
+
+
 class CaseAccepted(Event):
     topic: ClassVar[str] = "case.accepted"
     external_id: Text128
@@ -238,6 +251,10 @@ class CaseAccepted(Event):
     # Why intake routed it so (docs/intake.md): signal/subspecialty name -> reason.
     triage_reasons: Annotated[dict[Clipped64, Clipped500], clip_items(20), MaxLen(20)] = {}
     subspecialty_reasons: Annotated[dict[Clipped64, Clipped500], clip_items(20), MaxLen(20)] = {}
+    # What the routing was read from, and the needed reviewers the service tier does
+    # not cover (routed all the same: a decision for operations, with its reason).
+    findings: Annotated[list[RoutingFinding], clip_items(40), MaxLen(40)] = []
+    beyond_tier: Annotated[dict[Clipped64, Clipped1000], clip_items(10), MaxLen(10)] = {}
     urgency_reason: Clipped500 = ""
     earlier_case_ids: Annotated[list[Text128], Field(max_length=20)] = []
     treatment_start_date: Text10 | None = None

@@ -69,12 +69,25 @@ class Subspecialty(StrEnum):
     ORTHOPAEDICS = "orthopaedics"
     GASTROENTEROLOGY = "gastroenterology"
     HEPATOLOGY = "hepatology"
+    PULMONOLOGY = "pulmonology"
+    RHEUMATOLOGY = "rheumatology"
+    # Rare and undiagnosed disease programs are run by clinical geneticists.
     MEDICAL_GENETICS = "medical_genetics"
     GENERAL_INTERNAL_MEDICINE = "general_internal_medicine"
 
     @property
     def needs(self) -> SpecialtyNeeds:
         return NEEDS[self]
+
+    @property
+    def opinion(self) -> str:
+        """What kind of opinion it gives: 'imaging' (a re-read), 'pathology' (slides)
+        or 'specialist' (a clinical opinion): what a service tier may cover."""
+        if self.needs.imaging_reread:
+            return "imaging"
+        if self.needs.reads_pathology and not self.is_oncology:
+            return "pathology"
+        return "specialist"
 
     @property
     def is_oncology(self) -> bool:
@@ -133,6 +146,8 @@ NEEDS: dict[Subspecialty, SpecialtyNeeds] = {
     S.ORTHOPAEDICS: SpecialtyNeeds("Orthopaedic surgery", "207X00000X", True, needs_imaging=True),
     S.GASTROENTEROLOGY: SpecialtyNeeds("Gastroenterology", "207RG0100X", True),
     S.HEPATOLOGY: SpecialtyNeeds("Hepatology", "207RI0008X", True),
+    S.PULMONOLOGY: SpecialtyNeeds("Pulmonary disease", "207RP1001X", True),
+    S.RHEUMATOLOGY: SpecialtyNeeds("Rheumatology", "207RR0500X", True),
     S.MEDICAL_GENETICS: SpecialtyNeeds("Clinical genetics (M.D.)", "207SG0201X", True),
     S.GENERAL_INTERNAL_MEDICINE: SpecialtyNeeds("Internal medicine", "207R00000X", True),
 }

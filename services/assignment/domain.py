@@ -32,7 +32,6 @@ from shared.events import (
     CaseUnassignable,
     Event,
     RoutingContext,
-    ServiceTier,
     SlaBreached,
     SlaWarning,
 )
@@ -135,11 +134,10 @@ def choose_reviewer(
 
 
 def needed_subspecialties(routing: RoutingContext) -> list[str]:
-    """One reviewer per subspecialty for a multi-specialist opinion; otherwise the
-    case's primary subspecialty only (one opinion, one report)."""
-    if routing.service_tier is ServiceTier.MULTI_SPECIALIST:
-        return list(dict.fromkeys(routing.subspecialties))
-    return routing.subspecialties[:1]
+    """One reviewer per subspecialty the case needs, whatever the tier: who is needed
+    is clinical (intake decides it, docs/clinical-rules.md); the tier sets the
+    deadline, and a need beyond it is recorded by intake for operations."""
+    return list(dict.fromkeys(routing.subspecialties))
 
 
 # ---------------------------------------------------------------- the SLA policy

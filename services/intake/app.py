@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from services.intake import fhir, fhir_out, handlers, progress
+from services.intake.clinical import nlp
 from services.intake.documents import CaseDocument
 from services.intake.settings import IntakeSettings
 from services.intake.store import IntakeStore
@@ -77,6 +78,10 @@ class CaseStatus(BaseModel):
     urgency: str = "routine"
     urgency_reason: str = ""
     subspecialties: list[dict[str, str]] = []
+    # What the routing was read from: concept, words (or code), source, context, cue.
+    findings: list[dict[str, str]] = []
+    # Needed reviewers the service tier does not cover, routed all the same.
+    beyond_tier: list[dict[str, str]] = []
     triage: list[dict[str, str]] = []
     second_opinion_value: str = "standard"
     earlier_case_ids: list[str] = []
@@ -142,6 +147,8 @@ def status_of(case: CaseDocument, settings: IntakeSettings) -> CaseStatus:
         urgency=case.urgency.value,
         urgency_reason=case.urgency_reason,
         subspecialties=[{"name": s.name.value, "reason": s.reason} for s in case.subspecialties],
+        findings=[f.model_dump() for f in case.findings],
+        beyond_tier=[{"name": s.name.value, "reason": s.reason} for s in case.beyond_tier],
         triage=[t.model_dump() for t in case.triage],
         second_opinion_value=case.second_opinion_value,
         earlier_case_ids=case.earlier_case_ids,
@@ -266,12 +273,19 @@ def create_service(
         service.collection("cases", outbox=True), service.collection("rejections", outbox=True)
     )
     service.on_startup(store.create_indexes)
+    service.on_startup(_clinical_pipeline)
     registry = load_registry(settings.providers_file) if settings.providers_file else None
     _http_routes(service, store, settings, registry)
     _case_routes(service, store, settings)
     _subscribers(service, store, settings, registry)
     _document_bodies(service.api)
     return service
+
+
+async def _clinical_pipeline() -> None:
+    """Build the clinical NLP pipeline (a few seconds) before the first case, off the
+    event loop (services/intake/clinical/nlp.py)."""
+    await asyncio.to_thread(nlp.pipeline)
 
 
 def _http_routes(

@@ -44,6 +44,16 @@ class SubspecialtyRecord(BaseModel):
     reason: str
 
 
+class MentionRecord(BaseModel):
+    """A concept read in the case: the words (or code), where, and their context."""
+
+    concept: str
+    words: str
+    source: str
+    context: str = "current"
+    cue: str = ""
+
+
 class AuthorizationRecord(BaseModel):
     """The patient's release for one provider, as recorded."""
 
@@ -68,6 +78,8 @@ class CaseDocument(Stored):
     fingerprint: str
     submission: CaseSubmission
     subspecialties: list[SubspecialtyRecord]
+    findings: list[MentionRecord] = []
+    beyond_tier: list[SubspecialtyRecord] = []
     triage: list[FindingRecord] = []
     second_opinion_value: SecondOpinionValue = "standard"
     urgency: Urgency

@@ -15,7 +15,8 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import date
 
-from services.intake import progress
+from services.intake import clinical, progress
+from services.intake.clinical.nlp import Mention
 from services.intake.documents import CaseDocument
 from shared.events import (
     CaseAccepted,
@@ -23,6 +24,7 @@ from shared.events import (
     FirstOpinionSource,
     ProviderRecords,
     RoutingContext,
+    RoutingFinding,
     Urgency,
 )
 from shared.vocabulary import Subspecialty
@@ -72,145 +74,21 @@ def _search(pattern: str, text: str) -> str | None:
     return m.group(0) if m else None
 
 
-# ---------------------------------------------------------------- subspecialty
+# ---------------------------------------------------------------- clinical routing
+# The rules of the field live in services/intake/clinical (rules/*.yaml, read with
+# clinical context); these functions are intake's view of them.
 
-S = Subspecialty
-# (subspecialty, pattern) — first the specific, then the general.
-SUBSPECIALTY_RULES: tuple[tuple[Subspecialty, str], ...] = (
-    (S.BREAST_IMAGING, r"\b(mammogra\w*|breast (mri|ultrasound|imaging)|bi-?rads)\b"),
-    (
-        S.NEURORADIOLOGY,
-        r"\b(brain|head|spine|spinal|skull base|posterior fossa|brachial plexus|pituitary)\b"
-        r"|\bneuro\w*",
-    ),
-    (
-        S.MUSCULOSKELETAL_RADIOLOGY,
-        r"\b(knee|shoulder|hip|ankle|wrist|elbow|joint|menisc\w*|rotator cuff)\b",
-    ),
-    (S.THORACIC_IMAGING, r"\b(chest ct|lung nodule|pulmonary nodule|thorac\w*|mediastin\w*)\b"),
-    (
-        S.BODY_IMAGING,
-        r"\b(abdom\w*|pelvi\w*|liver|hepat\w*|kidney|renal|pancrea\w*|prostate|adrenal)\b",
-    ),
-    (S.PATHOLOGY, r"\b(biopsy|histolog\w*|patholog\w*|slides?|cytolog\w*|gleason)\b"),
-)
-ONCOLOGY_SITES: tuple[tuple[Subspecialty, str], ...] = (
-    (S.ONCOLOGY_GENITOURINARY, r"\b(prostate|bladder|renal cell|kidney cancer)\b"),
-    (S.ONCOLOGY_BREAST, r"\bbreast\b"),
-    (S.ONCOLOGY_THORACIC, r"\b(lung|thoracic|nsclc)\b"),
-    (S.ONCOLOGY_NEURO, r"\b(glioma|glioblastoma|brain tumou?r)\b"),
-)
-# Words that make the question an oncology one (a PI-RADS 4-5 lesion or a Gleason
-# grade is prostate cancer work-up even before the word "cancer" appears).
-CANCER = (
-    r"\b(cancer|\w*carcinoma|malignan\w*|tumou?r|lymphoma|sarcoma|metasta\w*|psa|nsclc"
-    r"|gleason|pi-?rads [45])\b"
-)
+LOW_VALUE = clinical.routing.LOW_VALUE
 
 
-def _oncology(text: str) -> SubspecialtyFinding | None:
-    cancer = _search(CANCER, text)
-    if cancer is None:
-        return None
-    for name, pattern in ONCOLOGY_SITES:
-        if site := _search(pattern, text):
-            return SubspecialtyFinding(name, f"cancer term '{cancer}' at site '{site}'")
-    return SubspecialtyFinding(S.ONCOLOGY_GENERAL, f"cancer term '{cancer}'")
-
-
-def infer_subspecialties(text: str) -> list[SubspecialtyFinding]:
-    """The subspecialties the question needs, each with the words that chose it."""
-    lowered = text.lower()
-    found = [
-        SubspecialtyFinding(name, f"matched '{m}'")
-        for name, pattern in SUBSPECIALTY_RULES
-        if (m := _search(pattern, lowered))
-    ]
-    if onc := _oncology(lowered):
-        found.append(onc)
-    return found or [
-        SubspecialtyFinding(S.GENERAL_INTERNAL_MEDICINE, "no subspecialty-specific terms")
-    ]
-
-
-# ---------------------------------------------------------------- triage
-
-# Signals that make a second opinion worth it (docs/intake.md).
-HIGH_VALUE: tuple[tuple[str, str], ...] = (
-    (
-        "ambiguous_report",
-        r"cannot (be )?exclude\w*|cannot be ruled out|can ?not rule out|non-?specific"
-        r"|recommend\w* (clinical )?correlation|clinical correlation|indeterminate|equivocal"
-        r"|may represent",
-    ),
-    (
-        "serious_diagnosis",
-        CANCER + r"|\b(glioma|glioblastoma|aneurysm|multiple sclerosis|als|dementia"
-        r"|cardiomyopathy|pulmonary fibrosis|vasculitis)\b",
-    ),
-    ("rare_condition", r"\brare\b|orphan disease|unusual presentation"),
-    (
-        "complex_anatomy",
-        r"skull base|posterior fossa|brachial plexus|post-?(surgical|operative) pelvis"
-        r"|pelvis after (surgery|prostatectomy|hysterectomy)",
-    ),
-    (
-        "prior_studies_not_compared",
-        r"no prior (studies|imaging) (available|for comparison)"
-        r"|prior (studies|imaging|mri|ct) (were |was )?not (available|reviewed|compared)"
-        r"|without comparison|no comparison|comparison: none",
-    ),
-    (
-        "imaging_symptom_mismatch",
-        r"(does not|doesn't|do not) (match|explain) (the |my |her |his |the patient's )?symptoms"
-        r"|discordant with (the )?(symptoms|clinical)|symptoms (are )?not explained",
-    ),
-    ("conflicting_opinions", r"conflicting (opinions|reports|diagnos\w*)|differing opinions"),
-)
-IRREVERSIBLE = (
-    r"\b(resection|surgery|surgical|\w+ectomy|amputation|transplant\w*|radiation|radiotherapy"
-    r"|chemotherapy|ablation|spinal fusion|craniotomy)\b"
-)
-PERSISTENT = r"persistent|despite (treatment|therapy)|not improving|no improvement|refractory"
-BENIGN_INCIDENTAL = (
-    r"simple (renal |kidney |hepatic |liver )?cyst|bosniak (i|1)\b"
-    r"|stable (liver |hepatic )?hemangioma|hemangioma,? (unchanged|stable)"
-)
-NORMAL_REPORT = (
-    r"\bnormal (study|exam\w*|mri|ct|scan)\b|\bunremarkable\b|no acute (abnormality|findings)"
-    r"|within normal limits"
-)
-RESOLVED = r"symptoms (have )?resolved|resolved symptoms|now asymptomatic"
-LOW_VALUE = frozenset({"benign_incidental_finding", "normal_report_resolved_symptoms"})
+def infer_subspecialties(s: CaseSubmission) -> list[SubspecialtyFinding]:
+    """The reviewers the case needs (primary first), each with the words that chose it."""
+    return [SubspecialtyFinding(n.subspecialty, n.reason) for n in clinical.route(s).needed]
 
 
 def case_text(s: CaseSubmission) -> str:
     fo = s.first_opinion
     return "\n".join((s.question, fo.diagnosis, fo.report_text, fo.treatment_plan)).lower()
-
-
-def _treatment_signal(s: CaseSubmission) -> Finding | None:
-    text = f"{s.question}\n{s.first_opinion.treatment_plan}".lower()
-    if m := _search(IRREVERSIBLE, text):
-        return Finding("irreversible_treatment", f"invasive or irreversible treatment '{m}'")
-    return None
-
-
-def _persistent_signal(s: CaseSubmission, text: str) -> Finding | None:
-    if s.symptoms_status == "persistent":
-        return Finding("persistent_symptoms", "symptoms_status is persistent")
-    if m := _search(PERSISTENT, text):
-        return Finding("persistent_symptoms", f"matched '{m}'")
-    return None
-
-
-def _normal_resolved_signal(s: CaseSubmission, text: str) -> Finding | None:
-    normal = _search(NORMAL_REPORT, s.first_opinion.report_text.lower())
-    resolved = "symptoms_status is resolved" if s.symptoms_status == "resolved" else None
-    resolved = resolved or (f"matched '{m}'" if (m := _search(RESOLVED, text)) else None)
-    if normal and resolved:
-        return Finding("normal_report_resolved_symptoms", f"report says '{normal}' and {resolved}")
-    return None
 
 
 def conflicting_earlier(s: CaseSubmission) -> Finding | None:
@@ -229,25 +107,16 @@ def _normalised(text: str) -> str:
     return " ".join(re.sub(r"[^a-z0-9 ]", " ", text.lower()).split())
 
 
+def _signals(s: CaseSubmission, routing: clinical.ClinicalRouting) -> list[Finding]:
+    found = [Finding(r.name, r.reason) for r in routing.signals]
+    if (earlier := conflicting_earlier(s)) and earlier.name not in {f.name for f in found}:
+        found.append(earlier)
+    return found
+
+
 def triage_signals(s: CaseSubmission) -> list[Finding]:
     """Every signal found, high-value and low-value, each with its reason."""
-    text = case_text(s)
-    found = [Finding(name, f"matched '{m}'") for name, p in HIGH_VALUE if (m := _search(p, text))]
-    optional = (
-        _treatment_signal(s),
-        _persistent_signal(s, text),
-        conflicting_earlier(s),
-        Finding("benign_incidental_finding", f"matched '{m}'")
-        if (m := _search(BENIGN_INCIDENTAL, text))
-        else None,
-        _normal_resolved_signal(s, text),
-    )
-    names = {f.name for f in found}
-    for finding in optional:
-        if finding and finding.name not in names:
-            found.append(finding)
-            names.add(finding.name)
-    return found
+    return _signals(s, clinical.route(s))
 
 
 def second_opinion_value(signals: list[Finding]) -> str:
@@ -300,27 +169,16 @@ def opinion_chain(s: CaseSubmission) -> Finding | None:
     return None
 
 
-CONTROLLED_SUBSTANCE = (
-    r"\b(oxycodone|oxycontin|hydrocodone|fentanyl|morphine|methadone|percocet|vicodin|opioids?"
-    r"|opiates?|tramadol|codeine|xanax|alprazolam|diazepam|valium|clonazepam|klonopin|lorazepam"
-    r"|ativan|benzodiazepines?|adderall|amphetamines?|methylphenidate|ritalin|ketamine)\b"
-)
-PRESCRIPTION_REQUEST = (
-    r"\b(prescri\w*|refills?|renew\w*|higher dose|dose increase|increase (my|the) dose"
-    r"|stronger (pain )?(medication|meds)|new script|refused to (prescribe|refill))\b"
-)
-
-
 def doctor_shopping(s: CaseSubmission) -> Finding | None:
-    """A request for a controlled-substance prescription is not a second opinion."""
-    text = s.question.lower()
-    drug, ask = _search(CONTROLLED_SUBSTANCE, text), _search(PRESCRIPTION_REQUEST, text)
-    if drug and ask:
-        return Finding(
-            "controlled_substance_request",
-            f"asks '{ask}' about controlled substance '{drug}': held for human review",
-        )
-    return None
+    """A request for a controlled-substance prescription, or for a particular
+    diagnosis (for a claim or a dispute), is not a second opinion: held for a human."""
+    return _hold(clinical.route(s))
+
+
+def _hold(routing: clinical.ClinicalRouting) -> Finding | None:
+    if routing.hold is None:
+        return None
+    return Finding(routing.hold.name, f"{routing.hold.reason}: held for human review")
 
 
 def link_earlier(s: CaseSubmission, known: dict[str, str]) -> list[str]:
@@ -342,6 +200,10 @@ class Assessment:
     earlier_case_ids: list[str]
     hold: Finding | None
     waiting_on: list[str] = field(default_factory=list)
+    # Every concept read (with its words, where, and its context) and the needed
+    # reviewers the service tier does not cover (docs/clinical-rules.md).
+    findings: list[Mention] = field(default_factory=list)
+    beyond_tier: list[SubspecialtyFinding] = field(default_factory=list)
 
     @property
     def stage(self) -> str:
@@ -351,17 +213,20 @@ class Assessment:
 
 
 def assess(s: CaseSubmission, today: date, known: dict[str, str]) -> Assessment:
-    signals = triage_signals(s)
+    routing = clinical.route(s)
+    signals = _signals(s, routing)
     chain = opinion_chain(s)
     urgency, why = assess_urgency(s, today)
     return Assessment(
-        subspecialties=infer_subspecialties(case_text(s)),
+        subspecialties=[SubspecialtyFinding(n.subspecialty, n.reason) for n in routing.needed],
         signals=signals + ([chain] if chain else []),
         urgency=urgency,
         urgency_reason=why,
         earlier_case_ids=link_earlier(s, known),
-        hold=doctor_shopping(s),
+        hold=_hold(routing),
         waiting_on=missing_authorizations(s),
+        findings=routing.findings,
+        beyond_tier=[SubspecialtyFinding(n.subspecialty, n.reason) for n in routing.beyond_tier],
     )
 
 
@@ -402,6 +267,8 @@ def case_accepted(doc: CaseDocument) -> CaseAccepted:
         triage_signals=[x.name for x in doc.triage],
         triage_reasons={x.name: x.reason for x in doc.triage},
         subspecialty_reasons={x.name.value: x.reason for x in subs},
+        findings=[RoutingFinding.model_validate(m.model_dump()) for m in doc.findings],
+        beyond_tier={x.name.value: x.reason for x in doc.beyond_tier},
         urgency_reason=doc.urgency_reason,
         earlier_case_ids=doc.earlier_case_ids,
         treatment_start_date=s.treatment_start_date,

@@ -19,6 +19,7 @@ from services.intake.documents import (
     AuthorizationRecord,
     CaseDocument,
     FindingRecord,
+    MentionRecord,
     RejectionDocument,
     ReviewRecord,
     Stage,
@@ -148,6 +149,13 @@ def _new_case(
         fingerprint=domain.submission_fingerprint(submission),
         submission=submission,
         subspecialties=[SubspecialtyRecord(name=f.name, reason=f.reason) for f in a.subspecialties],
+        findings=[
+            MentionRecord(
+                concept=m.concept, words=m.words, source=m.source, context=m.context, cue=m.cue
+            )
+            for m in a.findings
+        ],
+        beyond_tier=[SubspecialtyRecord(name=f.name, reason=f.reason) for f in a.beyond_tier],
         triage=[FindingRecord(name=f.name, reason=f.reason) for f in a.signals],
         second_opinion_value=domain.second_opinion_value(a.signals),
         urgency=a.urgency,

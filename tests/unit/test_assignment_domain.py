@@ -71,7 +71,9 @@ def test_excluded_by_case_history_and_reason_recorded() -> None:
     assert "licensed in US-CA" in d.reason and "load 9/10" in d.reason
 
 
-def test_multi_reviewer_only_for_multi_specialist_tier() -> None:
+def test_one_reviewer_per_needed_subspecialty_whatever_the_tier() -> None:
+    """Was: several reviewers only for the multi-specialist tier; who is needed is
+    clinical, the tier sets the deadline (docs/clinical-rules.md)."""
     subs = ["pathology", "body_imaging", "oncology_general", "pathology"]
     multi = CTX.model_copy(
         update={"subspecialties": subs, "service_tier": ServiceTier.MULTI_SPECIALIST}
@@ -80,4 +82,4 @@ def test_multi_reviewer_only_for_multi_specialist_tier() -> None:
         update={"subspecialties": subs, "service_tier": ServiceTier.IMAGING_REREAD}
     )
     assert needed_subspecialties(multi) == ["pathology", "body_imaging", "oncology_general"]
-    assert needed_subspecialties(reread) == ["pathology"]
+    assert needed_subspecialties(reread) == ["pathology", "body_imaging", "oncology_general"]

@@ -34,6 +34,13 @@ def opinion(diagnosis: str, report: str = "", plan: str = "") -> dict[str, str]:
     return {"diagnosis": diagnosis, "report_text": report, "treatment_plan": plan}
 
 
+def needs(question: str) -> list[domain.SubspecialtyFinding]:
+    """The reviewers a question alone brings in (the first opinion says nothing)."""
+    return domain.infer_subspecialties(
+        submission(question=question, first_opinion=opinion("See the records"))
+    )
+
+
 def signals(s: CaseSubmission) -> dict[str, str]:
     return {f.name: f.reason for f in domain.triage_signals(s)}
 
@@ -76,17 +83,18 @@ def test_missing_authorizations_lists_unauthorized_providers() -> None:
         ),
         ("Invasive ductal carcinoma of the left breast: is lumpectomy enough?", "oncology_breast"),
         ("Stage IIIA NSCLC, surgery or chemoradiation?", "oncology_thoracic"),
-        ("Diffuse large B-cell lymphoma, second-line options", "oncology_general"),
+        # A blood cancer is treated by haematology-oncology (was: oncology_general).
+        ("Diffuse large B-cell lymphoma, second-line options", "hematology_oncology"),
     ],
 )
 def test_subspecialty_inferred_from_the_question(text: str, expected: str) -> None:
-    found = domain.infer_subspecialties(text)
+    found = needs(text)
     assert expected in [f.name for f in found]
     assert all(f.reason for f in found)
 
 
 def test_a_case_can_need_several_subspecialties() -> None:
-    found = domain.infer_subspecialties(
+    found = needs(
         "Prostate MRI PI-RADS 5 and biopsy Gleason 4+4: please re-read and re-review slides"
     )
     names = [f.name for f in found]
@@ -96,7 +104,7 @@ def test_a_case_can_need_several_subspecialties() -> None:
 
 
 def test_no_specific_terms_falls_back_to_internal_medicine() -> None:
-    found = domain.infer_subspecialties("Persistent fatigue despite treatment for months")
+    found = needs("Persistent fatigue despite treatment for months")
     assert [f.name for f in found] == ["general_internal_medicine"]
 
 
@@ -114,12 +122,12 @@ def test_no_specific_terms_falls_back_to_internal_medicine() -> None:
 )
 def test_ambiguous_report_wording(report: str, phrase: str) -> None:
     s = submission(first_opinion=opinion("Uncertain", report))
-    assert phrase in signals(s)["ambiguous_report"]
+    assert phrase in signals(s)["ambiguous_report"].lower()
 
 
 def test_serious_diagnosis() -> None:
     s = submission(first_opinion=opinion("Glioblastoma, IDH wild-type"))
-    assert "glioblastoma" in signals(s)["serious_diagnosis"]
+    assert "glioblastoma" in signals(s)["serious_diagnosis"].lower()
 
 
 @pytest.mark.parametrize(
@@ -134,7 +142,7 @@ def test_persistent_symptoms_from_text_or_status() -> None:
     s = submission(question="Low back pain persistent despite treatment for 8 months, MRI?")
     assert "persistent" in signals(s)["persistent_symptoms"]
     s = submission(symptoms_status="persistent")
-    assert signals(s)["persistent_symptoms"] == "symptoms_status is persistent"
+    assert "symptoms_status is persistent" in signals(s)["persistent_symptoms"]
 
 
 def test_rare_condition() -> None:
@@ -299,8 +307,8 @@ def test_stage_rank_orders_the_pipeline() -> None:
 
 def test_inferred_subspecialties_are_the_shared_vocabulary() -> None:
     """Typed as shared.vocabulary.Subspecialty, with the same wire strings as before."""
-    found = domain.infer_subspecialties("Biopsy of a prostate lesion, Gleason 7 cancer")
+    found = needs("Biopsy of a prostate lesion, Gleason 7 cancer")
     assert all(isinstance(f.name, Subspecialty) for f in found)
-    assert [f.name.value for f in found] == ["body_imaging", "pathology", "oncology_genitourinary"]
-    rule_names = {name for name, _ in domain.SUBSPECIALTY_RULES + domain.ONCOLOGY_SITES}
-    assert rule_names <= set(Subspecialty)
+    # A new cancer diagnosis: the site oncologist first, then pathology; no imaging
+    # is asked about, so no radiologist (was: body imaging first, from "prostate").
+    assert [f.name.value for f in found] == ["oncology_genitourinary", "pathology"]
