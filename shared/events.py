@@ -444,6 +444,11 @@ class NotificationDelivered(Event):
     channel: Text32
     subscription_id: Text128 = ""
     status: str = Field(max_length=16, pattern=r"^(delivered|dead_letter)$")
+    # Whom the delivery served: the partner (webhooks, partner and portal
+    # addresses) or the case's treating clinician (notify's e-mail to them).
+    audience: str = Field(
+        default="partner", max_length=32, pattern=r"^(partner|treating_clinician)$"
+    )
 
 
 TOPIC_MODELS: dict[str, type[BaseModel]] = {
