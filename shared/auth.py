@@ -113,7 +113,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Issue an API key (prints key, then record)")
     parser.add_argument("key_id")
     parser.add_argument("tenant_id")
-    parser.add_argument("role", choices=["integrator", "partner", "reviewer", "operations"])
+    parser.add_argument(
+        "role", choices=["integrator", "partner", "reviewer", "operations", "service"]
+    )
     parser.add_argument("subject")
     args = parser.parse_args()
     key, record = issue(args.key_id, args.tenant_id, args.role, args.subject)

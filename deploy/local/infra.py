@@ -18,6 +18,9 @@ Parts (every one listens on 127.0.0.1 only, except Orthanc, see below):
 - ``mongo`` SecantusDB (MongoDB wire protocol), journal synced on commit.
 - ``pacs``  Orthanc (Debian package) with the DICOMweb plugin.
 - ``fhir``  A FHIR R4 peer: deploy/local/fhir/server.mjs (Node, in memory).
+- ``smtp``  A mail relay (aiosmtpd, deploy/local/smtp_server.py) requiring
+            STARTTLS with a self-signed certificate made at start, AUTH with
+            local-only credentials, every message kept in STATE/smtp/maildir.
 
 Configuration (environment, with defaults)::
 
@@ -34,6 +37,7 @@ Configuration (environment, with defaults)::
     ORTHANC_HTTP_PORT   8042
     ORTHANC_DICOM_PORT  4242
     FHIR_PORT           8103
+    SMTP_PORT           2525
     LOCAL_S3_ACCESS_KEY / LOCAL_S3_SECRET_KEY   local-only S3 credentials
     LOCAL_START_TIMEOUT seconds each part may take to become ready (60)
     MONGO_OPLOG_MAX_ENTRIES  20000          SecantusDB oplog cap
@@ -97,7 +101,7 @@ LOOPBACK = "127.0.0.1"
 # failed the write (one case submission in 10,000): the pool drops its own first.
 MONGO_OPTIONS = "directConnection=true&retryWrites=false&maxIdleTimeMS=240000"
 
-PART_ORDER = ["s3", "kafka", "mongo", "pacs", "fhir"]
+PART_ORDER = ["s3", "kafka", "mongo", "pacs", "fhir", "smtp"]
 # What `--only` accepts, and which parts each name brings along.
 GROUPS = {
     "kafka": ["s3", "kafka"],
@@ -105,6 +109,7 @@ GROUPS = {
     "mongo": ["mongo"],
     "pacs": ["pacs"],
     "fhir": ["fhir"],
+    "smtp": ["smtp"],
 }
 
 S3_BUCKET = "tansu"
@@ -113,6 +118,8 @@ S3_REGION = "us-east-1"
 # first start, so changing these later needs a fresh state directory.
 S3_ACCESS_KEY = os.environ.get("LOCAL_S3_ACCESS_KEY", "local-dev-access-key")
 S3_SECRET_KEY = os.environ.get("LOCAL_S3_SECRET_KEY", "local-dev-secret-key-not-for-production")
+SMTP_USERNAME = "notify"
+SMTP_PASSWORD = os.environ.get("LOCAL_SMTP_PASSWORD", "local-dev-smtp-password")
 
 ORTHANC_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 # The AE title a loopback DICOM client must use to C-STORE/C-FIND into Orthanc.
@@ -190,6 +197,7 @@ PORT_NAMES = [
     "orthanc_http",
     "orthanc_dicom",
     "fhir",
+    "smtp",
 ]
 GRPC_OFFSET = 10_000  # SeaweedFS's own convention
 
@@ -214,6 +222,7 @@ def fixed_ports() -> dict[str, int]:
         "orthanc_http": env_port("ORTHANC_HTTP_PORT", 8042),
         "orthanc_dicom": env_port("ORTHANC_DICOM_PORT", 4242),
         "fhir": env_port("FHIR_PORT", 8103),
+        "smtp": env_port("SMTP_PORT", 2525),
         **weed,
     }
     for name, port in weed.items():
@@ -342,6 +351,13 @@ def endpoints_doc(ports: dict[str, int], mode: str, state: State) -> dict:
         # Local-only development credentials (see S3_ACCESS_KEY above).
         "s3_access_key_id": S3_ACCESS_KEY,
         "s3_secret_access_key": S3_SECRET_KEY,
+        # The mail relay: STARTTLS with the certificate below, local-only AUTH.
+        "smtp_host": LOOPBACK,
+        "smtp_port": ports["smtp"],
+        "smtp_ca_file": str(state.data("smtp") / "smtp-cert.pem"),
+        "smtp_maildir": str(state.data("smtp") / "maildir"),
+        "smtp_username": SMTP_USERNAME,
+        "smtp_password": SMTP_PASSWORD,
         "state_dir": str(state.root),
         "mode": mode,
         "ports": ports,
@@ -494,6 +510,17 @@ def mongo_ready(_state: State, ports: dict[str, int]) -> bool:
         return False
     finally:
         client.close()
+
+
+def smtp_ready(state: State, ports: dict[str, int]) -> bool:
+    """The relay greets (220) and its certificate, made at start, is on disk."""
+    if not (state.data("smtp") / "smtp-cert.pem").exists():
+        return False
+    try:
+        with socket.create_connection((LOOPBACK, ports["smtp"]), timeout=1.0) as sock:
+            return sock.recv(64).startswith(b"220")
+    except OSError:
+        return False
 
 
 def pacs_ready(_state: State, ports: dict[str, int]) -> bool:
@@ -699,6 +726,28 @@ def launch_fhir(state: State, ports: dict[str, int]) -> Launch:
     )
 
 
+def launch_smtp(state: State, ports: dict[str, int]) -> Launch:
+    data = state.data("smtp")
+    data.mkdir(parents=True, exist_ok=True)
+    cert = data / "smtp-cert.pem"
+    cert.unlink(missing_ok=True)  # made fresh at start: ready only once it is there
+    argv = [
+        sys.executable,
+        str(HERE / "smtp_server.py"),
+        "--host",
+        LOOPBACK,
+        "--port",
+        str(ports["smtp"]),
+        "--data",
+        str(data),
+        "--username",
+        SMTP_USERNAME,
+        "--password",
+        SMTP_PASSWORD,
+    ]
+    return Launch(argv, cwd=data)
+
+
 WEED_PORTS = [name for name in PORT_NAMES if name == "s3" or name.startswith(("s3_", "weed_"))]
 
 PARTS = {
@@ -728,6 +777,9 @@ PARTS = {
         "http://{host}:{orthanc_http} (DICOM {host}:{orthanc_dicom})",
     ),
     "fhir": Part("fhir", launch_fhir, fhir_ready, ["fhir"], "server.mjs", "http://{host}:{fhir}"),
+    "smtp": Part(
+        "smtp", launch_smtp, smtp_ready, ["smtp"], "smtp_server.py", "smtp://{host}:{smtp}"
+    ),
 }
 
 

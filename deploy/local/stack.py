@@ -24,6 +24,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 SERVICES = ("intake", "records_fetch", "assignment", "reporting", "notify")
@@ -129,6 +130,27 @@ def service_env(paths: Paths, endpoints: dict[str, str], ports: dict[str, int]) 
             if name != "assignment"
         }
     )
+    env.update(notify_mail_env(endpoints, ports))
+    return env
+
+
+def notify_mail_env(endpoints: dict[str, Any], ports: dict[str, int]) -> dict[str, str]:
+    """notify's relay (the local aiosmtpd, STARTTLS verified against its
+    certificate) and where it fetches a report's PDF for the treating clinician
+    (reporting, with notify's local service key)."""
+    env: dict[str, str] = {}
+    if "smtp_port" in endpoints:
+        env.update(
+            NOTIFY_SMTP_HOST=str(endpoints["smtp_host"]),
+            NOTIFY_SMTP_PORT=str(endpoints["smtp_port"]),
+            NOTIFY_SMTP_STARTTLS="true",
+            NOTIFY_SMTP_CA_FILE=str(endpoints["smtp_ca_file"]),
+            NOTIFY_SMTP_USERNAME=str(endpoints["smtp_username"]),
+            NOTIFY_SMTP_PASSWORD=str(endpoints["smtp_password"]),
+        )
+    if "reporting" in ports:
+        env["NOTIFY_REPORTING_URL"] = f"http://127.0.0.1:{ports['reporting']}"
+        env["NOTIFY_REPORTING_API_KEY"] = "notify-svc.dev-secret-notify-svc"
     return env
 
 

@@ -27,7 +27,7 @@ from shared.aio import drain_forever
 from shared.auth import Principal
 from shared.clock import SYSTEM_CLOCK, Clock
 from shared.envelope import EventMeta
-from shared.events import CaseRejected, RecordsIncomplete, ReportReady, SlaBreached
+from shared.events import CaseAccepted, CaseRejected, RecordsIncomplete, ReportReady, SlaBreached
 from shared.runtime import ProcessService, Service
 from shared.vocabulary import PartnerEventType
 
@@ -44,12 +44,16 @@ class SubscriptionIn(BaseModel):
     email: str = Field(default="", max_length=200, description="E-mail address (or give url)")
     audience: Audience = "partner"
     event_types: list[PartnerEventType] = Field(default_factory=_report_ready, min_length=1)
+    technical_contact_email: str = Field(
+        default="", max_length=200, description="Told by e-mail of every dead letter"
+    )
 
 
 class SubscriptionPatch(BaseModel):
     active: bool | None = None
     event_types: list[PartnerEventType] | None = Field(default=None, min_length=1)
     url: str | None = Field(default=None, min_length=8, max_length=2000)
+    technical_contact_email: str | None = Field(default=None, max_length=200)
 
 
 class SubscriptionOut(BaseModel):
@@ -62,6 +66,11 @@ class SubscriptionOut(BaseModel):
     active: bool
     secret: str = Field(default="", description="Shown once: at creation and rotation")
     previous_secret_expires_at: list[datetime] = []
+    technical_contact_email: str = ""
+    last_sequence: int = Field(0, description="The sequence number of the latest delivery")
+    circuit: str = Field("closed", description="closed, open (endpoint failing) or half_open")
+    circuit_retry_at: datetime | None = None
+    disabled_reason: str = Field("", description="Why it stopped by itself, e.g. 410 Gone")
 
     @classmethod
     def of(cls, sub: Subscription, *, with_secret: bool = False) -> "SubscriptionOut":
@@ -75,6 +84,11 @@ class SubscriptionOut(BaseModel):
             active=sub.active,
             secret=sub.secret if with_secret else "",
             previous_secret_expires_at=[p.expires_at for p in sub.previous_secrets],
+            technical_contact_email=sub.technical_contact_email,
+            last_sequence=sub.sequence,
+            circuit=sub.breaker.state,
+            circuit_retry_at=sub.breaker.retry_at,
+            disabled_reason=sub.disabled_reason,
         )
 
 
@@ -89,23 +103,26 @@ def create_service(settings: NotifySettings | None = None, clock: Clock | None =
         clock=clock or SYSTEM_CLOCK,
     )
     store = NotifyStore(
-        service.collection("subscriptions"), service.collection("deliveries", outbox=True)
+        service.collection("subscriptions"),
+        service.collection("deliveries", outbox=True),
+        service.collection("clinicians"),
     )
     service.on_startup(store.create_indexes)
     ctx = Notify(store, settings, service.clock)
     wake = asyncio.Event()
-    channels, client = default_channels(settings, service.clock)
+    channels, clients = default_channels(settings, service.clock)
     _subscription_routes(service, ctx, wake)
     _delivery_routes(service, ctx, wake)
     _subscribers(service, ctx, wake)
     _dispatcher(service, ctx, channels, wake)
 
     @service.background
-    async def close_webhook_client() -> None:
+    async def close_clients() -> None:
         try:
             await asyncio.Event().wait()
         finally:
-            await client.aclose()
+            for client in clients:
+                await client.aclose()
 
     return service
 
@@ -125,6 +142,7 @@ def _subscription_routes(service: Service, ctx: Notify, wake: asyncio.Event) -> 
             [str(e) for e in body.event_types],
             email=body.email,
             audience=body.audience,
+            technical_contact_email=body.technical_contact_email,
         )
         return SubscriptionOut.of(sub, with_secret=True)
 
@@ -167,10 +185,47 @@ def _subscription_routes(service: Service, ctx: Notify, wake: asyncio.Event) -> 
         wake.set()
         return {"resent": n}
 
+    @api.post("/v1/subscriptions/{sub_id}/resend", tags=["deliveries"])
+    async def resend_sequences(
+        sub_id: str,
+        principal: caller,
+        from_sequence: Annotated[int, Query(ge=1)],
+        to_sequence: Annotated[int | None, Query(ge=1)] = None,
+    ) -> dict[str, int]:
+        """A gap in the sequence numbers seen: send the finished deliveries
+        numbered from_sequence..to_sequence again (same webhook-ids). Pending
+        ones are still on their way and are not counted."""
+        last = from_sequence if to_sequence is None else to_sequence
+        n = await handlers.resend_sequences(ctx, principal.tenant_id, sub_id, from_sequence, last)
+        wake.set()
+        return {"resent": n}
+
 
 def _delivery_routes(service: Service, ctx: Notify, wake: asyncio.Event) -> None:
     api, store = service.api, ctx.store
     caller = Annotated[Principal, Depends(service.require("partner"))]
+
+    operations = Annotated[Principal, Depends(service.require("operations"))]
+
+    @api.get("/v1/delivery-health", tags=["operations"])
+    async def delivery_health(principal: operations) -> dict[str, Any]:
+        """For the operations dashboard, across tenants (ids only): deliveries by
+        state, dead letters by audience, endpoints whose circuit is open and
+        subscriptions their endpoint disabled (410)."""
+        health = await store.health()
+        for key in ("open_circuits", "disabled_subscriptions"):
+            health[key] = [
+                {
+                    "subscription_id": d["_id"],
+                    "tenant_id": d.get("tenant_id"),
+                    "circuit": (d.get("breaker") or {}).get("state", "closed"),
+                    "retry_at": (d.get("breaker") or {}).get("retry_at"),
+                    "open_since": (d.get("breaker") or {}).get("opened_at"),
+                    "disabled_reason": d.get("disabled_reason", ""),
+                }
+                for d in health[key]
+            ]
+        return health
 
     @api.get("/v1/deliveries", tags=["deliveries"])
     async def list_deliveries(
@@ -178,10 +233,16 @@ def _delivery_routes(service: Service, ctx: Notify, wake: asyncio.Event) -> None
         subscription_id: str | None = None,
         state: Literal["pending", "delivered", "dead_letter"] | None = None,
         case_id: str | None = None,
+        sequence: Annotated[int | None, Query(ge=1)] = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 100,
     ) -> list[dict[str, Any]]:
         """The delivery log: every attempt with its status, latency and error."""
-        filters = {"subscription_id": subscription_id, "state": state, "case_id": case_id}
+        filters = {
+            "subscription_id": subscription_id,
+            "state": state,
+            "case_id": case_id,
+            "sequence": sequence,
+        }
         deliveries = await store.list_deliveries(
             principal.tenant_id, {k: v for k, v in filters.items() if v}, limit
         )
@@ -219,6 +280,12 @@ def _subscribers(service: Service, ctx: Notify, wake: asyncio.Event) -> None:
             wake.set()
 
     service.consumer.on(ReportReady)(fan_out)
+
+    @service.consumer.on(CaseAccepted, follower=True)
+    async def on_case_accepted(event: CaseAccepted, meta: EventMeta) -> None:
+        """The treating clinician's address, kept for the report's e-mail."""
+        await handlers.remember_clinician(ctx, event)
+
     # Off a case's path to its report: the longer fetch wait (EventConsumer.on).
     service.consumer.on(CaseRejected, follower=True)(fan_out)
     service.consumer.on(RecordsIncomplete, follower=True)(fan_out)
@@ -228,16 +295,39 @@ def _subscribers(service: Service, ctx: Notify, wake: asyncio.Event) -> None:
 def _dispatcher(
     service: Service, ctx: Notify, channels: dict[str, Channel], wake: asyncio.Event
 ) -> None:
-    async def dispatch() -> bool:
-        sent = await handlers.dispatch_one(ctx, channels)
-        if sent:
-            service.relay.wake()
-        return sent
+    """`dispatch_workers` loops, each sending the deliveries of its share of the
+    subscriptions one at a time: a slow endpoint holds up only its own worker,
+    and one subscription's deliveries go out in sequence order."""
+    workers = max(1, ctx.settings.dispatch_workers)
+    wakes = [asyncio.Event() for _ in range(workers)]
 
-    @service.background
-    async def dispatcher() -> None:
-        """Send due deliveries; woken by new ones, otherwise polls for retries."""
-        await drain_forever(dispatch, wake, ctx.settings.dispatch_interval_seconds, "dispatcher")
+    async def fan_wake() -> None:
+        while True:
+            await wake.wait()
+            wake.clear()
+            for w in wakes:
+                w.set()
+
+    service.background(fan_wake)
+    for shard in range(workers):
+
+        def worker(shard: int = shard) -> Any:
+            async def dispatch() -> bool:
+                sent = await handlers.dispatch_one(ctx, channels, shard)
+                if sent:
+                    service.relay.wake()
+                return sent
+
+            async def dispatcher() -> None:
+                """Send due deliveries; woken by new ones, otherwise polls for retries."""
+                await drain_forever(
+                    dispatch, wakes[shard], ctx.settings.dispatch_interval_seconds, "dispatcher"
+                )
+
+            dispatcher.__name__ = f"dispatcher_{shard}"
+            return dispatcher
+
+        service.background(worker())
 
 
 default_service = ProcessService(create_service)

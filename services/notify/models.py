@@ -9,12 +9,19 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from services.notify.domain import Breaker
 from shared.store import Doc
 from shared.vocabulary import PartnerEventType
 
 Channel = Literal["webhook", "email"]
-Audience = Literal["partner", "treating_clinician", "patient_portal"]
+Audience = Literal["partner", "treating_clinician", "patient_portal", "technical_contact"]
 DeliveryState = Literal["pending", "delivered", "dead_letter"]
+# An event for a destination, or the e-mail telling a partner's technical
+# contact that one of its deliveries was dead-lettered.
+DeliveryKind = Literal["event", "dead_letter_alert"]
+# A dead letter's alert: "pending" (set in the dead-lettering write), "raised"
+# (the alert e-mail is queued), "no_contact" (metric and log only).
+AlertState = Literal["", "pending", "raised", "no_contact"]
 
 
 class Stored(BaseModel):
@@ -46,6 +53,17 @@ class Subscription(Stored):
     email: str = ""
     secret: str = ""
     previous_secrets: list[PreviousSecret] = []
+    # Who hears about a dead letter (e-mail), e.g. the partner's integration team.
+    technical_contact_email: str = ""
+    # The endpoint's circuit breaker (domain.breaker_after).
+    breaker: Breaker = Breaker()
+    # The last sequence number given to a delivery of this subscription, and
+    # which delivery got it (a fan-out retried after a crash reuses it).
+    sequence: int = 0
+    last_sequenced: str = ""
+    # Why the subscription stopped by itself (e.g. the endpoint answered 410 Gone).
+    disabled_reason: str = ""
+    disabled_at: datetime | None = None
     created_at: datetime
     updated_at: datetime | None = None
     deleted_at: datetime | None = None
@@ -76,7 +94,16 @@ class Attempt(BaseModel):
 class Delivery(Stored):
     tenant_id: str
     case_id: str
-    subscription_id: str
+    subscription_id: str  # "" for a treating clinician's e-mail (no subscription)
+    kind: DeliveryKind = "event"
+    # The address of a delivery without a subscription (the treating clinician's,
+    # from case.accepted) or of an alert (the technical contact's).
+    recipient: str = ""
+    # Per subscription, 1, 2, 3, ... in the order events were fanned out; in the payload.
+    sequence: int | None = None
+    # Which dispatcher worker sends it: all of one subscription's deliveries go
+    # through the same worker, one at a time, in sequence order.
+    shard: int = 0
     channel: Channel = "webhook"
     audience: Audience = "partner"
     event_id: str
@@ -86,7 +113,10 @@ class Delivery(Stored):
     state: DeliveryState = "pending"
     attempts: list[Attempt] = []
     cycle_attempts: int = 0
+    # Start of the current retry window (creation, or the last resend).
+    cycle_started: datetime | None = None
     next_attempt_at: datetime
+    alert: AlertState = ""
     lease_until: datetime | None = None  # left out of listings
     created_at: datetime
     updated_at: datetime | None = None
@@ -100,5 +130,7 @@ class Delivery(Stored):
 
     def view(self) -> dict[str, Any]:
         """What the tenant sees in the delivery log."""
-        shown = self.model_dump(mode="json", exclude={"id", "traceparent", "lease_until"})
+        shown = self.model_dump(
+            mode="json", exclude={"id", "traceparent", "lease_until", "shard", "recipient"}
+        )
         return {"delivery_id": self.id, **shown}

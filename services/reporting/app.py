@@ -185,7 +185,7 @@ def _signed(record: StoredReport | StoredAddendum) -> tuple[dict[str, Any], sign
 
 def _partner_routes(service: Service, ctx: Reporting) -> None:
     api = service.api
-    reader = service.require("partner", "reviewer")
+    reader = service.require("partner", "reviewer", "service")
     base_url = ctx.signer.base_url
 
     def pdf_url(report_id: str) -> str:

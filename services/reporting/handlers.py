@@ -298,12 +298,14 @@ async def add_addendum(
 async def readable_report(
     ctx: Reporting, report_id: str, role: str, tenant_id: str, subject: str
 ) -> tuple[StoredReport, list[StoredAddendum]]:
-    """The report and its addenda, for the case's tenant's partner or its author;
-    anyone else gets NotFound (never learns the report exists)."""
+    """The report and its addenda, for the case's tenant's partner, its author
+    or notify (role `service`, subject `notify`: it e-mails the PDF to the
+    treating clinician); anyone else gets NotFound (never learns it exists)."""
     report = await ctx.store.report(report_id)
     if report is not None and (
         (role == "partner" and report.tenant_id == tenant_id)
         or (role == "reviewer" and report.reviewer_id == subject)
+        or (role == "service" and subject == "notify")
     ):
         return report, await ctx.store.report_addenda(report_id)
     raise NotFound(f"no report {report_id}")

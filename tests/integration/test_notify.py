@@ -288,8 +288,8 @@ class Exploding:
     def __init__(self, inner: Channel, tenant: str, error: Exception) -> None:
         self.inner, self.tenant, self.error, self.calls = inner, tenant, error, 0
 
-    async def send(self, sub: Subscription, delivery: Delivery) -> Any:
-        if sub.tenant_id == self.tenant:
+    async def send(self, sub: Subscription | None, delivery: Delivery) -> Any:
+        if sub is not None and sub.tenant_id == self.tenant:
             self.calls += 1
             raise self.error
         return await self.inner.send(sub, delivery)
