@@ -33,7 +33,7 @@ def submission(sc: dict[str, Any], external_id: str) -> dict[str, Any]:
         "symptoms_status": sc.get("symptoms_status", "unknown"),
         "records": [
             {
-                "provider_id": "p1",
+                "provider_id": "valley-imaging",
                 "patient_id": "MRN-1",
                 "kinds": ["imaging", "notes"],
                 "authorized": True,
