@@ -90,6 +90,10 @@ class ServiceSettings(BaseSettings):
     # anything else is production, which refuses them.
     dev_mode: bool = shared_field(False, "DEV_MODE")
     outbox_sweep_seconds: float = 2.0
+    # Consumer progress (shared/progress.py): sampled every few seconds; a consumer
+    # that has not advanced for CONSUMER_STALL_SECONDS with more to read is stalled.
+    consumer_progress_seconds: float = shared_field(5.0, "CONSUMER_PROGRESS_SECONDS")
+    consumer_stall_seconds: float = shared_field(120.0, "CONSUMER_STALL_SECONDS")
     # The most any request body may be (shared.http.RequestGate), and the smaller
     # cap of the routes anyone may call without a key.
     max_body_bytes: int = 1_048_576
