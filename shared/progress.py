@@ -8,8 +8,9 @@ reports, per consumer group and partition it is assigned:
 
 * ``router_consumer_offset``: the next offset it will process (the one after the
   last message its handler finished; before any, the group's committed offset);
-* ``router_consumer_end_offset``: the partition's end as the consumer's own fetch
-  responses last reported it (their high watermark, which Tansu keeps exact);
+* ``router_consumer_end_offset``: the partition's end as the consumer saw it: the
+  high watermark of its latest fetch response (exact on Tansu) or, if larger,
+  what ListOffsets answers (it keeps moving while a stuck handler stops the fetches);
 * ``router_consumer_seconds_since_progress``: how long the offset has not
   advanced while there was something to read (0 while caught up);
 * ``router_consumer_stalled``: 1 when that lasted ``CONSUMER_STALL_SECONDS``
@@ -130,15 +131,22 @@ async def sample_subscribers(
     """One observation of every partition the running subscribers are assigned.
 
     `processed` is what shared.consumer.EventConsumer recorded: the offset after
-    the last message each partition's handler finished. The end is the high
-    watermark of the consumer's latest fetch response for the partition."""
+    the last message each partition's handler finished."""
     seen: set[Key] = set()
     for sub in subscribers:
         consumer = getattr(sub, "consumer", None)
         group = getattr(sub, "group_id", None)
         if consumer is None or not group:
             continue
-        for tp in consumer.assignment():
+        assigned = list(consumer.assignment())
+        listed: dict[Any, int] = {}
+        if assigned:
+            # The fetch's high watermark stops moving when the handler does (nothing
+            # more is fetched); ListOffsets still sees the partition grow (short of
+            # the true end on Tansu, hence the larger of the two).
+            with suppress(TimeoutError, KafkaError):
+                listed = await asyncio.wait_for(consumer.end_offsets(assigned), 5.0)
+        for tp in assigned:
             key = (group, tp.topic, tp.partition)
             offset = processed.get(key)
             if offset is None:
@@ -146,7 +154,8 @@ async def sample_subscribers(
             if offset is None:  # a new group: where it fetches from
                 with suppress(TimeoutError, KafkaError):
                     offset = await asyncio.wait_for(consumer.position(tp), 2.0)
-            end = consumer.highwater(tp)
+            ends = [e for e in (consumer.highwater(tp), listed.get(tp)) if e is not None]
+            end = max(ends) if ends else None
             if offset is None or end is None:
                 continue  # nothing fetched or committed yet: nothing to compare
             progress.observe(group, tp.topic, tp.partition, offset, end)
