@@ -136,6 +136,9 @@ class EventConsumer:
         self._sleep = sleep
         self.dead_lettered = 0
         self.committer = OffsetCommitter()
+        # (group, topic, partition) -> the offset after the last message handled:
+        # what shared.progress reports as the consumer's position.
+        self.processed: dict[tuple[str, str, int], int] = {}
 
     def on(self, model: type[M], *, follower: bool = False) -> Callable[[Handler[M]], Handler[M]]:
         """Register the handler of `model`'s topic. A `follower` records what happened
@@ -148,15 +151,19 @@ class EventConsumer:
             else self.settings.kafka_fetch_max_wait_ms
         )
 
+        group = f"{self.settings.consumer_group}.{topic}"
+
         def register(handler: Handler[M]) -> Handler[M]:
             async def consume(message: KafkaMessage) -> None:
                 await self._process(model, handler, message)
                 self.committer.processed(message)
+                raw: Any = message.raw_message  # one ConsumerRecord (not a batch)
+                self.processed[(group, raw.topic, raw.partition)] = raw.offset + 1
 
             consume.__name__ = f"on_{topic.replace('.', '_')}"
             self.broker.subscriber(
                 topic,
-                group_id=f"{self.settings.consumer_group}.{topic}",
+                group_id=group,
                 auto_offset_reset="earliest",
                 ack_policy=AckPolicy.MANUAL,
                 decoder=raw_body,

@@ -34,6 +34,7 @@ from shared.envelope import OutboxEntry
 from shared.errors import is_retryable
 from shared.events import ALL_TOPICS
 from shared.http import RequestGate, create_api
+from shared.progress import ConsumerProgress, sample_subscribers
 from shared.settings import ServiceSettings
 from shared.store import Doc, OutboxRelay, connect
 from shared.telemetry import setup_telemetry
@@ -129,7 +130,9 @@ class Service:
             max_body_bytes=settings.max_body_bytes,
             public_max_body_bytes=settings.public_max_body_bytes,
         )
+        self.progress = ConsumerProgress(clock, settings.consumer_stall_seconds)
         self._audit_route()
+        self._progress_route()
         self.api.router.lifespan_context = self._lifespan
         FastAPIInstrumentor.instrument_app(self.api, tracer_provider=self.tracer_provider)
         self._outbox_collections: list[AsyncCollection[Doc]] = []
@@ -204,6 +207,33 @@ class Service:
                 "entry": [{"resource": e} for e in events],
             }
 
+    def _progress_route(self) -> None:
+        operations = self.require("operations")
+
+        @self.api.get("/v1/ops/consumers", tags=["ops"], summary="How far each consumer has read")
+        async def consumers(_: Principal = Depends(operations)) -> dict[str, Any]:
+            """Per consumer group and partition this process reads: the next offset it
+            will process, the partition's end as its fetches saw it, how far behind it
+            is and whether it is stalled (shared/progress.py; the same as the
+            router_consumer_* metrics)."""
+            return {
+                "service": self.settings.service_name,
+                "stall_seconds": self.settings.consumer_stall_seconds,
+                "partitions": self.progress.snapshot(),
+            }
+
+    async def sample_progress(self) -> None:
+        """One observation of every assigned partition (shared/progress.py)."""
+        await sample_subscribers(self.broker.subscribers, self.consumer.processed, self.progress)
+
+    async def _progress_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.consumer_progress_seconds)
+            try:
+                await self.sample_progress()
+            except Exception:  # never let reporting take the service down
+                log.warning("consumer progress sample failed", exc_info=True)
+
     def on_startup(self, hook: Hook) -> Hook:
         self._startup.append(hook)
         return hook
@@ -260,6 +290,7 @@ class Service:
     async def _lifespan(self, _: Any) -> AsyncIterator[None]:
         await self._prepare_until_reachable()
         tasks = [asyncio.create_task(self.relay.run(), name="outbox-relay")]
+        tasks.append(asyncio.create_task(self._progress_loop(), name="consumer-progress"))
         tasks += [asyncio.create_task(h(), name=h.__name__) for h in self._background]
         log.info("%s started", self.settings.service_name)
         try:

@@ -56,13 +56,21 @@ class ServiceSettings(BaseSettings):
     kafka_session_timeout_ms: int = shared_field(6000, "KAFKA_SESSION_TIMEOUT_MS")
     kafka_heartbeat_interval_ms: int = shared_field(1000, "KAFKA_HEARTBEAT_INTERVAL_MS")
     # How long a fetch may wait for data. Kafka answers a waiting fetch as soon as data
-    # arrives, so 500 ms costs nothing there; Tansu answers only when the wait runs out
-    # (measured: a hop's latency is about half this value), so the local default is short
-    # for the consumers on a case's path. Each waiting consumer costs the broker one
-    # fetch per wait, so the followers (status and notification consumers, off that
-    # path: EventConsumer.on(follower=True)) wait longer. See docs/performance.md.
-    kafka_fetch_max_wait_ms: int = shared_field(20, "KAFKA_FETCH_MAX_WAIT_MS")
-    kafka_follower_fetch_max_wait_ms: int = shared_field(500, "KAFKA_FOLLOWER_FETCH_MAX_WAIT_MS")
+    # arrives; Tansu (the local broker) answers when the wait runs out (a hop's latency
+    # is about half this value) and does all the work of a fetch within it: it lists
+    # every stored batch of the partition and then reads from the fetch offset on. A
+    # short wait on a deep partition therefore returns one record per fetch, or none:
+    # at 20 ms a consumer stalled for good from about 2,000 batches, at 500 ms a
+    # consumer 2,400 batches behind read them all in 8 s (docs/performance.md, "The
+    # local broker's partition depth"). The stack's reaper keeps partitions shallow
+    # (deploy/local/reaper.py); these waits are what lets a consumer that fell behind
+    # catch up. The p99 goal that once asked for 20 ms is retired: a second opinion
+    # takes days and a quarter of a second per hop costs nothing anyone sees. The
+    # followers (status and notification consumers, off a case's path:
+    # EventConsumer.on(follower=True)) wait longer: each waiting consumer costs the
+    # broker one fetch per wait.
+    kafka_fetch_max_wait_ms: int = shared_field(500, "KAFKA_FETCH_MAX_WAIT_MS")
+    kafka_follower_fetch_max_wait_ms: int = shared_field(1000, "KAFKA_FOLLOWER_FETCH_MAX_WAIT_MS")
     topic_partitions: int = shared_field(3, "TOPIC_PARTITIONS")
     # retryWrites=false: see deploy/local/infra.py MONGO_OPTIONS (production sets its own).
     mongo_uri: str = shared_field(
@@ -82,6 +90,10 @@ class ServiceSettings(BaseSettings):
     # anything else is production, which refuses them.
     dev_mode: bool = shared_field(False, "DEV_MODE")
     outbox_sweep_seconds: float = 2.0
+    # Consumer progress (shared/progress.py): sampled every few seconds; a consumer
+    # that has not advanced for CONSUMER_STALL_SECONDS with more to read is stalled.
+    consumer_progress_seconds: float = shared_field(5.0, "CONSUMER_PROGRESS_SECONDS")
+    consumer_stall_seconds: float = shared_field(120.0, "CONSUMER_STALL_SECONDS")
     # The most any request body may be (shared.http.RequestGate), and the smaller
     # cap of the routes anyone may call without a key.
     max_body_bytes: int = 1_048_576

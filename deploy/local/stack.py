@@ -16,6 +16,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -214,9 +215,36 @@ def choose_ports(paths: Paths) -> dict[str, int]:
     return dict(DEFAULT_PORTS)
 
 
+ACL_FILE = REPO / "deploy" / "k8s" / "base" / "kafka-service-users.yaml"
+
+
+def required_groups() -> dict[str, list[str]]:
+    """{topic: [consumer group, ...]} of every service's subscriptions.
+
+    Read from the generated ACL file (deploy/kafka_acls.py keeps it current from
+    the subscriptions themselves): each topic a service may Read is one of its
+    groups, ``router.<service>.<topic>`` (shared/settings.py consumer_group,
+    shared/consumer.py). The local broker's reaper (deploy/local/reaper.py)
+    deletes nothing of a topic until each of these groups has committed on it."""
+    out: dict[str, list[str]] = {}
+    service = topic = ""
+    for line in ACL_FILE.read_text().splitlines():
+        if match := re.match(r"\s+name: router-([a-z-]+)$", line):
+            service = match.group(1).replace("-", "_")
+        elif "- resource:" in line:
+            match = re.search(r"\{type: topic, name: ([^,]+), patternType: literal\}", line)
+            topic = match.group(1) if match else ""
+        elif "operations: [Read" in line and service and topic:
+            out.setdefault(topic, []).append(f"router.{service}.{topic}")
+            topic = ""
+    return out
+
+
 def up(paths: Paths) -> dict[str, object]:
     """Start infra and services; returns what stack.json records."""
     paths.root.mkdir(parents=True, exist_ok=True)
+    paths.infra.mkdir(parents=True, exist_ok=True)
+    (paths.infra / "required-groups.json").write_text(json.dumps(required_groups(), indent=1))
     infra("start", paths)
     endpoints = infra_endpoints(paths)
     ports = choose_ports(paths)

@@ -1,0 +1,298 @@
+"""The local broker's retention: delete the batches every consumer group has read.
+
+Tansu 0.6 with its ``s3://`` engine (the local broker, deploy/local/infra.py)
+keeps every batch a producer sent as one object, and answers each fetch by
+listing *all* the objects of the partition before it reads any. The listing
+is cut off when the fetch's wait runs out, so a partition deep enough (about
+2,000 batches at a 20 ms wait, docs/performance.md "The local broker's
+partition depth") never lets a caught-up consumer see a new message. This
+broker offers no way to bound a partition: it ignores ``retention.ms`` and
+``retention.bytes`` (its storage's ``maintain`` does nothing for S3), and its
+DeleteRecords is unimplemented (``todo!()`` in the storage, which panics).
+
+So this process, started with the broker (`infra.py start` part ``reaper``),
+does what DeleteRecords would: every ``--interval`` seconds it reads every
+consumer group's committed offsets (the broker keeps them in the same bucket,
+``clusters/C/groups/consumers/G/offsets/T/partitions/P.json``) and deletes the
+batch objects (``clusters/C/topics/T/partitions/P/records/BASE.batch``) that
+lie wholly below the lowest committed offset of that partition:
+
+* a batch goes only when the *next* batch starts at or below that offset, so
+  the batch holding a group's next record always stays (a batch's object name
+  is its first offset only);
+* the newest ``--keep`` batches of each partition always stay;
+* a partition no group has committed on is never touched, and neither is a
+  partition some group named in ``--required-groups`` (a JSON file
+  ``{topic: [group, ...]}``, re-read on every pass; `deploy/local/stack.py`
+  writes it from the services' subscriptions) has not committed on yet: a
+  service that has not started yet still finds every event it subscribes to.
+
+A consumer group that commits once and never comes back holds its partitions
+at that offset: what it has not read is kept (remove the group's offsets to
+release them). The layout of the objects is Tansu 0.6's; the integration test
+tests/integration/test_partition_depth.py runs this against the real broker.
+
+Standard library only, like infra.py: S3 requests are signed here (SigV4).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import hmac
+import json
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import xml.etree.ElementTree as ET
+from base64 import b64encode
+from dataclasses import dataclass, field
+from pathlib import Path
+
+CLUSTER = "tansu_cluster"  # Tansu's default --cluster-id (infra.py does not set one)
+DELETE_CHUNK = 1000  # S3 DeleteObjects takes up to 1,000 keys per request
+S3_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
+HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+@dataclass
+class ReaperConfig:
+    s3_url: str
+    bucket: str
+    region: str
+    access_key: str
+    secret_key: str
+    bootstrap: str = ""  # unused: everything is read from the bucket
+    cluster: str = CLUSTER
+    keep: int = 100
+    topics: list[str] | None = None  # only these topics (None: all)
+    required_groups: dict[str, list[str]] = field(default_factory=dict)
+
+
+@dataclass
+class PartitionReport:
+    topic: str
+    partition: int
+    batches: int
+    floor: int | None
+    deleted: int
+    held_by: str = ""  # why nothing (more) was deleted
+
+
+@dataclass
+class ReapReport:
+    partitions: list[PartitionReport] = field(default_factory=list)
+
+    @property
+    def deleted(self) -> int:
+        return sum(p.deleted for p in self.partitions)
+
+    def summary(self) -> str:
+        kept = sum(p.batches - p.deleted for p in self.partitions)
+        return f"{len(self.partitions)} partitions, {self.deleted} batches deleted, {kept} kept"
+
+
+class S3:
+    """The few S3 calls the reaper needs, signed with AWS Signature V4."""
+
+    def __init__(self, config: ReaperConfig) -> None:
+        self.config = config
+        self.base = config.s3_url.rstrip("/")
+        self.host = urllib.parse.urlsplit(self.base).netloc
+
+    def _request(
+        self, method: str, key: str, query: dict[str, str] | None = None, body: bytes = b""
+    ) -> bytes:
+        cfg = self.config
+        path = "/" + cfg.bucket + ("/" + urllib.parse.quote(key, safe="/~") if key else "")
+        query = query or {}
+        canonical_query = "&".join(
+            f"{urllib.parse.quote(k, safe='~')}={urllib.parse.quote(v, safe='~')}"
+            for k, v in sorted(query.items())
+        )
+        now = dt.datetime.now(dt.UTC)
+        amz_date, day = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
+        payload_hash = hashlib.sha256(body).hexdigest()
+        headers = {"host": self.host, "x-amz-content-sha256": payload_hash, "x-amz-date": amz_date}
+        if body:
+            headers["content-md5"] = b64encode(
+                hashlib.md5(body, usedforsecurity=False).digest()
+            ).decode()
+            headers["content-type"] = "application/xml"
+        signed = ";".join(sorted(headers))
+        canonical = "\n".join(
+            [
+                method,
+                path,
+                canonical_query,
+                *(f"{k}:{headers[k]}" for k in sorted(headers)),
+                "",
+                signed,
+                payload_hash,
+            ]
+        )
+        scope = f"{day}/{cfg.region}/s3/aws4_request"
+        to_sign = "\n".join(
+            ["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()]
+        )
+        signing_key = ("AWS4" + cfg.secret_key).encode()
+        for part in (day, cfg.region, "s3", "aws4_request"):
+            signing_key = hmac.new(signing_key, part.encode(), hashlib.sha256).digest()
+        signature = hmac.new(signing_key, to_sign.encode(), hashlib.sha256).hexdigest()
+        headers["authorization"] = (
+            f"AWS4-HMAC-SHA256 Credential={cfg.access_key}/{scope}, "
+            f"SignedHeaders={signed}, Signature={signature}"
+        )
+        url = self.base + path + ("?" + canonical_query if canonical_query else "")
+        request = urllib.request.Request(url, data=body or None, method=method)
+        for k, v in headers.items():
+            if k != "host":
+                request.add_header(k, v)
+        with HTTP.open(request, timeout=30) as response:
+            return response.read()
+
+    def list_keys(self, prefix: str) -> list[str]:
+        keys: list[str] = []
+        token = ""
+        while True:
+            query = {"list-type": "2", "prefix": prefix, "max-keys": "1000"}
+            if token:
+                query["continuation-token"] = token
+            root = ET.fromstring(self._request("GET", "", query))
+            keys += [e.text or "" for e in root.iter(f"{S3_NS}Key")]
+            truncated = root.findtext(f"{S3_NS}IsTruncated") == "true"
+            token = root.findtext(f"{S3_NS}NextContinuationToken") or ""
+            if not truncated or not token:
+                return keys
+
+    def get(self, key: str) -> bytes:
+        return self._request("GET", key)
+
+    def delete_keys(self, keys: list[str]) -> None:
+        for start in range(0, len(keys), DELETE_CHUNK):
+            chunk = keys[start : start + DELETE_CHUNK]
+            objects = "".join(f"<Object><Key>{k}</Key></Object>" for k in chunk)
+            body = f"<Delete><Quiet>true</Quiet>{objects}</Delete>".encode()
+            answer = self._request("POST", "", {"delete": ""}, body)
+            errors = ET.fromstring(answer).findall(f"{S3_NS}Error") if answer else []
+            if errors:
+                raise OSError(f"S3 refused to delete {len(errors)} of {len(chunk)} batches")
+
+
+def committed_offsets(s3: S3, cluster: str) -> dict[tuple[str, int], dict[str, int]]:
+    """{(topic, partition): {group: committed offset}} as the broker stores them."""
+    prefix = f"clusters/{cluster}/groups/consumers/"
+    out: dict[tuple[str, int], dict[str, int]] = {}
+    for key in s3.list_keys(prefix):
+        # G/offsets/T/partitions/P.json; a group or topic name has no '/'.
+        parts = key[len(prefix) :].split("/")
+        if len(parts) != 5 or parts[1] != "offsets" or parts[3] != "partitions":
+            continue
+        group, topic, name = parts[0], parts[2], parts[4]
+        try:
+            offset = int(json.loads(s3.get(key))["offset"])
+            partition = int(name.removesuffix(".json"))
+        except (urllib.error.HTTPError, ValueError, KeyError, TypeError):
+            continue  # gone meanwhile, or not an offset: hold nothing on it
+        if offset >= 0:
+            out.setdefault((topic, partition), {})[group] = offset
+    return out
+
+
+def batch_bases(s3: S3, cluster: str, topic: str, partition: int) -> dict[int, str]:
+    prefix = f"clusters/{cluster}/topics/{topic}/partitions/{partition:0>10}/records/"
+    bases = {}
+    for key in s3.list_keys(prefix):
+        name = key.rsplit("/", 1)[-1]
+        if name.endswith(".batch") and name[:20].isdigit():
+            bases[int(name[:20])] = key
+    return bases
+
+
+def deletable(bases: list[int], floor: int, keep: int) -> list[int]:
+    """The batches wholly below `floor`: each one's successor starts at or below it.
+
+    `bases` sorted ascending; the newest `keep` are never returned."""
+    candidates = bases[: max(0, len(bases) - keep)]
+    return [b for b, nxt in zip(candidates, bases[1:], strict=False) if nxt <= floor]
+
+
+def reap_partition(
+    s3: S3, config: ReaperConfig, topic: str, partition: int, groups: dict[str, int]
+) -> PartitionReport:
+    missing = [g for g in config.required_groups.get(topic, []) if g not in groups]
+    bases = batch_bases(s3, config.cluster, topic, partition)
+    if missing:
+        return PartitionReport(topic, partition, len(bases), None, 0, f"waits for {missing[0]}")
+    floor = min(groups.values())
+    slowest = min(groups, key=lambda g: groups[g])
+    doomed = deletable(sorted(bases), floor, config.keep)
+    s3.delete_keys([bases[b] for b in doomed])
+    return PartitionReport(topic, partition, len(bases), floor, len(doomed), slowest)
+
+
+def reap_once_sync(config: ReaperConfig) -> ReapReport:
+    s3 = S3(config)
+    report = ReapReport()
+    for (topic, partition), groups in sorted(committed_offsets(s3, config.cluster).items()):
+        if config.topics is not None and topic not in config.topics:
+            continue
+        report.partitions.append(reap_partition(s3, config, topic, partition, groups))
+    return report
+
+
+async def reap_once(config: ReaperConfig) -> ReapReport:
+    """One pass, off the event loop (the S3 calls block)."""
+    import asyncio
+
+    return await asyncio.to_thread(reap_once_sync, config)
+
+
+def config_from_endpoints(path: Path, keep: int, required: Path | None) -> ReaperConfig:
+    endpoints = json.loads(path.read_text())
+    groups: dict[str, list[str]] = {}
+    if required is not None and required.exists():
+        groups = json.loads(required.read_text())
+    return ReaperConfig(
+        s3_url=endpoints["s3_url"],
+        bucket=endpoints["s3_bucket"],
+        region=endpoints["s3_region"],
+        access_key=endpoints["s3_access_key_id"],
+        secret_key=endpoints["s3_secret_access_key"],
+        keep=keep,
+        required_groups=groups,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--endpoints", type=Path, required=True, help="infra's endpoints.json")
+    parser.add_argument("--required-groups", type=Path, help="JSON {topic: [group, ...]}")
+    parser.add_argument("--interval", type=float, default=5.0)
+    parser.add_argument("--keep", type=int, default=100)
+    parser.add_argument("--once", action="store_true")
+    args = parser.parse_args(argv)
+    last_line = ""
+    while True:
+        started = time.monotonic()
+        try:
+            config = config_from_endpoints(args.endpoints, args.keep, args.required_groups)
+            report = reap_once_sync(config)
+            line = report.summary()
+            if report.deleted or line != last_line:
+                stamp = dt.datetime.now().isoformat(timespec="seconds")
+                print(f"{stamp} {line} in {time.monotonic() - started:.2f}s", flush=True)
+                last_line = line
+        except (OSError, ValueError, ET.ParseError) as exc:
+            # S3 away (restarting) or a half-written file: try again next pass.
+            print(f"reaper pass failed: {type(exc).__name__}: {exc}", flush=True)
+        if args.once:
+            return 0
+        time.sleep(args.interval)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
