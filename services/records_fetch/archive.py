@@ -5,6 +5,14 @@ on disk (``<root>/<sha256[:2]>/<sha256>``), so the same instance retrieved twice
 A file is written under a temporary name while it streams in and only moved to
 its content address once complete, so a crash never leaves a partial file
 under a valid name.
+
+Two ways in, with the same guarantee:
+* `commit(incoming)`: one file: fsync, rename, fsync of its directory.
+* `commit_batch(files)`: a series' worth (study/series-level WADO-RS): every
+  file written and checked under its temporary name, then all fsynced, then
+  renamed, then each directory touched fsynced once. A crash at any point leaves
+  every file either under its temporary name (swept as garbage) or complete
+  under its address; the instance records are written only after the batch.
 """
 
 from __future__ import annotations
@@ -32,6 +40,20 @@ class IncomingFile:
         self._file.write(data)
         self._hash.update(data)
         self.size += len(data)
+
+    def flush(self) -> None:
+        """Hand what was written to the OS (readable by the checks; not yet durable)."""
+        self._file.flush()
+
+    def fsync(self) -> None:
+        if not self._file.closed:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+
+    @property
+    def sha256(self) -> str:
+        return self._hash.hexdigest()
 
     def close(self) -> str:
         """Flush to disk and return the sha256 (hex) of what was written (again if
@@ -70,7 +92,38 @@ class Archive:
         else:
             final.parent.mkdir(parents=True, exist_ok=True)
             os.replace(incoming.path, final)
+            _fsync_dir(final.parent)
         return sha, final
+
+    def commit_batch(self, files: list[IncomingFile]) -> list[tuple[str, Path]]:
+        """Give complete files their content addresses with one durable step per batch:
+        fsync every file, rename each, then fsync each directory renamed into."""
+        for f in files:
+            f.fsync()
+        placed: list[tuple[str, Path]] = []
+        dirs: set[Path] = set()
+        for f in files:
+            sha = f.sha256
+            final = self.path_for(sha)
+            if final.exists():
+                f.path.unlink(missing_ok=True)
+            else:
+                final.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(f.path, final)
+                dirs.add(final.parent)
+            placed.append((sha, final))
+        for d in sorted(dirs):
+            _fsync_dir(d)
+        return placed
 
     def holds(self, sha256: str) -> bool:
         return bool(sha256) and self.path_for(sha256).exists()
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename into `path` durable (the name, not only the data)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

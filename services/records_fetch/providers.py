@@ -7,6 +7,7 @@ client is built with follow_redirects=False); failures of the peer are
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -206,6 +207,55 @@ async def retrieve_instance(
             raise
         return incoming
     raise AssertionError("not reached")
+
+
+class SeriesRefused(Exception):
+    """The PACS does not serve the series as a whole (4xx): fetch it instance by instance."""
+
+
+async def stream_series(
+    client: httpx.AsyncClient, base: str, study_uid: str, series_uid: str, archive: Archive
+) -> AsyncIterator[IncomingFile]:
+    """WADO-RS one whole series, parsed as it arrives: each part is streamed into its
+    own intake file and yielded once its closing delimiter has been read (complete,
+    flushed, not yet fsynced or committed). Memory is bounded by the reader's
+    buffer (one network chunk), whatever the series' size.
+
+    Raises SeriesRefused when the PACS answers 4xx (no series-level retrieval),
+    MultipartError when the body is malformed or cut (the parts already yielded
+    are whole), ProviderUnavailable when the peer fails."""
+    uids = [identifiers.dicom_uid(u) for u in (study_uid, series_uid)]
+    url = "{}/studies/{}/series/{}".format(base, *uids)
+    incoming: IncomingFile | None = None
+    try:
+        async with client.stream("GET", url, headers={"Accept": WADO_ACCEPT}) as resp:
+            _check_status(resp)
+            if 400 <= resp.status_code < 500:
+                raise SeriesRefused(f"series-level retrieval answered {resp.status_code}")
+            reader = multipart.MultipartReader(
+                multipart.boundary_of(resp.headers.get("content-type", ""))
+            )
+            async for chunk in resp.aiter_bytes(STREAM_CHUNK):
+                for event in reader.feed(chunk):
+                    if isinstance(event, multipart.PartStart):
+                        incoming = archive.incoming()
+                    elif isinstance(event, multipart.PartData) and incoming is not None:
+                        incoming.write(event.data)
+                    elif isinstance(event, multipart.PartEnd) and incoming is not None:
+                        incoming.flush()
+                        done, incoming = incoming, None
+                        yield done
+            reader.close()
+    except httpx.TransportError as exc:
+        raise _unavailable(exc) from None
+    finally:
+        if incoming is not None:  # a part cut off: never committed
+            incoming.discard()
+
+
+# Bytes asked of the connection per read: large enough to keep per-chunk overhead
+# low at several hundred MB/s, small enough that the reader's buffer stays bounded.
+STREAM_CHUNK = 256 * 1024
 
 
 async def _stream_first_part(resp: httpx.Response, incoming: IncomingFile) -> None:
