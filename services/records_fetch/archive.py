@@ -27,19 +27,32 @@ from typing import BinaryIO
 class IncomingFile:
     """One file being streamed in: written and hashed chunk by chunk."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, hash_as_written: bool = True) -> None:
         tmp_dir = root / "tmp"
         tmp_dir.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(dir=tmp_dir, suffix=".part")
         self.path = Path(name)
         self._file: BinaryIO = os.fdopen(fd, "wb")
-        self._hash = hashlib.sha256()
+        # Hashing as the bytes arrive costs the event loop as much as the parse; a
+        # series' parts are hashed instead by their check's worker thread (`rehash`).
+        self._hash: hashlib._Hash | None = hashlib.sha256() if hash_as_written else None
+        self._digest = ""
         self.size = 0
 
     def write(self, data: bytes) -> None:
         self._file.write(data)
-        self._hash.update(data)
+        if self._hash is not None:
+            self._hash.update(data)
         self.size += len(data)
+
+    def rehash(self) -> str:
+        """Hash what is on disk (after `flush`), in the caller's thread."""
+        h = hashlib.sha256()
+        with open(self.path, "rb") as f:
+            while block := f.read(1 << 20):
+                h.update(block)
+        self._digest = h.hexdigest()
+        return self._digest
 
     def flush(self) -> None:
         """Hand what was written to the OS (readable by the checks; not yet durable)."""
@@ -53,17 +66,18 @@ class IncomingFile:
 
     @property
     def sha256(self) -> str:
+        if self._hash is None:
+            return self._digest or self.rehash()
         return self._hash.hexdigest()
 
     def close(self) -> str:
         """Flush to disk and return the sha256 (hex) of what was written (again if
         already closed: a file is checked under its temporary name, then committed)."""
-        if self._file.closed:
-            return self._hash.hexdigest()
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        return self._hash.hexdigest()
+        if not self._file.closed:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+        return self.sha256
 
     def discard(self) -> None:
         if not self._file.closed:
@@ -80,8 +94,8 @@ class Archive:
     def path_for(self, sha256: str) -> Path:
         return self.root / sha256[:2] / sha256
 
-    def incoming(self) -> IncomingFile:
-        return IncomingFile(self.root)
+    def incoming(self, *, hash_as_written: bool = True) -> IncomingFile:
+        return IncomingFile(self.root, hash_as_written=hash_as_written)
 
     def commit(self, incoming: IncomingFile) -> tuple[str, Path]:
         """Give a complete file its content address (a no-op if already stored)."""

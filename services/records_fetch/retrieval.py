@@ -283,16 +283,7 @@ async def retrieve_imaging(
     # to the case document wait for it, so a newer progress is never overwritten.
     written = asyncio.ensure_future(ctx.store.update(attempt.case_id, fields, [start]))
     try:
-        listed = await gather_all(
-            *(
-                providers.find_instances(ctx.client, base, s.study_uid, rec.patient_id)
-                for s in studies
-            )
-        )
-        await attempt.record(ctx, [], [r for one in listed for r in one.refused], rec.provider_id)
-        every = [i for insts in listed for i in insts.items]
-        todo = [i for i in every if not _already_held(ctx, known.get(i.sop_uid))]
-        await _retrieve_all(ctx, attempt, rec, base, every, todo, written)
+        await _retrieve_all(ctx, attempt, rec, base, studies, known, written)
     finally:  # what did arrive is counted, also when the PACS failed midway
         attempt.defer({"studies": attempt.doc["studies"], **_progress_fields(attempt, known)})
         await written
@@ -304,61 +295,80 @@ async def _retrieve_all(
     attempt: CaseAttempt,
     rec: ProviderRecords,
     base: str,
-    listed: list[providers.QidoInstance],
-    todo: list[providers.QidoInstance],
+    studies: list[providers.QidoStudy],
+    known: dict[str, Doc],
     written: asyncio.Future[None],
 ) -> None:
     """WADO-RS what is missing: a series of which nothing is held yet in one
     series-level request (parsed as it streams), the rest instance by instance (a
     series partly held after a cut attempt, what a series answer left out, a PACS
     that refuses series-level retrieval). At most RETRIEVALS_IN_FLIGHT requests at
-    once; the first failure of the PACS stops the rest."""
+    once (searches included); the first failure of the PACS stops the rest.
+
+    The series search is quick and the instance listing may be slow (a PACS can
+    read every file to answer it), so a series of which nothing is held starts
+    streaming at once; its parts are matched against the listing before they are
+    committed."""
     gate = asyncio.Semaphore(RETRIEVALS_IN_FLIGHT)
     failed = asyncio.Event()
-    recorder = attempt.recorder
-    assert recorder is not None
-    whole, singles = plan_series(listed, todo)
 
-    async def one(inst: providers.QidoInstance) -> None:
+    async def gated(aw: Any) -> Any:
         async with gate:
             if failed.is_set():  # the PACS failed: do not queue up more timeouts
-                return
+                aw.close()
+                return None
             try:
-                await retrieve_one(ctx, attempt, rec, base, inst, written)
+                return await aw
             except BaseException:
                 failed.set()
                 raise
 
-    async def series(insts: list[providers.QidoInstance]) -> None:
-        async with gate:
-            if failed.is_set():
-                return
-            try:
-                missed = await retrieve_series(ctx, attempt, rec, base, insts, written)
-            except BaseException:
-                failed.set()
-                raise
-        await gather_all(*(one(i) for i in missed))
+    listings = {
+        s.study_uid: asyncio.ensure_future(
+            gated(providers.find_instances(ctx.client, base, s.study_uid, rec.patient_id))
+        )
+        for s in studies
+    }
+    try:
+        found_series = await gather_all(
+            *(gated(providers.find_series(ctx.client, base, s.study_uid)) for s in studies)
+        )
+        series = [x for f in found_series if f is not None for x in f.items]
+        await attempt.record(
+            ctx, [], [r for f in found_series if f is not None for r in f.refused], rec.provider_id
+        )
+        held_series = {d.get("series_uid") for d in known.values() if _already_held(ctx, d)}
+        whole = [x for x in series if x.series_uid not in held_series]
 
-    await gather_all(*(series(s) for s in whole), *(one(i) for i in singles))
-
-
-def plan_series(
-    listed: list[providers.QidoInstance], todo: list[providers.QidoInstance]
-) -> tuple[list[list[providers.QidoInstance]], list[providers.QidoInstance]]:
-    """Series to retrieve whole (none of their instances held) and the instances to
-    retrieve one by one (their series partly held: a series request would fetch a
-    verified instance again)."""
-    listed_per: dict[tuple[str, str], int] = {}
-    for i in listed:
-        key = (i.study_uid, i.series_uid)
-        listed_per[key] = listed_per.get(key, 0) + 1
-    todo_per: dict[tuple[str, str], list[providers.QidoInstance]] = {}
-    for i in todo:
-        todo_per.setdefault((i.study_uid, i.series_uid), []).append(i)
-    whole = [insts for key, insts in todo_per.items() if len(insts) == listed_per[key]]
-    singles = [i for key, insts in todo_per.items() if len(insts) < listed_per[key] for i in insts]
-    return whole, singles
+        brought = await gather_all(
+            *(
+                gated(retrieve_series(ctx, attempt, rec, base, x, listings[x.study_uid], written))
+                for x in whole
+            )
+        )
+        listed = await gather_all(*listings.values())
+    finally:
+        for f in listings.values():
+            if not f.done():
+                f.cancel()
+        await asyncio.gather(*listings.values(), return_exceptions=True)
+    await attempt.record(
+        ctx, [], [r for one in listed if one is not None for r in one.refused], rec.provider_id
+    )
+    # Instance by instance: what no series answer brought (partly held series, a PACS
+    # refusing series-level retrieval, a part that did not come or came cut).
+    # SOP UIDs a series answer brought (received or corrupt): not asked for again now.
+    tried: set[str] = set().union(*(b for b in brought if b is not None))
+    todo = [
+        i
+        for one in listed
+        if one is not None
+        for i in one.items
+        if i.sop_uid not in tried and not _already_held(ctx, known.get(i.sop_uid))
+    ]
+    await gather_all(
+        *(gated(retrieve_one(ctx, attempt, rec, base, inst, written)) for inst in todo)
+    )
 
 
 # A few requests at a time: a PACS answers several WADO-RS requests in parallel, but
@@ -378,6 +388,16 @@ CHECKS_IN_FLIGHT = 4
 DECODE_EVERY = 8
 
 
+def _hash_and_inspect(
+    incoming: IncomingFile, study_uid: str, series_uid: str, patient_id: str, decode: bool
+) -> tuple[str, InstanceCheck]:
+    """A worker thread's share of one streamed part: its sha256 and its checks."""
+    incoming.rehash()
+    return dicom.inspect_series_part(
+        incoming.path, study_uid, series_uid, patient_id, decode=decode
+    )
+
+
 @dataclass
 class _Part:
     incoming: IncomingFile
@@ -389,23 +409,39 @@ async def retrieve_series(
     attempt: CaseAttempt,
     rec: ProviderRecords,
     base: str,
-    insts: list[providers.QidoInstance],
+    series: providers.QidoSeries,
+    listing: asyncio.Future[providers.Found[providers.QidoInstance] | None],
     written: asyncio.Future[None],
-) -> list[providers.QidoInstance]:
+) -> set[str]:
     """One series by series-level WADO-RS, streamed part by part into the archive and
-    checked as it comes; committed and recorded batch by batch. Returns the listed
-    instances the answer did not bring (to be retrieved one by one)."""
-    wanted = {i.sop_uid: i for i in insts}
-    study_uid, series_uid = insts[0].study_uid, insts[0].series_uid
-    got: set[str] = set()
+    checked as it comes; committed and recorded batch by batch, each part matched
+    against the study's instance listing (awaited before the first commit). Returns
+    the SOP UIDs it brought; the rest is left to the instance-by-instance pass."""
+    study_uid, series_uid = series.study_uid, series.series_uid
+    wanted: dict[str, providers.QidoInstance] | None = None
+    got: set[str] = set()  # this series' own: only its commits (one at a time) add
     batch: list[_Part] = []
     batch_bytes = 0
     n = 0
+    # One batch is made durable and recorded while the next one streams in.
+    committing: asyncio.Future[None] | None = None
 
-    async def commit() -> None:
-        nonlocal batch, batch_bytes
+    async def commit(wait: bool = True) -> None:
+        nonlocal batch, batch_bytes, committing, wanted
         parts, batch, batch_bytes = batch, [], 0
-        await _commit_parts(ctx, attempt, rec, parts, wanted, got, written)
+        if committing is not None:
+            previous, committing = committing, None
+            await previous
+        if wanted is None:
+            found = await asyncio.shield(listing)
+            items = found.items if found is not None else []
+            wanted = {i.sop_uid: i for i in items if i.series_uid == series_uid}
+        committing = asyncio.ensure_future(
+            _commit_parts(ctx, attempt, rec, parts, wanted, got, written)
+        )
+        if wait:
+            previous, committing = committing, None
+            await previous
 
     try:
         async for incoming in providers.stream_series(
@@ -415,12 +451,7 @@ async def retrieve_series(
             n += 1
             check = asyncio.ensure_future(
                 asyncio.to_thread(
-                    dicom.inspect_series_part,
-                    incoming.path,
-                    study_uid,
-                    series_uid,
-                    rec.patient_id,
-                    decode=decode,
+                    _hash_and_inspect, incoming, study_uid, series_uid, rec.patient_id, decode
                 )
             )
             batch.append(_Part(incoming, check))
@@ -429,7 +460,7 @@ async def retrieve_series(
             if len(pending) > CHECKS_IN_FLIGHT:  # the checks set the pace, not memory
                 await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
             if len(batch) >= BATCH_FILES or batch_bytes >= BATCH_BYTES:
-                await commit()
+                await commit(wait=False)
     except (providers.SeriesRefused, multipart.MultipartError):
         pass  # what arrived whole is kept; the rest instance by instance
     except ProviderUnavailable:
@@ -439,9 +470,11 @@ async def retrieve_series(
         for p in batch:
             p.check.cancel()
             p.incoming.discard()
+        if committing is not None:
+            await asyncio.wait([committing])
         raise
     await commit()
-    return [i for sop, i in wanted.items() if sop not in got]
+    return got
 
 
 async def _commit_parts(
