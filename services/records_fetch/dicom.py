@@ -34,6 +34,8 @@ from services.records_fetch.domain import InstanceCheck, check_instance
 
 KEYWORDS = (
     "SOPInstanceUID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
     "PatientID",
     "Modality",
     "BodyPartExamined",
@@ -108,7 +110,9 @@ def read_attributes(path: Path) -> dict[str, Any]:
         )
         if pixel is not None and not syntax.is_encapsulated and _undefined(pixel):
             attrs["_encapsulation"] = ["encapsulated pixel data under a native transfer syntax"]
-    for k in ("SOPInstanceUID", "PatientID", "StudyDate", "Modality", "BodyPartExamined"):
+    attrs["_syntax"] = str(syntax)
+    keys = ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "PatientID")
+    for k in (*keys, "StudyDate", "Modality", "BodyPartExamined"):
         attrs[k] = str(attrs[k]) if attrs[k] else ""
     attrs["_pixel_bytes"] = _stored_length(pixel, size) if pixel is not None else None
     attrs["_compressed"] = bool(ds.file_meta.TransferSyntaxUID.is_compressed)
@@ -189,16 +193,94 @@ def _rle_problems(
 
 
 def inspect_file(
-    path: Path, expected_sop_uid: str, expected_patient_id: str | None = None
+    path: Path,
+    expected_sop_uid: str,
+    expected_patient_id: str | None = None,
+    *,
+    decode: bool = False,
 ) -> InstanceCheck:
     try:
         attrs = read_attributes(path)
     # Untrusted bytes can fail pydicom in many ways; each one means "corrupt".
     except Exception as exc:
         return InstanceCheck(ok=False, problems=[f"not readable DICOM ({type(exc).__name__})"])
+    return _checked(path, attrs, expected_sop_uid, expected_patient_id, decode)
+
+
+def _checked(
+    path: Path,
+    attrs: dict[str, Any],
+    expected_sop_uid: str,
+    expected_patient_id: str | None,
+    decode: bool,
+) -> InstanceCheck:
     check = check_instance(attrs, expected_sop_uid, expected_patient_id)
     problems = [*check.problems, *_truncation(attrs), *attrs["_encapsulation"]]
+    if decode and not problems and attrs["_compressed"] and attrs["_pixel_bytes"]:
+        problems += decode_problems(path, attrs)
     return check.model_copy(update={"ok": not problems, "problems": problems})
+
+
+def inspect_series_part(
+    path: Path, study_uid: str, series_uid: str, patient_id: str, *, decode: bool = False
+) -> tuple[str, InstanceCheck]:
+    """One part of a series-level WADO-RS answer: the SOP Instance UID the file carries
+    (which the caller matches against the QIDO listing) and its checks, which include
+    that the file belongs to the study and series that were asked for."""
+    try:
+        attrs = read_attributes(path)
+    except Exception as exc:
+        return "", InstanceCheck(ok=False, problems=[f"not readable DICOM ({type(exc).__name__})"])
+    sop = attrs["SOPInstanceUID"]
+    check = _checked(path, attrs, sop, patient_id, decode)
+    wrong = []
+    if attrs["StudyInstanceUID"] != study_uid or attrs["SeriesInstanceUID"] != series_uid:
+        wrong = ["the instance is not of the study and series asked for"]
+    if wrong:
+        problems = [*check.problems, *wrong]
+        check = check.model_copy(update={"ok": False, "problems": problems})
+    return sop, check
+
+
+# Transfer syntaxes whose frames are decoded by the checks (a sample of them), with
+# the decoders installed (pylibjpeg with libjpeg, openjpeg and RLE; pydicom's own RLE).
+DECODED_SYNTAXES = {
+    "1.2.840.10008.1.2.4.50": "JPEG Baseline",
+    "1.2.840.10008.1.2.4.51": "JPEG Extended",
+    "1.2.840.10008.1.2.4.57": "JPEG Lossless",
+    "1.2.840.10008.1.2.4.70": "JPEG Lossless SV1",
+    "1.2.840.10008.1.2.4.80": "JPEG-LS Lossless",
+    "1.2.840.10008.1.2.4.81": "JPEG-LS Near-Lossless",
+    "1.2.840.10008.1.2.4.90": "JPEG 2000 Lossless",
+    "1.2.840.10008.1.2.4.91": "JPEG 2000",
+    "1.2.840.10008.1.2.4.201": "HTJ2K Lossless",
+    "1.2.840.10008.1.2.4.203": "HTJ2K",
+    "1.2.840.10008.1.2.5": "RLE Lossless",
+}
+# Frames decoded per checked instance: the first, the middle and the last.
+SAMPLE_FRAMES = 3
+
+
+def decode_problems(path: Path, attrs: dict[str, Any]) -> list[str]:
+    """Decode a sample of the frames of compressed pixel data; what fails, as problems.
+
+    A syntax without an installed decoder is said so (the structure is still walked
+    by `encapsulation_problems`), never reported as decoded."""
+    syntax = attrs["_syntax"]
+    if syntax not in DECODED_SYNTAXES:
+        return []
+    frames = int(attrs.get("NumberOfFrames") or 1)
+    picks = sorted({0, frames // 2, frames - 1})[:SAMPLE_FRAMES]
+    try:
+        from pydicom.pixels import iter_pixels
+
+        for arr in iter_pixels(path, indices=picks):
+            rows, cols = int(attrs["Rows"]), int(attrs["Columns"])
+            if arr.shape[:2] != (rows, cols):
+                return [f"a decoded frame is {arr.shape[:2]}, the header says {(rows, cols)}"]
+    except Exception as exc:  # untrusted bytes: any decoder failure means corrupt
+        return [f"compressed frame does not decode ({type(exc).__name__})"]
+    return []
 
 
 def _truncation(attrs: dict[str, Any]) -> list[str]:
@@ -217,4 +299,6 @@ def _truncation(attrs: dict[str, Any]) -> list[str]:
 async def inspect(
     path: Path, expected_sop_uid: str, expected_patient_id: str | None = None
 ) -> InstanceCheck:
-    return await asyncio.to_thread(inspect_file, path, expected_sop_uid, expected_patient_id)
+    return await asyncio.to_thread(
+        inspect_file, path, expected_sop_uid, expected_patient_id, decode=True
+    )

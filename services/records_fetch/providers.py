@@ -7,6 +7,7 @@ client is built with follow_redirects=False); failures of the peer are
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -147,6 +148,35 @@ async def find_studies(client: httpx.AsyncClient, base: str, patient_id: str) ->
     return result
 
 
+@dataclass(frozen=True)
+class QidoSeries:
+    study_uid: str
+    series_uid: str
+    expected: int  # Number of Series Related Instances, as the PACS says
+
+
+N_SERIES_INSTANCES = "00201209"
+
+
+async def find_series(client: httpx.AsyncClient, base: str, study_uid: str) -> Found[QidoSeries]:
+    """The study's series with their instance counts (a quick search: the PACS
+    answers it from its index, while an instance listing may read every file)."""
+    study_uid = identifiers.dicom_uid(study_uid, "study UID")
+    url = f"{base}/studies/{study_uid}/series"
+    found = await get_json(client, url, {"includefield": N_SERIES_INSTANCES}, DICOM_JSON) or []
+    result: Found[QidoSeries] = Found([], [])
+    for s in found if isinstance(found, list) else []:
+        series_uid = tag(s, SERIES_UID)
+        if not identifiers.is_dicom_uid(series_uid):
+            result.refused.append(_refused("qido_series", "series UID not of the UID grammar"))
+            continue
+        count = tag(s, N_SERIES_INSTANCES)
+        result.items.append(
+            QidoSeries(study_uid, str(series_uid), int(count) if isinstance(count, int) else 0)
+        )
+    return result
+
+
 async def find_instances(
     client: httpx.AsyncClient, base: str, study_uid: str, patient_id: str
 ) -> Found[QidoInstance]:
@@ -206,6 +236,50 @@ async def retrieve_instance(
             raise
         return incoming
     raise AssertionError("not reached")
+
+
+class SeriesRefused(Exception):
+    """The PACS does not serve the series as a whole (4xx): fetch it instance by instance."""
+
+
+async def stream_series(
+    client: httpx.AsyncClient, base: str, study_uid: str, series_uid: str, archive: Archive
+) -> AsyncIterator[IncomingFile]:
+    """WADO-RS one whole series, parsed as it arrives: each part is streamed into its
+    own intake file and yielded once its closing delimiter has been read (complete,
+    flushed, not yet fsynced or committed). Memory is bounded by the reader's
+    buffer (one network chunk), whatever the series' size.
+
+    Raises SeriesRefused when the PACS answers 4xx (no series-level retrieval),
+    MultipartError when the body is malformed or cut (the parts already yielded
+    are whole), ProviderUnavailable when the peer fails."""
+    uids = [identifiers.dicom_uid(u) for u in (study_uid, series_uid)]
+    url = "{}/studies/{}/series/{}".format(base, *uids)
+    incoming: IncomingFile | None = None
+    try:
+        async with client.stream("GET", url, headers={"Accept": WADO_ACCEPT}) as resp:
+            _check_status(resp)
+            if 400 <= resp.status_code < 500:
+                raise SeriesRefused(f"series-level retrieval answered {resp.status_code}")
+            reader = multipart.MultipartReader(
+                multipart.boundary_of(resp.headers.get("content-type", ""))
+            )
+            async for chunk in resp.aiter_bytes():
+                for event in reader.feed(chunk):
+                    if isinstance(event, multipart.PartStart):
+                        incoming = archive.incoming(hash_as_written=False)
+                    elif isinstance(event, multipart.PartData) and incoming is not None:
+                        incoming.write(event.data)  # into the page cache: microseconds
+                    elif isinstance(event, multipart.PartEnd) and incoming is not None:
+                        incoming.flush()
+                        done, incoming = incoming, None
+                        yield done
+            reader.close()
+    except httpx.TransportError as exc:
+        raise _unavailable(exc) from None
+    finally:
+        if incoming is not None:  # a part cut off: never committed
+            incoming.discard()
 
 
 async def _stream_first_part(resp: httpx.Response, incoming: IncomingFile) -> None:

@@ -17,8 +17,8 @@ from typing import Any
 import httpx
 
 from services.records_fetch import dicom, domain, multipart, providers
-from services.records_fetch.archive import Archive
-from services.records_fetch.domain import InstanceState
+from services.records_fetch.archive import Archive, IncomingFile
+from services.records_fetch.domain import InstanceCheck, InstanceState
 from services.records_fetch.identifiers import FOREIGN_REFUSED, RefusedIdentifier
 from services.records_fetch.store import FetchStore
 from shared.aio import gather_all
@@ -64,6 +64,21 @@ class CaseAttempt:
     pending_fields: Doc = field(default_factory=dict)
     pending_events: list[OutboxEntry] = field(default_factory=list)
     progress_written_at: float = 0.0
+    recorder: Recorder | None = None
+
+    async def record(
+        self,
+        ctx: Retrieval,
+        records: list[tuple[str, Doc]],
+        refused: list[providers.Refused],
+        provider_id: str,
+        written: asyncio.Future[None] | None = None,
+    ) -> None:
+        """Hand instance records and refusals to the attempt's recorder; returns once
+        they are written."""
+        if self.recorder is None:
+            self.recorder = Recorder(ctx, self)
+        await self.recorder.submit(records, refused, provider_id, written)
 
     @property
     def case_id(self) -> str:
@@ -97,6 +112,70 @@ class CaseAttempt:
         return fields, events
 
 
+@dataclass
+class _Entry:
+    records: list[tuple[str, Doc]]
+    refused: list[providers.Refused]
+    provider_id: str
+    written: asyncio.Future[None] | None
+    done: asyncio.Future[None]
+
+
+class Recorder:
+    """The one owner of an attempt's instance records (`attempt.instances`, the
+    store's `instances`) and of its refusals: every retrieval, series or instance,
+    of every provider, hands what it found here and waits until it is written, so
+    nothing else mutates them. It also writes a long study's progress now and then
+    (after the provider's studies write, which it waits for)."""
+
+    def __init__(self, ctx: Retrieval, attempt: CaseAttempt) -> None:
+        self.ctx, self.attempt = ctx, attempt
+        self.queue: asyncio.Queue[_Entry | None] = asyncio.Queue()
+        self.task = asyncio.ensure_future(self._run())
+
+    async def submit(
+        self,
+        records: list[tuple[str, Doc]],
+        refused: list[providers.Refused],
+        provider_id: str,
+        written: asyncio.Future[None] | None,
+    ) -> None:
+        if self.task.done():
+            raise RuntimeError("the attempt's recorder has stopped")
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.queue.put_nowait(_Entry(records, refused, provider_id, written, done))
+        await done
+
+    async def close(self) -> None:
+        self.queue.put_nowait(None)
+        await self.task
+
+    async def _run(self) -> None:
+        while (entry := await self.queue.get()) is not None:
+            try:
+                await self._write(entry)
+            except BaseException as exc:
+                if not entry.done.done():
+                    entry.done.set_exception(exc)
+                if not isinstance(exc, Exception):
+                    raise
+            else:
+                entry.done.set_result(None)
+
+    async def _write(self, entry: _Entry) -> None:
+        ctx, attempt = self.ctx, self.attempt
+        note_refused(attempt, entry.provider_id, entry.refused)
+        if not entry.records:
+            return
+        await ctx.store.record_instances(attempt.case_id, entry.records)
+        known = await _instances(ctx, attempt)
+        for sop, fields in entry.records:
+            known[sop] = {**known.get(sop, {}), **fields, "sop_uid": sop}
+        if entry.written is not None:
+            await entry.written  # the studies write lands before any progress write
+        await _note_progress(ctx, attempt)
+
+
 def records_of(doc: Doc) -> list[ProviderRecords]:
     return [ProviderRecords.model_validate(r) for r in doc["records"]]
 
@@ -110,6 +189,8 @@ async def run_attempt(ctx: Retrieval, doc: Doc) -> CaseAttempt:
             *(_one_provider(ctx, attempt, i, rec) for i, rec in enumerate(records_of(doc)))
         )
     finally:  # what this attempt refused replaces what the last one did
+        if attempt.recorder is not None:
+            await attempt.recorder.close()
         attempt.defer({"refused": attempt.refused})
     return attempt
 
@@ -185,7 +266,7 @@ async def retrieve_imaging(
         found = await providers.find_studies(ctx.client, base, rec.patient_id)
     finally:
         known = await holding
-    note_refused(attempt, rec.provider_id, found.refused)
+    await attempt.record(ctx, [], found.refused, rec.provider_id)
     studies = [s for s in found.items if _wanted(s, rec.kinds)]
     expected = sum(s.expected for s in studies)
     kind = RecordKind.IMAGING if RecordKind.IMAGING in rec.kinds else RecordKind.PATHOLOGY
@@ -202,21 +283,7 @@ async def retrieve_imaging(
     # to the case document wait for it, so a newer progress is never overwritten.
     written = asyncio.ensure_future(ctx.store.update(attempt.case_id, fields, [start]))
     try:
-        listed = await gather_all(
-            *(
-                providers.find_instances(ctx.client, base, s.study_uid, rec.patient_id)
-                for s in studies
-            )
-        )
-        for one in listed:
-            note_refused(attempt, rec.provider_id, one.refused)
-        todo = [
-            i
-            for insts in listed
-            for i in insts.items
-            if not _already_held(ctx, known.get(i.sop_uid))
-        ]
-        await _retrieve_all(ctx, attempt, rec, base, todo, written)
+        await _retrieve_all(ctx, attempt, rec, base, studies, known, written)
     finally:  # what did arrive is counted, also when the PACS failed midway
         attempt.defer({"studies": attempt.doc["studies"], **_progress_fields(attempt, known)})
         await written
@@ -228,37 +295,254 @@ async def _retrieve_all(
     attempt: CaseAttempt,
     rec: ProviderRecords,
     base: str,
-    todo: list[providers.QidoInstance],
+    studies: list[providers.QidoStudy],
+    known: dict[str, Doc],
     written: asyncio.Future[None],
 ) -> None:
-    """WADO-RS the instances, a few at a time; the first failure stops the rest."""
+    """WADO-RS what is missing: a series of which nothing is held yet in one
+    series-level request (parsed as it streams), the rest instance by instance (a
+    series partly held after a cut attempt, what a series answer left out, a PACS
+    that refuses series-level retrieval). At most RETRIEVALS_IN_FLIGHT requests at
+    once (searches included); the first failure of the PACS stops the rest.
+
+    The series search is quick and the instance listing may be slow (a PACS can
+    read every file to answer it), so a series of which nothing is held starts
+    streaming at once; its parts are matched against the listing before they are
+    committed."""
     gate = asyncio.Semaphore(RETRIEVALS_IN_FLIGHT)
     failed = asyncio.Event()
 
-    async def one(inst: providers.QidoInstance) -> None:
+    async def gated(aw: Any) -> Any:
         async with gate:
             if failed.is_set():  # the PACS failed: do not queue up more timeouts
-                return
+                aw.close()
+                return None
             try:
-                await retrieve_one(ctx, attempt, rec, base, inst)
+                return await aw
             except BaseException:
                 failed.set()
                 raise
-        await written  # the studies write lands before any progress write
-        await _note_progress(ctx, attempt)
 
-    await gather_all(*(one(i) for i in todo))
+    listings = {
+        s.study_uid: asyncio.ensure_future(
+            gated(providers.find_instances(ctx.client, base, s.study_uid, rec.patient_id))
+        )
+        for s in studies
+    }
+    try:
+        found_series = await gather_all(
+            *(gated(providers.find_series(ctx.client, base, s.study_uid)) for s in studies)
+        )
+        series = [x for f in found_series if f is not None for x in f.items]
+        await attempt.record(
+            ctx, [], [r for f in found_series if f is not None for r in f.refused], rec.provider_id
+        )
+        held_series = {d.get("series_uid") for d in known.values() if _already_held(ctx, d)}
+        whole = [x for x in series if x.series_uid not in held_series]
+
+        brought = await gather_all(
+            *(
+                gated(retrieve_series(ctx, attempt, rec, base, x, listings[x.study_uid], written))
+                for x in whole
+            )
+        )
+        listed = await gather_all(*listings.values())
+    finally:
+        for f in listings.values():
+            if not f.done():
+                f.cancel()
+        await asyncio.gather(*listings.values(), return_exceptions=True)
+    await attempt.record(
+        ctx, [], [r for one in listed if one is not None for r in one.refused], rec.provider_id
+    )
+    # Instance by instance: what no series answer brought (partly held series, a PACS
+    # refusing series-level retrieval, a part that did not come or came cut).
+    # SOP UIDs a series answer brought (received or corrupt): not asked for again now.
+    tried: set[str] = set().union(*(b for b in brought if b is not None))
+    todo = [
+        i
+        for one in listed
+        if one is not None
+        for i in one.items
+        if i.sop_uid not in tried and not _already_held(ctx, known.get(i.sop_uid))
+    ]
+    await gather_all(
+        *(gated(retrieve_one(ctx, attempt, rec, base, inst, written)) for inst in todo)
+    )
 
 
-# A few instances at a time: a PACS answers several WADO-RS requests in parallel, but
+# A few requests at a time: a PACS answers several WADO-RS requests in parallel, but
 # a large study must not open hundreds of connections to a partner's archive at once.
 RETRIEVALS_IN_FLIGHT = 4
 # Progress is written at most this often during a long study (and once at its end).
 PROGRESS_EVERY_SECONDS = 1.0
+# A series-level answer is committed in batches: one fsync round and one database
+# write per batch. A crash loses at most one batch (fetched again, never half-kept).
+BATCH_FILES = 64
+BATCH_BYTES = 256 * 1024 * 1024
+# Checks of streamed parts running in worker threads while the stream goes on.
+CHECKS_IN_FLIGHT = 4
+# In a series-level answer, one instance in this many has a sample of its frames
+# decoded (compressed syntaxes; every multi-frame instance gets its sample). The
+# structure of every instance's pixel data is walked regardless.
+DECODE_EVERY = 8
+
+
+def _hash_and_inspect(
+    incoming: IncomingFile, study_uid: str, series_uid: str, patient_id: str, decode: bool
+) -> tuple[str, InstanceCheck]:
+    """A worker thread's share of one streamed part: its sha256 and its checks."""
+    incoming.rehash()
+    return dicom.inspect_series_part(
+        incoming.path, study_uid, series_uid, patient_id, decode=decode
+    )
+
+
+@dataclass
+class _Part:
+    incoming: IncomingFile
+    check: asyncio.Future[tuple[str, InstanceCheck]]
+
+
+async def retrieve_series(
+    ctx: Retrieval,
+    attempt: CaseAttempt,
+    rec: ProviderRecords,
+    base: str,
+    series: providers.QidoSeries,
+    listing: asyncio.Future[providers.Found[providers.QidoInstance] | None],
+    written: asyncio.Future[None],
+) -> set[str]:
+    """One series by series-level WADO-RS, streamed part by part into the archive and
+    checked as it comes; committed and recorded batch by batch, each part matched
+    against the study's instance listing (awaited before the first commit). Returns
+    the SOP UIDs it brought; the rest is left to the instance-by-instance pass."""
+    study_uid, series_uid = series.study_uid, series.series_uid
+    wanted: dict[str, providers.QidoInstance] | None = None
+    got: set[str] = set()  # this series' own: only its commits (one at a time) add
+    batch: list[_Part] = []
+    batch_bytes = 0
+    n = 0
+    # One batch is made durable and recorded while the next one streams in.
+    committing: asyncio.Future[None] | None = None
+
+    async def commit(wait: bool = True) -> None:
+        nonlocal batch, batch_bytes, committing, wanted
+        parts, batch, batch_bytes = batch, [], 0
+        if committing is not None:
+            previous, committing = committing, None
+            await previous
+        if wanted is None:
+            found = await asyncio.shield(listing)
+            items = found.items if found is not None else []
+            wanted = {i.sop_uid: i for i in items if i.series_uid == series_uid}
+        committing = asyncio.ensure_future(
+            _commit_parts(ctx, attempt, rec, parts, wanted, got, written)
+        )
+        if wait:
+            previous, committing = committing, None
+            await previous
+
+    try:
+        async for incoming in providers.stream_series(
+            ctx.client, base, study_uid, series_uid, ctx.archive
+        ):
+            decode = n % DECODE_EVERY == 0
+            n += 1
+            check = asyncio.ensure_future(
+                asyncio.to_thread(
+                    _hash_and_inspect, incoming, study_uid, series_uid, rec.patient_id, decode
+                )
+            )
+            batch.append(_Part(incoming, check))
+            batch_bytes += incoming.size
+            pending = [p.check for p in batch if not p.check.done()]
+            if len(pending) > CHECKS_IN_FLIGHT:  # the checks set the pace, not memory
+                await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            if len(batch) >= BATCH_FILES or batch_bytes >= BATCH_BYTES:
+                await commit(wait=False)
+    except (providers.SeriesRefused, multipart.MultipartError):
+        pass  # what arrived whole is kept; the rest instance by instance
+    except ProviderUnavailable:
+        await commit()  # keep what arrived whole, then report the outage
+        raise
+    except BaseException:
+        for p in batch:
+            p.check.cancel()
+            p.incoming.discard()
+        if committing is not None:
+            await asyncio.wait([committing])
+        raise
+    await commit()
+    return got
+
+
+async def _commit_parts(
+    ctx: Retrieval,
+    attempt: CaseAttempt,
+    rec: ProviderRecords,
+    parts: list[_Part],
+    wanted: dict[str, providers.QidoInstance],
+    got: set[str],
+    written: asyncio.Future[None],
+) -> None:
+    """Checked parts → the archive (one durable step) → their records (one write).
+    Another patient's file, or one the listing did not name (or named twice), never
+    gets an address."""
+    keep: list[tuple[str, InstanceCheck, IncomingFile]] = []
+    refused: list[providers.Refused] = []
+    try:
+        for p in parts:
+            sop, check = await p.check
+            if check.foreign_patient:
+                p.incoming.discard()
+                FOREIGN_REFUSED.labels(source="instance").inc()
+                refused.append(
+                    providers.Refused("instance", "instance of another patient", "DICOM")
+                )
+            elif sop not in wanted or sop in got:
+                p.incoming.discard()  # not listed by QIDO for this series, or a repeat
+            else:
+                got.add(sop)
+                keep.append((sop, check, p.incoming))
+    except BaseException:
+        for p in parts:
+            p.incoming.discard()
+        raise
+    placed = await asyncio.to_thread(ctx.archive.commit_batch, [f for _, _, f in keep])
+    records = [
+        (sop, _instance_fields(rec, wanted[sop], check, sha, path, f.size))
+        for (sop, check, f), (sha, path) in zip(keep, placed, strict=True)
+    ]
+    await attempt.record(ctx, records, refused, rec.provider_id, written)
+
+
+def _instance_fields(
+    rec: ProviderRecords,
+    inst: providers.QidoInstance,
+    check: InstanceCheck,
+    sha: str,
+    path: Any,
+    size: int,
+) -> Doc:
+    return {
+        "provider_id": rec.provider_id,
+        "study_uid": inst.study_uid,
+        "series_uid": inst.series_uid,
+        "state": InstanceState.RECEIVED if check.ok else InstanceState.CORRUPT,
+        "sha256": sha,
+        "size": size,
+        "path": str(path),
+        "modality": check.modality or inst.modality,
+        "body_part": check.body_part,
+        "study_date": check.study_date,
+        "problems": check.problems,
+    }
 
 
 async def _instances(ctx: Retrieval, attempt: CaseAttempt) -> dict[str, Doc]:
-    """The case's instance records, read once per attempt and kept up to date in memory."""
+    """The case's instance records, read once per attempt; from then on changed only
+    by the attempt's recorder."""
     async with attempt.loading:
         if attempt.instances is None:
             attempt.instances = await ctx.store.instance_states(attempt.case_id)
@@ -310,47 +594,35 @@ async def retrieve_one(
     rec: ProviderRecords,
     base: str,
     inst: providers.QidoInstance,
+    written: asyncio.Future[None],
 ) -> None:
     """Retrieve, check and store one instance; a bad file is recorded as corrupt, a
     file of another patient is refused and never enters the archive."""
-    where = {
-        "provider_id": rec.provider_id,
-        "study_uid": inst.study_uid,
-        "series_uid": inst.series_uid,
-    }
     try:
         incoming = await providers.retrieve_instance(ctx.client, base, inst, ctx.archive)
     except multipart.MultipartError as exc:
-        fields: Doc = {**where, "state": InstanceState.CORRUPT, "problems": [str(exc)]}
-    else:
-        # fsync, the pydicom parse and the rename: off the event loop. The file is
-        # checked under its temporary name, so another patient's never gets an address.
-        await asyncio.to_thread(incoming.close)
-        check = await dicom.inspect(incoming.path, inst.sop_uid, rec.patient_id)
-        if check.foreign_patient:
-            incoming.discard()
-            FOREIGN_REFUSED.labels(source="instance").inc()
-            note_refused(
-                attempt,
-                rec.provider_id,
-                [providers.Refused("instance", "instance of another patient", "DICOM")],
-            )
-            return
-        sha, path = await asyncio.to_thread(ctx.archive.commit, incoming)
-        fields = {
-            **where,
-            "state": InstanceState.RECEIVED if check.ok else InstanceState.CORRUPT,
-            "sha256": sha,
-            "size": incoming.size,
-            "path": str(path),
-            "modality": check.modality or inst.modality,
-            "body_part": check.body_part,
-            "study_date": check.study_date,
-            "problems": check.problems,
+        fields: Doc = {
+            "provider_id": rec.provider_id,
+            "study_uid": inst.study_uid,
+            "series_uid": inst.series_uid,
+            "state": InstanceState.CORRUPT,
+            "problems": [str(exc)],
         }
-    await ctx.store.record_instance(attempt.case_id, inst.sop_uid, fields)
-    known = await _instances(ctx, attempt)
-    known[inst.sop_uid] = {**known.get(inst.sop_uid, {}), **fields, "sop_uid": inst.sop_uid}
+        await attempt.record(ctx, [(inst.sop_uid, fields)], [], rec.provider_id, written)
+        return
+    # fsync, the pydicom parse and the rename: off the event loop. The file is
+    # checked under its temporary name, so another patient's never gets an address.
+    await asyncio.to_thread(incoming.close)
+    check = await dicom.inspect(incoming.path, inst.sop_uid, rec.patient_id)
+    if check.foreign_patient:
+        incoming.discard()
+        FOREIGN_REFUSED.labels(source="instance").inc()
+        refusal = providers.Refused("instance", "instance of another patient", "DICOM")
+        await attempt.record(ctx, [], [refusal], rec.provider_id, written)
+        return
+    sha, path = await asyncio.to_thread(ctx.archive.commit, incoming)
+    fields = _instance_fields(rec, inst, check, sha, path, incoming.size)
+    await attempt.record(ctx, [(inst.sop_uid, fields)], [], rec.provider_id, written)
 
 
 def _progress_fields(attempt: CaseAttempt, known: dict[str, Doc]) -> Doc:
@@ -406,8 +678,8 @@ async def retrieve_clinical(
     )
     clinical = [c for c in attempt.doc.get("clinical", []) if c["provider_id"] != rec.provider_id]
     events = []
+    await attempt.record(ctx, [], [r for one in found for r in one.refused], rec.provider_id)
     for kind, resources in zip(kinds, found, strict=True):
-        note_refused(attempt, rec.provider_id, resources.refused)
         summaries = [domain.summarise_resource(r).model_dump() for r in resources.items]
         clinical.append(
             {"provider_id": rec.provider_id, "kind": kind.value, "summaries": summaries}

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
+from pymongo import UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 
 from services.records_fetch.domain import InstanceState
@@ -119,3 +120,21 @@ class FetchStore:
             },
             upsert=True,
         )
+
+    async def record_instances(self, case_id: str, batch: Sequence[tuple[str, Doc]]) -> None:
+        """Several instances' records in one round trip (a committed series batch)."""
+        if not batch:
+            return
+        now = self.clock.now()
+        ops = [
+            UpdateOne(
+                {"_id": instance_id(case_id, sop_uid)},
+                {
+                    "$set": {**fields, "case_id": case_id, "sop_uid": sop_uid, "updated_at": now},
+                    "$inc": {"retrievals": 1},
+                },
+                upsert=True,
+            )
+            for sop_uid, fields in batch
+        ]
+        await self.instances.bulk_write(ops, ordered=False)

@@ -13,6 +13,7 @@ import asyncio
 import hashlib
 import io
 import json
+import re
 import threading
 import uuid
 from collections import Counter
@@ -46,9 +47,13 @@ FAST = RetryPolicy(base_seconds=0.0, max_delay_seconds=0.0, max_attempts=3)
 OPS = Principal(key_id="ops", tenant_id="ops", role="operations", subject="ops")
 
 
+SERIES_PATH = re.compile(r"/dicom-web/studies/[0-9.]+/series/[0-9.]+")
+
+
 class PacsProxy:
     """Forwards to Orthanc; can corrupt chosen instances or be stopped and restarted
-    on the same port. Counts WADO-RS instance retrievals by SOP Instance UID."""
+    on the same port. Counts WADO-RS retrievals of each instance by SOP Instance UID,
+    whether it came alone or as a part of a series-level answer (which it reads)."""
 
     def __init__(self, upstream: str, prefix: str = "/dicom-web") -> None:
         self.upstream = upstream
@@ -61,6 +66,8 @@ class PacsProxy:
         self.paths: list[str] = []  # every request, as received
         self.refuse_after: int | None = None  # WADO requests served before it "goes down"
         self.wado: Counter[str] = Counter()
+        self.series_requests = 0
+        self.refuse_series = False  # a PACS without series-level retrieval (400)
         # WADO requests let through, counted on arrival: retrievals run concurrently,
         # so "served" would let a second one in before the first has finished.
         self.admitted = 0
@@ -100,12 +107,19 @@ class PacsProxy:
         sop = (
             req.path.split("?")[0].rsplit("/instances/", 1)[-1] if "/instances/" in req.path else ""
         )
+        series = bool(SERIES_PATH.fullmatch(req.path.split("?")[0]))
+        if series and self.refuse_series:
+            req.send_response(400)
+            req.send_header("Content-Length", "0")
+            req.end_headers()
+            return
         with self._lock:
             refused = self.refuse_after is not None and self.admitted >= self.refuse_after
-            if sop and refused:
+            if (sop or series) and refused:
                 req.close_connection = True  # drop the connection without an answer: an outage
                 return
-            self.admitted += bool(sop)
+            self.admitted += bool(sop or series)
+            self.series_requests += series
         resp = httpx.get(
             self.upstream + path,
             headers={"Accept": req.headers.get("Accept", "*/*")},
@@ -118,11 +132,30 @@ class PacsProxy:
             self.wado[sop] += 1
             if sop in self.corrupt:
                 body = truncate_part(body, resp.headers["content-type"])
+        if series and resp.status_code == 200:
+            body = self.series_answer(body, resp.headers["content-type"])
         req.send_response(resp.status_code)
         req.send_header("Content-Type", resp.headers.get("content-type", ""))
         req.send_header("Content-Length", str(len(body)))
         req.end_headers()
         req.wfile.write(body)
+
+    def series_answer(self, body: bytes, content_type: str) -> bytes:
+        """Count each instance of a series-level answer; cut the chosen ones to a third
+        inside their part (the framing stays whole)."""
+        boundary = content_type.split("boundary=")[1].split(";")[0].strip('"').encode()
+        delimiter = b"\r\n--" + boundary
+        pieces = (b"\r\n" + body).split(delimiter)
+        out = [pieces[0]]
+        for piece in pieces[1:]:
+            head, sep, part = piece.partition(b"\r\n\r\n")
+            if sep and not piece.startswith(b"--"):
+                uid = str(pydicom.dcmread(io.BytesIO(part), stop_before_pixels=True).SOPInstanceUID)
+                self.wado[uid] += 1
+                if uid in self.corrupt:
+                    part = part[: len(part) // 3]
+            out.append(head + sep + part)
+        return delimiter.join(out)[2:]
 
 
 def truncate_part(body: bytes, content_type: str) -> bytes:
@@ -553,6 +586,7 @@ async def test_a_peer_answering_for_another_patient_is_refused_and_recorded(
     assert doc["state"] == "incomplete"
 
 
+@pytest.mark.parametrize("series_level", [False, True], ids=["instance", "series"])
 async def test_a_stored_instance_of_another_patient_never_enters_the_archive(
     infra: dict[str, Any],
     db: AsyncDatabase[Doc],
@@ -560,14 +594,22 @@ async def test_a_stored_instance_of_another_patient_never_enters_the_archive(
     clinic_pid: str,
     tmp_path: Path,
     proxy: PacsProxy,
+    series_level: bool,
 ) -> None:
     """QIDO lists our patient's instance, leaving the patient out of the instance
-    listing, and WADO-RS sends another patient's file under its UIDs."""
+    listing, and WADO-RS sends another patient's file under its UIDs: alone (a PACS
+    refusing series-level retrieval), or as the series-level answer and then again
+    alone (the fallback for the listed instance the series answer did not bring)."""
     ours = seeded_patient(infra, [("MR_small.dcm", "20261001")])
     theirs = seeded_patient(infra, [("CT_small.dcm", "20250101")])
     [our_path] = await instance_paths(client, infra, ours)
     [their_path] = await instance_paths(client, infra, theirs)
     proxy.rewrite_request = {our_path: their_path}
+    if series_level:
+        series_of = lambda p: p.rsplit("/instances/", 1)[0]  # noqa: E731
+        proxy.rewrite_request[series_of(our_path)] = series_of(their_path)
+    else:
+        proxy.refuse_series = True
 
     def hide_patient(path: str, answer: Any) -> Any:
         if "/instances" in path and isinstance(answer, list):
@@ -580,12 +622,13 @@ async def test_a_stored_instance_of_another_patient_never_enters_the_archive(
     event = accepted(ours, clinic_pid)
     await handlers.open_case(ctx.store, event, meta())
     doc = await attempt(ctx, event)
-    assert sum(proxy.wado.values()) == 1  # it was retrieved ...
+    times = 2 if series_level else 1
+    assert sum(proxy.wado.values()) == times  # it was retrieved ...
     assert await ctx.store.instance_states(event.case_id) == {}  # ... and refused
     archived = [p for p in (tmp_path / "records").rglob("*") if p.is_file()]
     assert archived == []  # not even under a temporary name
-    assert [r["source"] for r in doc["refused"]] == ["instance"]
-    assert refused_count("instance") - before == 1
+    assert [r["source"] for r in doc["refused"]] == ["instance"] * times
+    assert refused_count("instance") - before == times
     assert doc["state"] == "incomplete"
 
 
