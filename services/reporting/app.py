@@ -27,7 +27,7 @@ from services.reporting.store import ReportingStore, StoredAddendum, StoredRepor
 from shared.auth import Principal
 from shared.clock import SYSTEM_CLOCK, Clock
 from shared.envelope import EventMeta
-from shared.events import CaseAssigned, CaseReassigned
+from shared.events import PARTNER_TOPICS, CaseAssigned, CaseReassigned, partner_topic
 from shared.runtime import ProcessService, Service
 
 JWKS_PATH = "/.well-known/jwks.json"
@@ -79,6 +79,12 @@ def create_service(
         service.collection("addenda", outbox=True),
     )
     service.on_startup(store.create_indexes)
+    # report.ready is also published on each tenant's partner channel (shared.events).
+    service.extra_topics.extend(
+        partner_topic(tenant, topic)
+        for tenant in service.credentials.tenants("integrator", "partner")
+        for topic in PARTNER_TOPICS
+    )
     # Verification is for anyone holding a report (a partner, a clinician, an auditor).
     service.public("/v1/verify", "/v1/keys", "/.well-known")
     ctx = Reporting(store, Signer(KeyRing(settings.key_dir), settings.base_url), service.clock)
