@@ -21,9 +21,10 @@ from typing import Annotated
 
 from fastapi import Depends
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, TypeAdapter
+from pydantic import BaseModel, Field, TypeAdapter
 
 from shared.errors import Forbidden, RouterError
+from shared.events import TENANT_ID_PATTERN
 
 
 class Unauthorized(RouterError):
@@ -33,7 +34,9 @@ class Unauthorized(RouterError):
 
 class Principal(BaseModel):
     key_id: str
-    tenant_id: str
+    # A tenant id also names the tenant's partner channel on Kafka
+    # (shared.events.partner_topic): a credentials file with another shape is refused.
+    tenant_id: str = Field(pattern=TENANT_ID_PATTERN)
     role: str
     subject: str
     key_sha256: str = ""
@@ -56,6 +59,10 @@ class Credentials:
 
     def has_tenant(self, tenant_id: str) -> bool:
         return any(p.tenant_id == tenant_id for p in self._by_id.values())
+
+    def tenants(self, *roles: str) -> list[str]:
+        """The tenants with a key of one of `roles` (every tenant without roles)."""
+        return sorted({p.tenant_id for p in self._by_id.values() if not roles or p.role in roles})
 
     def authenticate(self, key: str) -> Principal:
         key_id, _, secret = key.partition(".")

@@ -94,13 +94,20 @@ class OutboxEntry(BaseModel):
 
 
 def outbox_entry(
-    event: Any, *, traceparent: str = "", key: str | None = None, now: datetime | None = None
+    event: Any,
+    *,
+    traceparent: str = "",
+    key: str | None = None,
+    now: datetime | None = None,
+    topic: str | None = None,
 ) -> OutboxEntry:
     """Wrap a topic model instance (shared.events) as an outbox entry; `now` (the
-    service's clock) dates it, the system clock when not given."""
+    service's clock) dates it, the system clock when not given. `topic` publishes
+    it elsewhere than its own topic (a tenant's partner channel,
+    `shared.events.partner_topic`), with the same type and body."""
     return OutboxEntry(
         id=new_event_id(),
-        topic=event.topic,
+        topic=topic or event.topic,
         key=key or event.case_id,
         ce_type=event.ce_type(),
         tenant_id=event.tenant_id,

@@ -12,6 +12,7 @@ span attributes.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, ClassVar
@@ -424,13 +425,14 @@ class ReportSubmitted(Event):
 
 
 class ReportLinks(BaseModel):
-    """Where an authorised partner fetches the report (paths on the reporting API)."""
+    """Where an authorised partner fetches the report: absolute URLs on the
+    reporting API (its public base URL), each needing the partner's API key."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    report: Text2000
-    fhir: Text2000 = ""
-    pdf: Text2000 = ""
-    signature: Text2000 = ""
+    report: Text2000 = Field(description="Absolute URL of the signed report (JSON)")
+    fhir: Text2000 = Field(default="", description="Absolute URL of the FHIR DiagnosticReport")
+    pdf: Text2000 = Field(default="", description="Absolute URL of the PDF")
+    signature: Text2000 = Field(default="", description="Absolute URL of the detached signatures")
 
 
 class ReportReady(Event):
@@ -507,3 +509,41 @@ def dead_letter_topic(topic: str) -> str:
 
 
 ALL_TOPICS: list[str] = [*TOPIC_MODELS, *(dead_letter_topic(t) for t in TOPIC_MODELS)]
+
+
+# ---------------------------------------------------------------- partner channels
+#
+# A partner reads its own tenant's events only: each partner-facing event is also
+# published on a topic of that tenant's own, ``partner.<tenant>.<topic>``, which
+# the tenant's Kafka user may read (a prefixed ACL on ``partner.<tenant>.``,
+# deploy/k8s/base/kafka-partner-users.yaml). The shared topics (``report.ready``)
+# carry every tenant's events and are for the router's own services.
+
+# The events published on the partner channels (by their emitting service's outbox).
+PARTNER_TOPICS: tuple[str, ...] = ("report.ready",)
+PARTNER_PREFIX = "partner."
+# A tenant id that names a channel: lower-case letters, digits and inner hyphens,
+# at most 63 characters (a DNS label, so it also names the tenant's KafkaUser). No
+# dot: with it, the ACL prefix `partner.acme.` of tenant `acme` would also match
+# a tenant called `acme.eu`.
+TENANT_ID_PATTERN = r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$"
+_TENANT_ID = re.compile(TENANT_ID_PATTERN)
+
+
+def is_channel_tenant(tenant_id: str) -> bool:
+    return bool(_TENANT_ID.fullmatch(tenant_id))
+
+
+def partner_prefix(tenant_id: str) -> str:
+    """`partner.<tenant>.`: the prefix of every topic of one tenant's partner channel."""
+    if not is_channel_tenant(tenant_id):
+        raise ValueError(f"tenant id {tenant_id!r} does not match {TENANT_ID_PATTERN}")
+    return f"{PARTNER_PREFIX}{tenant_id}."
+
+
+def partner_topic(tenant_id: str, topic: str) -> str:
+    """The tenant's own copy of a partner-facing topic, e.g.
+    ``partner.demo-health.report.ready``."""
+    if topic not in PARTNER_TOPICS:
+        raise ValueError(f"{topic!r} is not published on partner channels")
+    return f"{partner_prefix(tenant_id)}{topic}"

@@ -138,6 +138,9 @@ class Service:
         self._outbox_collections: list[AsyncCollection[Doc]] = []
         self._startup: list[Hook] = []
         self._background: list[Hook] = []
+        # Topics this service creates on a fresh broker besides the router's own
+        # (reporting: each tenant's partner channel).
+        self.extra_topics: list[str] = []
         self.relay = OutboxRelay(
             self.broker,
             f"/router/{settings.service_name}",
@@ -262,7 +265,7 @@ class Service:
             await hook()
         await ensure_topics(
             self.settings.kafka_bootstrap,
-            ALL_TOPICS,
+            [*ALL_TOPICS, *self.extra_topics],
             self.settings.topic_partitions,
             **self.settings.kafka_client_options(),
         )

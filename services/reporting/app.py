@@ -27,7 +27,14 @@ from services.reporting.store import ReportingStore, StoredAddendum, StoredRepor
 from shared.auth import Principal
 from shared.clock import SYSTEM_CLOCK, Clock
 from shared.envelope import EventMeta
-from shared.events import CaseAccepted, CaseAssigned, CaseReassigned, RecordsComplete
+from shared.events import (
+    PARTNER_TOPICS,
+    CaseAccepted,
+    CaseAssigned,
+    CaseReassigned,
+    RecordsComplete,
+    partner_topic,
+)
 from shared.runtime import ProcessService, Service
 
 JWKS_PATH = "/.well-known/jwks.json"
@@ -80,6 +87,12 @@ def create_service(
         service.collection("cases"),
     )
     service.on_startup(store.create_indexes)
+    # report.ready is also published on each tenant's partner channel (shared.events).
+    service.extra_topics.extend(
+        partner_topic(tenant, topic)
+        for tenant in service.credentials.tenants("integrator", "partner")
+        for topic in PARTNER_TOPICS
+    )
     # Verification is for anyone holding a report (a partner, a clinician, an auditor).
     # So is the CodeSystem the FHIR reports' conclusion codes come from.
     service.public("/v1/verify", "/v1/keys", "/.well-known", "/fhir/CodeSystem")

@@ -34,6 +34,7 @@ from shared.events import (
     ReportLinks,
     ReportReady,
     ReportSubmitted,
+    partner_topic,
 )
 from shared.telemetry import current_traceparent
 
@@ -202,7 +203,14 @@ def _report_events(
         content_sha256=sig.content_sha256,
         links=links,
     )
-    return [outbox_entry(e, traceparent=traceparent) for e in (submitted, ready)]
+    # report.ready twice: on the shared topic for the router's services (notify), and
+    # on the tenant's own partner channel, the only one its partners may read.
+    partner = partner_topic(ready.tenant_id, ready.topic)
+    return [
+        outbox_entry(submitted, traceparent=traceparent),
+        outbox_entry(ready, traceparent=traceparent),
+        outbox_entry(ready, traceparent=traceparent, topic=partner),
+    ]
 
 
 async def submit_opinion(

@@ -15,8 +15,15 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from deploy import kafka_acls
 from deploy.local.stack import SERVICES
-from shared.events import ALL_TOPICS, TOPIC_MODELS, dead_letter_topic
+from shared.events import (
+    ALL_TOPICS,
+    PARTNER_TOPICS,
+    TOPIC_MODELS,
+    dead_letter_topic,
+    partner_topic,
+)
 
 BASE = Path(__file__).resolve().parents[2] / "deploy" / "k8s" / "base"
 K8S_VERSION = "1.37.0"
@@ -271,7 +278,10 @@ def _topics() -> dict[str, dict[str, Any]]:
 
 def test_every_topic_and_its_dead_letter_topic_is_defined() -> None:
     topics = _topics()
-    assert set(topics) == set(ALL_TOPICS)
+    partner_channels = {
+        partner_topic(t, topic) for t in kafka_acls.partner_tenants() for topic in PARTNER_TOPICS
+    }
+    assert set(topics) == set(ALL_TOPICS) | partner_channels
     for topic in TOPIC_MODELS:
         main, dlq = topics[topic], topics[dead_letter_topic(topic)]
         assert main["replicas"] >= 3 and int(main["config"]["min.insync.replicas"]) >= 2
