@@ -20,6 +20,7 @@ from typing import Annotated, Any
 
 import httpx
 from fastapi import Depends, Query, Request
+from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import REGISTRY
@@ -261,13 +262,23 @@ def _routes(view: OpsView) -> None:
         return await view.journey(case_id)
 
     @api.post("/v1/ops/cases/{case_id}/release", tags=["operations view"])
-    async def ops_release(case_id: str, body: Release, request: Request, _: Ops) -> JSONResponse:
+    async def ops_release(
+        case_id: Annotated[str, PathParam(pattern=FORWARDED_ID)],
+        body: Release,
+        request: Request,
+        _: Ops,
+    ) -> JSONResponse:
         """Release a case held for human review (intake's POST /v1/cases/{id}/review)."""
         url = f"{settings.intake_url}/v1/cases/{case_id}/review"
         return await view.forward(url, request, {"release": True, "note": body.note})
 
     @api.post("/v1/ops/cases/{case_id}/deliveries/{delivery_id}/resend", tags=["operations view"])
-    async def ops_resend(case_id: str, delivery_id: str, request: Request, _: Ops) -> JSONResponse:
+    async def ops_resend(
+        case_id: Annotated[str, PathParam(pattern=FORWARDED_ID)],
+        delivery_id: Annotated[str, PathParam(pattern=FORWARDED_ID)],
+        request: Request,
+        _: Ops,
+    ) -> JSONResponse:
         """Resend a dead-lettered delivery (notify's operations resend)."""
         case = await view.ops.get(case_id)
         if case is None or delivery_id not in case.delivery_failed:
@@ -282,6 +293,10 @@ def _routes(view: OpsView) -> None:
     @api.get("/dashboard/case", include_in_schema=False)
     async def case_page() -> FileResponse:
         return FileResponse(STATIC / "case.html")
+
+
+# An id forwarded into another service's URL path: one plain path segment.
+FORWARDED_ID = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 
 
 # ---------------------------------------------------------------- Prometheus

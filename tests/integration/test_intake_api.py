@@ -197,12 +197,13 @@ async def test_native_and_fhir_cases_are_accepted_over_http_and_kafka(intake: In
         ids.append((await it.find_case(ext(it, name)))["_id"])
     for case_id in ids:
         event = await accepted_once(it, case_id)
-        assert event["routing"]["subspecialties"] == [
+        # Who is needed (the order, primary first, is the clinical suite's business).
+        assert set(event["routing"]["subspecialties"]) >= {
             "body_imaging",
             "oncology_genitourinary",
-        ]
+        }
         assert "irreversible_treatment" in event["triage_signals"]
-        assert event["triage_reasons"]["ambiguous_report"] == "matched 'cannot exclude'"
+        assert "'cannot exclude'" in event["triage_reasons"]["ambiguous_report"].lower()
     fhir_event = await accepted_once(it, ids[1])
     assert fhir_event["routing"]["urgency"] == "priority"  # FHIR priority 'urgent'
     assert fhir_event["routing"]["service_tier"] == "imaging_reread"
@@ -213,7 +214,7 @@ async def test_native_and_fhir_cases_are_accepted_over_http_and_kafka(intake: In
     assert status["second_opinion_value"] == "high"
     # Dated by the service's clock (ManualClock), not the machine's.
     assert status["history"][0]["at"].startswith("2026-01-05T09:00:00")
-    assert {s["name"] for s in status["subspecialties"]} == {
+    assert {s["name"] for s in status["subspecialties"]} >= {
         "body_imaging",
         "oncology_genitourinary",
     }
@@ -330,7 +331,8 @@ async def test_a_controlled_substance_request_is_held_for_human_review(intake: I
     case_id = r.json()["case_id"]
     status = (await it.http.get(f"/v1/cases/{case_id}", headers=DEMO)).json()
     assert status["stage"] == "held_for_review"
-    assert "controlled substance 'oxycodone'" in status["waiting_reasons"][0]
+    reason = status["waiting_reasons"][0]
+    assert "controlled-substance prescription" in reason and "'oxycodone'" in reason
     assert (
         await it.http.post(f"/v1/cases/{case_id}/review", json={"release": False}, headers=DEMO)
     ).status_code == 403
@@ -608,8 +610,13 @@ async def test_notices_and_dead_letters_show_in_delivery_and_never_move_the_stag
         body = (await it.http.get(f"/v1/cases/{case_id}", headers=DEMO)).json()
         return dict(body) if check(body) else None
 
+    missing = "the records: prior_studies: no prior study found at the provider"
+
     def noticed(body: dict[str, Any]) -> bool:
-        return bool(body["delivery"].get("partner", {}).get("notices"))
+        # The notice (notification.delivered) and the manifest (records.incomplete)
+        # come on two topics, in either order: wait for both.
+        notices = body["delivery"].get("partner", {}).get("notices")
+        return bool(notices) and missing in body["waiting_reasons"]
 
     body = await eventually(lambda: status(noticed), within=30)
     assert body["stage"] == "accepted"
