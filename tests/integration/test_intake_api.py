@@ -610,13 +610,13 @@ async def test_notices_and_dead_letters_show_in_delivery_and_never_move_the_stag
         body = (await it.http.get(f"/v1/cases/{case_id}", headers=DEMO)).json()
         return dict(body) if check(body) else None
 
-    missing = "the records: prior_studies: no prior study found at the provider"
+    missing_words = "the records: prior_studies: no prior study found at the provider"
 
     def noticed(body: dict[str, Any]) -> bool:
         # The notice (notification.delivered) and the manifest (records.incomplete)
         # come on two topics, in either order: wait for both.
         notices = body["delivery"].get("partner", {}).get("notices")
-        return bool(notices) and missing in body["waiting_reasons"]
+        return bool(notices) and missing_words in body["waiting_reasons"]
 
     body = await eventually(lambda: status(noticed), within=30)
     assert body["stage"] == "accepted"
