@@ -296,6 +296,11 @@ def _window_spent(ctx: Notify, delivery: Delivery, now: datetime) -> bool:
     return now >= started + timedelta(seconds=ctx.settings.retry_window_seconds)
 
 
+async def _first_in_line(ctx: Notify, sub: Subscription, delivery: Delivery) -> bool:
+    first = await ctx.store.first_pending_sequence(sub.id)
+    return first is None or delivery.sequence is None or delivery.sequence <= first
+
+
 async def _admitted(
     ctx: Notify, sub: Subscription, delivery: Delivery
 ) -> Literal["send", "deferred", "expired"]:
@@ -307,6 +312,10 @@ async def _admitted(
     if admit == "send":
         return "send"
     lease_end = now + timedelta(seconds=_lease(ctx.settings))
+    if admit == "probe" and not await _first_in_line(ctx, sub, delivery):
+        # The probe is the endpoint's oldest pending delivery, so that what is
+        # held is delivered in sequence order once the endpoint is back.
+        admit = "hold"
     if admit == "probe" and await ctx.store.begin_probe(sub.id, now, lease_end):
         # This delivery is the probe; the others wait for its outcome.
         await ctx.store.hold_pending(sub.id, lease_end, now, except_id=delivery.id)

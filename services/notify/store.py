@@ -142,6 +142,15 @@ class NotifyStore:
             {"$set": {"breaker.state": "half_open", "breaker.retry_at": lease_until}},
         )
 
+    async def first_pending_sequence(self, sub_id: str) -> int | None:
+        """The lowest sequence number among the subscription's pending deliveries."""
+        doc = await self.deliveries.find_one(
+            {"subscription_id": sub_id, "state": "pending", "sequence": {"$ne": None}},
+            {"sequence": 1},
+            sort=[("sequence", 1)],
+        )
+        return None if doc is None else int(doc["sequence"])
+
     async def hold_pending(
         self, sub_id: str, until: datetime, now: datetime, except_id: str = ""
     ) -> None:
