@@ -83,6 +83,25 @@ def consumed_topics(service: str) -> list[str]:
     )
 
 
+def kafka_user_header(name: str) -> str:
+    """A Strimzi KafkaUser authenticated by SCRAM-SHA-512 with simple ACLs, up to its list."""
+    return (
+        "---\n"
+        "apiVersion: kafka.strimzi.io/v1beta2\n"
+        "kind: KafkaUser\n"
+        "metadata:\n"
+        f"  name: {name}\n"
+        "  labels:\n"
+        "    strimzi.io/cluster: kafka\n"
+        "spec:\n"
+        "  authentication:\n"
+        "    type: scram-sha-512\n"
+        "  authorization:\n"
+        "    type: simple\n"
+        "    acls:\n"
+    )
+
+
 def acl(name: str, operations: list[str], *, kind: str = "topic", pattern: str = "literal") -> str:
     ops = ", ".join(operations)
     return (
@@ -95,19 +114,7 @@ def user(service: str) -> str:
     reads = consumed_topics(service)
     writes = sorted(set(PRODUCES[service]) | {dead_letter_topic(t) for t in reads})
     lines = [
-        "---\n",
-        "apiVersion: kafka.strimzi.io/v1beta2\n",
-        "kind: KafkaUser\n",
-        "metadata:\n",
-        f"  name: router-{service.replace('_', '-')}\n",
-        "  labels:\n",
-        "    strimzi.io/cluster: kafka\n",
-        "spec:\n",
-        "  authentication:\n",
-        "    type: scram-sha-512\n",
-        "  authorization:\n",
-        "    type: simple\n",
-        "    acls:\n",
+        kafka_user_header(f"router-{service.replace('_', '-')}"),
         acl(f"router.{service}.", ["Read"], kind="group", pattern="prefix"),
         *(acl(t, ["Read", "Describe"]) for t in reads),
         *(acl(t, ["Write", "Describe"]) for t in writes),
@@ -163,19 +170,7 @@ def partner_channel(tenant: str) -> str:
         for topic in PARTNER_TOPICS
     ]
     reader = [
-        "---\n",
-        "apiVersion: kafka.strimzi.io/v1beta2\n",
-        "kind: KafkaUser\n",
-        "metadata:\n",
-        f"  name: partner-{tenant}\n",
-        "  labels:\n",
-        "    strimzi.io/cluster: kafka\n",
-        "spec:\n",
-        "  authentication:\n",
-        "    type: scram-sha-512\n",
-        "  authorization:\n",
-        "    type: simple\n",
-        "    acls:\n",
+        kafka_user_header(f"partner-{tenant}"),
         acl(prefix, ["Read", "Describe"], pattern="prefix"),
         acl(prefix, ["Read"], kind="group", pattern="prefix"),
     ]

@@ -21,7 +21,7 @@ import statistics
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, Field
 
@@ -91,25 +91,7 @@ OpsState = Literal[
     "done",
 ]
 # What needs a person first: the order of the list (docs/operations.md).
-PRIORITY: dict[str, int] = {
-    s: i
-    for i, s in enumerate(
-        [
-            "breached",
-            "delivery_failed",
-            "held_for_review",
-            "unassignable",
-            "records_incomplete",
-            "awaiting_authorization",
-            "at_risk",
-            "stalled",
-            "awaiting_acceptance",
-            "in_review",
-            "in_progress",
-            "done",
-        ]
-    )
-}
+PRIORITY: dict[str, int] = {s: i for i, s in enumerate(get_args(OpsState))}
 # Colour class of each state on the page: only work that moves on its own is green.
 SEVERITY: dict[str, str] = {
     "breached": "red",

@@ -28,7 +28,7 @@ one order a case goes through:
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -57,17 +57,7 @@ Stage = Literal[
     "declined",
 ]
 # The order of the stages; `declined` ends a case outside it.
-STAGES: tuple[Stage, ...] = (
-    "received",
-    "held_for_review",
-    "awaiting_authorization",
-    "accepted",
-    "records_complete",
-    "assigned",
-    "report_submitted",
-    "report_ready",
-    "delivered",
-)
+STAGES: tuple[Stage, ...] = tuple(s for s in get_args(Stage) if s != "declined")
 # The stages reached downstream, each by its own event (delivered: by the policy).
 DOWNSTREAM: tuple[Stage, ...] = STAGES[STAGES.index("accepted") + 1 :]
 EVENT_STAGE: dict[type[BaseModel], Stage] = {
