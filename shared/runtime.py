@@ -33,7 +33,7 @@ from shared.consumer import EventConsumer
 from shared.envelope import OutboxEntry
 from shared.errors import is_retryable
 from shared.events import ALL_TOPICS
-from shared.http import RequestGate, create_api
+from shared.http import RequestGate, create_api, describe_api
 from shared.settings import ServiceSettings
 from shared.store import Doc, OutboxRelay, connect
 from shared.telemetry import setup_telemetry
@@ -129,6 +129,7 @@ class Service:
             max_body_bytes=settings.max_body_bytes,
             public_max_body_bytes=settings.public_max_body_bytes,
         )
+        describe_api(self.api, self.is_public)
         self._audit_route()
         self.api.router.lifespan_context = self._lifespan
         FastAPIInstrumentor.instrument_app(self.api, tracer_provider=self.tracer_provider)

@@ -34,6 +34,7 @@ from shared.events import (
     ReportReady,
     ReportSubmitted,
 )
+from shared.http import errors
 from shared.runtime import ProcessService, Service
 
 JSON_TYPES = ("application/json", "application/fhir+json")
@@ -212,6 +213,14 @@ FHIR_BODY = {
 }
 
 
+# A submission answers 201 (created) or 200 (the same case again, by external_id);
+# it reads its body itself: malformed JSON is 400, invalid values 422.
+SUBMIT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"model": SubmitResponse, "description": "The same case was submitted before"},
+    **errors(400, 409, 415, fhir=True),
+}
+
+
 def create_service(
     settings: IntakeSettings | None = None,
     clock: Clock = SYSTEM_CLOCK,
@@ -288,6 +297,7 @@ def _http_routes(service: Service, store: IntakeStore, settings: IntakeSettings)
         status_code=201,
         tags=["cases"],
         openapi_extra=NATIVE_OR_FHIR_BODY,
+        responses=SUBMIT_RESPONSES,
     )
     async def submit_case(
         request: Request, response: Response, principal: Annotated[Principal, Depends(integrator)]
@@ -304,6 +314,7 @@ def _http_routes(service: Service, store: IntakeStore, settings: IntakeSettings)
         status_code=201,
         tags=["cases"],
         openapi_extra=FHIR_BODY,
+        responses=SUBMIT_RESPONSES,
     )
     async def submit_fhir(
         request: Request, response: Response, principal: Annotated[Principal, Depends(integrator)]
@@ -338,6 +349,7 @@ def _case_routes(service: Service, store: IntakeStore, settings: IntakeSettings)
         response_model=CaseStatus,
         tags=["cases"],
         openapi_extra=json_body(ReleaseAuthorization),
+        responses=errors(400),
     )
     async def authorize_release(
         case_id: str, request: Request, principal: Annotated[Principal, Depends(integrator)]
@@ -356,6 +368,7 @@ def _case_routes(service: Service, store: IntakeStore, settings: IntakeSettings)
         response_model=CaseStatus,
         tags=["operations"],
         openapi_extra=json_body(HoldDecision),
+        responses=errors(400, 409),
     )
     async def review_hold(
         case_id: str, request: Request, principal: Annotated[Principal, Depends(operations)]

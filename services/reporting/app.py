@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import Body, Depends
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from pydantic import BaseModel
 
 from services.reporting import handlers, render, signing
@@ -28,6 +28,7 @@ from shared.auth import Principal
 from shared.clock import SYSTEM_CLOCK, Clock
 from shared.envelope import EventMeta
 from shared.events import PARTNER_TOPICS, CaseAssigned, CaseReassigned, partner_topic
+from shared.http import FhirJSONResponse, binary_response, errors, fhir_response
 from shared.runtime import ProcessService, Service
 
 JWKS_PATH = "/.well-known/jwks.json"
@@ -117,7 +118,12 @@ def _reviewer_routes(service: Service, ctx: Reporting) -> None:
             for c in copies
         ]
 
-    @api.put("/v1/assignments/{assignment_id}/draft", response_model=DraftSaved, tags=["reviewer"])
+    @api.put(
+        "/v1/assignments/{assignment_id}/draft",
+        response_model=DraftSaved,
+        tags=["reviewer"],
+        responses=errors(409),
+    )
     async def save_draft(
         assignment_id: str,
         draft: OpinionDraft,
@@ -132,6 +138,7 @@ def _reviewer_routes(service: Service, ctx: Reporting) -> None:
         response_model=Submitted,
         status_code=201,
         tags=["reviewer"],
+        responses=errors(409),
     )
     async def submit_opinion(
         assignment_id: str,
@@ -151,6 +158,7 @@ def _reviewer_routes(service: Service, ctx: Reporting) -> None:
         response_model=Submitted,
         status_code=201,
         tags=["reviewer"],
+        responses=errors(409),
     )
     async def submit_case_opinion(
         case_id: str, opinion: OpinionDraft, principal: Annotated[Principal, Depends(reviewer)]
@@ -168,6 +176,7 @@ def _reviewer_routes(service: Service, ctx: Reporting) -> None:
         response_model=AddendumCreated,
         status_code=201,
         tags=["reviewer"],
+        responses=errors(409),
     )
     async def add_addendum(
         report_id: str, addendum: Addendum, principal: Annotated[Principal, Depends(reviewer)]
@@ -223,7 +232,12 @@ def _partner_routes(service: Service, ctx: Reporting) -> None:
             "keys": f"{base_url}{JWKS_PATH}",
         }
 
-    @api.get("/v1/reports/{report_id}/fhir", tags=["reports"])
+    @api.get(
+        "/v1/reports/{report_id}/fhir",
+        tags=["reports"],
+        response_class=FhirJSONResponse,
+        responses=fhir_response("A FHIR R4 DiagnosticReport"),
+    )
     async def get_fhir(
         report_id: str, principal: Annotated[Principal, Depends(reader)]
     ) -> Response:
@@ -232,9 +246,14 @@ def _partner_routes(service: Service, ctx: Reporting) -> None:
         doc, sig = _signed(report)
         pdf_url = ctx.signer.links(report_id).pdf
         body = render.fhir_report(doc, sig, [_signed(a) for a in addenda], pdf_url)
-        return JSONResponse(body, media_type="application/fhir+json")
+        return FhirJSONResponse(body)
 
-    @api.get("/v1/reports/{report_id}/pdf", tags=["reports"])
+    @api.get(
+        "/v1/reports/{report_id}/pdf",
+        tags=["reports"],
+        response_class=Response,
+        responses=binary_response("application/pdf", "The signed report as a PDF"),
+    )
     async def get_pdf(report_id: str, principal: Annotated[Principal, Depends(reader)]) -> Response:
         """The report as a PDF for the treating physician."""
         report, addenda = await readable(report_id, principal)

@@ -61,15 +61,15 @@ def test_each_service_reads_what_it_consumes_and_writes_what_it_owns() -> None:
     assert set(found) == {f"router-{s.replace('_', '-')}" for s in kafka_acls.SERVICES}
     for service in kafka_acls.SERVICES:
         acls = found[f"router-{service.replace('_', '-')}"]
-        reads = {a["resource"]["name"] for a in acls if "Read" in a["operations"]}  # type: ignore[index,operator]
-        writes = {a["resource"]["name"] for a in acls if "Write" in a["operations"]}  # type: ignore[index,operator]
+        reads = {a["resource"]["name"] for a in acls if "Read" in a["operations"]}
+        writes = {a["resource"]["name"] for a in acls if "Write" in a["operations"]}
         consumed = set(kafka_acls.consumed_topics(service))
         assert reads == consumed | {f"router.{service}."}
         partner = {"partner."} if service in kafka_acls.PARTNER_PUBLISHERS else set()
         assert writes == set(kafka_acls.PRODUCES[service]) | partner | {
             dead_letter_topic(t) for t in consumed
         }
-        assert not any(a["resource"]["name"] == "*" for a in acls)  # type: ignore[index]
+        assert not any(a["resource"]["name"] == "*" for a in acls)
 
 
 def test_every_topic_has_one_producer_and_the_architecture_table_agrees() -> None:
