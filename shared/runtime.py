@@ -33,7 +33,7 @@ from shared.consumer import EventConsumer
 from shared.envelope import OutboxEntry
 from shared.errors import is_retryable
 from shared.events import ALL_TOPICS
-from shared.http import RequestGate, create_api
+from shared.http import RequestGate, create_api, describe_api
 from shared.progress import ConsumerProgress, sample_subscribers
 from shared.settings import ServiceSettings
 from shared.store import Doc, OutboxRelay, connect
@@ -131,6 +131,7 @@ class Service:
             public_max_body_bytes=settings.public_max_body_bytes,
         )
         self.progress = ConsumerProgress(clock, settings.consumer_stall_seconds)
+        describe_api(self.api, self.is_public)
         self._audit_route()
         self._progress_route()
         self.api.router.lifespan_context = self._lifespan

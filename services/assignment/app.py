@@ -40,6 +40,7 @@ from shared.clock import Clock, clock_from
 from shared.envelope import EventMeta, OutboxEntry
 from shared.errors import InvalidInput, NotFound
 from shared.events import RecordsComplete, RecordsIncomplete, ReportSubmitted
+from shared.http import errors
 from shared.runtime import ProcessService, Service
 from shared.telemetry import quiet
 from shared.vocabulary import Subspecialty
@@ -217,6 +218,7 @@ def _reviewer_routes(w: Wiring) -> None:
         "/v1/reviewer/assignments/{assignment_id}/accept",
         response_model=Assignment,
         tags=["reviewer"],
+        responses=errors(409),
     )
     async def accept_assignment(assignment_id: str, principal: Rev) -> Assignment:
         a, outbox = await handlers.respond(
@@ -229,6 +231,7 @@ def _reviewer_routes(w: Wiring) -> None:
         "/v1/reviewer/assignments/{assignment_id}/decline",
         response_model=Assignment,
         tags=["reviewer"],
+        responses=errors(409),
     )
     async def decline_assignment(assignment_id: str, body: Decline, principal: Rev) -> Assignment:
         """Decline: the assignment goes to the next eligible reviewer at once."""
@@ -289,6 +292,7 @@ def _operations_routes(w: Wiring) -> None:
         "/v1/cases/{case_id}/assignments/{subspecialty}/reassign",
         response_model=Assignment,
         tags=["operations"],
+        responses=errors(409),
     )
     async def reassign(
         case_id: str, subspecialty: Subspecialty, body: Reassign, principal: Ops

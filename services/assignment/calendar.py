@@ -38,7 +38,10 @@ class CalendarSpec(BaseModel):
     @field_validator("timezone")
     @classmethod
     def _known_zone(cls, v: str) -> str:
-        ZoneInfo(v)  # raises for an unknown zone
+        try:
+            ZoneInfo(v)
+        except (KeyError, ValueError, OSError):  # ZoneInfoNotFoundError is a KeyError
+            raise ValueError("unknown time zone") from None
         return v
 
 

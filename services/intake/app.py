@@ -29,6 +29,7 @@ from shared.clock import SYSTEM_CLOCK, Clock
 from shared.envelope import EventMeta
 from shared.errors import InvalidInput, PermanentError
 from shared.events import CaseSubmission
+from shared.http import FhirJSONResponse, errors, fhir_response
 from shared.providers import ProviderRegistry, load_registry
 from shared.runtime import ProcessService, Service
 
@@ -251,6 +252,14 @@ FHIR_BODY = {
 }
 
 
+# A submission answers 201 (created) or 200 (the same case again, by external_id);
+# it reads its body itself: malformed JSON is 400, invalid values 422.
+SUBMIT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"model": SubmitResponse, "description": "The same case was submitted before"},
+    **errors(400, 409, 415, fhir=True),
+}
+
+
 def create_service(
     settings: IntakeSettings | None = None,
     clock: Clock = SYSTEM_CLOCK,
@@ -350,6 +359,7 @@ def _http_routes(
         status_code=201,
         tags=["cases"],
         openapi_extra=NATIVE_OR_FHIR_BODY,
+        responses=SUBMIT_RESPONSES,
     )
     async def submit_case(
         request: Request, response: Response, principal: Annotated[Principal, Depends(integrator)]
@@ -366,6 +376,7 @@ def _http_routes(
         status_code=201,
         tags=["cases"],
         openapi_extra=FHIR_BODY,
+        responses=SUBMIT_RESPONSES,
     )
     async def submit_fhir(
         request: Request, response: Response, principal: Annotated[Principal, Depends(integrator)]
@@ -390,8 +401,8 @@ def _case_routes(service: Service, store: IntakeStore, settings: IntakeSettings)
     @api.get(
         "/v1/fhir/Task/{case_id}",
         tags=["cases"],
-        response_class=JSONResponse,
-        responses={200: {"content": {fhir_out.FHIR_JSON: {"schema": {"type": "object"}}}}},
+        response_class=FhirJSONResponse,
+        responses=fhir_response("The case's progress as a FHIR R4 Task"),
     )
     async def case_task(
         case_id: str, principal: Annotated[Principal, Depends(integrator)]
@@ -402,7 +413,7 @@ def _case_routes(service: Service, store: IntakeStore, settings: IntakeSettings)
         case = await handlers.tenant_case(store, principal.tenant_id, case_id)
         policy = settings.delivery_policy_for(case.tenant_id)
         required = policy.required(bool(case.submission.treating_clinician_email))
-        return JSONResponse(fhir_out.task(case, required), media_type=fhir_out.FHIR_JSON)
+        return FhirJSONResponse(fhir_out.task(case, required))
 
     @api.get("/v1/cases", response_model=list[CaseStatus], tags=["cases"])
     async def list_cases(
@@ -417,6 +428,7 @@ def _case_routes(service: Service, store: IntakeStore, settings: IntakeSettings)
         response_model=CaseStatus,
         tags=["cases"],
         openapi_extra=json_body(ReleaseAuthorization),
+        responses=errors(400),
     )
     async def authorize_release(
         case_id: str, request: Request, principal: Annotated[Principal, Depends(integrator)]
@@ -435,6 +447,7 @@ def _case_routes(service: Service, store: IntakeStore, settings: IntakeSettings)
         response_model=CaseStatus,
         tags=["operations"],
         openapi_extra=json_body(HoldDecision),
+        responses=errors(400, 409),
     )
     async def review_hold(
         case_id: str, request: Request, principal: Annotated[Principal, Depends(operations)]

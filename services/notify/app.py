@@ -28,6 +28,7 @@ from shared.auth import Principal
 from shared.clock import SYSTEM_CLOCK, Clock
 from shared.envelope import EventMeta
 from shared.events import CaseAccepted, CaseRejected, RecordsIncomplete, ReportReady, SlaBreached
+from shared.http import errors
 from shared.runtime import ProcessService, Service
 from shared.vocabulary import PartnerEventType
 
@@ -252,7 +253,12 @@ def _delivery_routes(service: Service, ctx: Notify, wake: asyncio.Event) -> None
     async def get_delivery(delivery_id: str, principal: caller) -> dict[str, Any]:
         return (await store.delivery(principal.tenant_id, delivery_id)).view()
 
-    @api.post("/v1/deliveries/{delivery_id}/resend", status_code=202, tags=["deliveries"])
+    @api.post(
+        "/v1/deliveries/{delivery_id}/resend",
+        status_code=202,
+        tags=["deliveries"],
+        responses=errors(409),
+    )
     async def resend_delivery(delivery_id: str, principal: caller) -> dict[str, str]:
         """Send a finished delivery again, with the same webhook-id and a fresh retry budget."""
         await handlers.resend_delivery(ctx, principal.tenant_id, delivery_id)

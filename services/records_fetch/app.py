@@ -30,6 +30,7 @@ from shared.auth import Principal
 from shared.clock import SYSTEM_CLOCK, Clock
 from shared.envelope import EventMeta
 from shared.events import CaseAccepted
+from shared.http import errors
 from shared.runtime import ProcessService, Service
 from shared.store import Doc
 
@@ -154,7 +155,9 @@ def _routes(service: Service, store: FetchStore, wake: asyncio.Event) -> None:
         instances = await store.instance_states(case_id)
         return handlers.manifest_view(doc, list(instances.values()))
 
-    @api.post("/v1/cases/{case_id}/override", tags=["records"], status_code=202)
+    @api.post(
+        "/v1/cases/{case_id}/override", tags=["records"], status_code=202, responses=errors(409)
+    )
     async def override(
         case_id: str, body: OverrideIn, principal: Annotated[Principal, Depends(operations)]
     ) -> dict[str, str]:
@@ -166,6 +169,7 @@ def _routes(service: Service, store: FetchStore, wake: asyncio.Event) -> None:
         "/v1/cases/{case_id}/glass-slides/{provider_id}/received",
         tags=["records"],
         status_code=202,
+        responses=errors(409),
     )
     async def glass_slides_received(
         case_id: str, provider_id: str, principal: Annotated[Principal, Depends(operations)]

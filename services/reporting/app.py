@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import Body, Depends
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from pydantic import BaseModel
 
 from services.reporting import fhir, handlers, render, signing
@@ -35,6 +35,7 @@ from shared.events import (
     RecordsComplete,
     partner_topic,
 )
+from shared.http import FhirJSONResponse, binary_response, errors, fhir_response
 from shared.runtime import ProcessService, Service
 
 JWKS_PATH = "/.well-known/jwks.json"
@@ -126,7 +127,12 @@ def _reviewer_routes(service: Service, ctx: Reporting) -> None:
             for c in copies
         ]
 
-    @api.put("/v1/assignments/{assignment_id}/draft", response_model=DraftSaved, tags=["reviewer"])
+    @api.put(
+        "/v1/assignments/{assignment_id}/draft",
+        response_model=DraftSaved,
+        tags=["reviewer"],
+        responses=errors(409),
+    )
     async def save_draft(
         assignment_id: str,
         draft: OpinionDraft,
@@ -141,6 +147,7 @@ def _reviewer_routes(service: Service, ctx: Reporting) -> None:
         response_model=Submitted,
         status_code=201,
         tags=["reviewer"],
+        responses=errors(409),
     )
     async def submit_opinion(
         assignment_id: str,
@@ -160,6 +167,7 @@ def _reviewer_routes(service: Service, ctx: Reporting) -> None:
         response_model=Submitted,
         status_code=201,
         tags=["reviewer"],
+        responses=errors(409),
     )
     async def submit_case_opinion(
         case_id: str, opinion: OpinionDraft, principal: Annotated[Principal, Depends(reviewer)]
@@ -177,6 +185,7 @@ def _reviewer_routes(service: Service, ctx: Reporting) -> None:
         response_model=AddendumCreated,
         status_code=201,
         tags=["reviewer"],
+        responses=errors(409),
     )
     async def add_addendum(
         report_id: str, addendum: Addendum, principal: Annotated[Principal, Depends(reviewer)]
@@ -235,16 +244,26 @@ def _partner_routes(service: Service, ctx: Reporting) -> None:
             "keys": f"{base_url}{JWKS_PATH}",
         }
 
-    @api.get("/v1/reports/{report_id}/fhir", tags=["reports"])
+    @api.get(
+        "/v1/reports/{report_id}/fhir",
+        tags=["reports"],
+        response_class=FhirJSONResponse,
+        responses=fhir_response("A FHIR R4 DiagnosticReport"),
+    )
     async def get_fhir(
         report_id: str, principal: Annotated[Principal, Depends(reader)]
     ) -> Response:
         """The report as a FHIR R4 DiagnosticReport (signature as an extension)."""
         report, addenda = await readable(report_id, principal)
         out = render.render(*_signed(report), [_signed(a) for a in addenda], pdf_url(report_id))
-        return JSONResponse(out.fhir, media_type="application/fhir+json")
+        return FhirJSONResponse(out.fhir)
 
-    @api.get("/v1/reports/{report_id}/pdf", tags=["reports"])
+    @api.get(
+        "/v1/reports/{report_id}/pdf",
+        tags=["reports"],
+        response_class=Response,
+        responses=binary_response("application/pdf", "The signed report as a PDF"),
+    )
     async def get_pdf(report_id: str, principal: Annotated[Principal, Depends(reader)]) -> Response:
         """The report as a PDF/A-3 for the treating physician (the FHIR report attached)."""
         report, addenda = await readable(report_id, principal)
@@ -270,11 +289,15 @@ def _verification_routes(service: Service, ctx: Reporting) -> None:
         """The same JWK set as /.well-known/jwks.json (kept for existing partners)."""
         return {"keys": keys.public_jwks()}
 
-    @api.get("/fhir/CodeSystem/concordance", tags=["verification"])
+    @api.get(
+        "/fhir/CodeSystem/concordance",
+        tags=["verification"],
+        response_class=FhirJSONResponse,
+        responses=fhir_response("The FHIR R4 CodeSystem of the concordance codes"),
+    )
     async def concordance_codesystem() -> Response:
         """The FHIR CodeSystem of DiagnosticReport.conclusionCode (docs/fhir). Public."""
-        body = fhir.concordance_codesystem()
-        return JSONResponse(body, media_type="application/fhir+json")
+        return FhirJSONResponse(fhir.concordance_codesystem())
 
     @api.post("/v1/verify", response_model=VerificationResult, tags=["verification"])
     async def verify(body: Verification) -> VerificationResult:
