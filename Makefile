@@ -7,12 +7,12 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run demo-once test test-unit test-integration test-e2e test-fault check format stop status bench bench-memory
+.PHONY: install run demo-once test test-unit test-integration test-e2e test-fault check format stop status bench bench-memory bench-imaging
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[local,dev]"
+	$(BIN)/python -m pip install -q -e ".[local,dev,bench]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -70,3 +70,7 @@ stop:
 
 status:
 	$(BIN)/python -m deploy.local.stack status
+
+## Imaging at real size (CT 300/1,000 slices, MR 4 series, JPEG 2000 CT) vs curl, dicomweb-client, Orthanc's pull; crash resume (docs/performance.md).
+bench-imaging: install
+	$(BIN)/python -m bench.imaging

@@ -261,14 +261,23 @@ DECODED_SYNTAXES = {
 SAMPLE_FRAMES = 3
 
 
+def _decoder_available(syntax: str) -> bool:
+    from pydicom.pixels import get_decoder
+
+    try:
+        return bool(get_decoder(syntax).is_available)
+    except (NotImplementedError, ValueError):
+        return False
+
+
 def decode_problems(path: Path, attrs: dict[str, Any]) -> list[str]:
     """Decode a sample of the frames of compressed pixel data; what fails, as problems.
 
     A syntax without an installed decoder is said so (the structure is still walked
     by `encapsulation_problems`), never reported as decoded."""
     syntax = attrs["_syntax"]
-    if syntax not in DECODED_SYNTAXES:
-        return []
+    if syntax not in DECODED_SYNTAXES or not _decoder_available(syntax):
+        return []  # the encapsulation walk still ran; nothing claims a decode
     frames = int(attrs.get("NumberOfFrames") or 1)
     picks = sorted({0, frames // 2, frames - 1})[:SAMPLE_FRAMES]
     try:

@@ -22,7 +22,9 @@ from shared.events import RecordKind
 
 DICOM_JSON = "application/dicom+json"
 FHIR_JSON = "application/fhir+json"
-WADO_ACCEPT = 'multipart/related; type="application/dicom"'
+# transfer-syntax=*: the instances as the PACS stores them (a JPEG 2000 study stays
+# JPEG 2000; without it a PACS transcodes, or refuses what it cannot decode).
+WADO_ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 # A FHIR search that pages on and on is a misbehaving peer, not a chart.
 MAX_FHIR_PAGES = 50
 

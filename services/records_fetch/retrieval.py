@@ -76,9 +76,21 @@ class CaseAttempt:
     ) -> None:
         """Hand instance records and refusals to the attempt's recorder; returns once
         they are written."""
+        await self.record_later(ctx, records, refused, provider_id, written)
+
+    def record_later(
+        self,
+        ctx: Retrieval,
+        records: list[tuple[str, Doc]],
+        refused: list[providers.Refused],
+        provider_id: str,
+        written: asyncio.Future[None] | None = None,
+    ) -> asyncio.Future[None]:
+        """The same, without waiting: the returned future is done once written (a
+        series streams on while its last batch's records are written)."""
         if self.recorder is None:
             self.recorder = Recorder(ctx, self)
-        await self.recorder.submit(records, refused, provider_id, written)
+        return self.recorder.submit(records, refused, provider_id, written)
 
     @property
     def case_id(self) -> str:
@@ -133,18 +145,18 @@ class Recorder:
         self.queue: asyncio.Queue[_Entry | None] = asyncio.Queue()
         self.task = asyncio.ensure_future(self._run())
 
-    async def submit(
+    def submit(
         self,
         records: list[tuple[str, Doc]],
         refused: list[providers.Refused],
         provider_id: str,
         written: asyncio.Future[None] | None,
-    ) -> None:
+    ) -> asyncio.Future[None]:
         if self.task.done():
             raise RuntimeError("the attempt's recorder has stopped")
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.queue.put_nowait(_Entry(records, refused, provider_id, written, done))
-        await done
+        return done
 
     async def close(self) -> None:
         self.queue.put_nowait(None)
@@ -381,7 +393,7 @@ PROGRESS_EVERY_SECONDS = 1.0
 BATCH_FILES = 64
 BATCH_BYTES = 256 * 1024 * 1024
 # Checks of streamed parts running in worker threads while the stream goes on.
-CHECKS_IN_FLIGHT = 4
+CHECKS_IN_FLIGHT = 16
 # In a series-level answer, one instance in this many has a sample of its frames
 # decoded (compressed syntaxes; every multi-frame instance gets its sample). The
 # structure of every instance's pixel data is walked regardless.
@@ -423,8 +435,10 @@ async def retrieve_series(
     batch: list[_Part] = []
     batch_bytes = 0
     n = 0
-    # One batch is made durable and recorded while the next one streams in.
+    # One batch is made durable while the next one streams in; its records are
+    # written by the recorder meanwhile (all awaited before the series ends).
     committing: asyncio.Future[None] | None = None
+    recorded: list[asyncio.Future[None]] = []
 
     async def commit(wait: bool = True) -> None:
         nonlocal batch, batch_bytes, committing, wanted
@@ -437,7 +451,7 @@ async def retrieve_series(
             items = found.items if found is not None else []
             wanted = {i.sop_uid: i for i in items if i.series_uid == series_uid}
         committing = asyncio.ensure_future(
-            _commit_parts(ctx, attempt, rec, parts, wanted, got, written)
+            _commit_parts(ctx, attempt, rec, parts, wanted, got, written, recorded)
         )
         if wait:
             previous, committing = committing, None
@@ -465,6 +479,7 @@ async def retrieve_series(
         pass  # what arrived whole is kept; the rest instance by instance
     except ProviderUnavailable:
         await commit()  # keep what arrived whole, then report the outage
+        await gather_all(*recorded)
         raise
     except BaseException:
         for p in batch:
@@ -474,6 +489,7 @@ async def retrieve_series(
             await asyncio.wait([committing])
         raise
     await commit()
+    await gather_all(*recorded)
     return got
 
 
@@ -485,8 +501,10 @@ async def _commit_parts(
     wanted: dict[str, providers.QidoInstance],
     got: set[str],
     written: asyncio.Future[None],
+    recorded: list[asyncio.Future[None]],
 ) -> None:
-    """Checked parts → the archive (one durable step) → their records (one write).
+    """Checked parts → the archive (one durable step) → their records (one write,
+    by the recorder, whose future is added to `recorded`).
     Another patient's file, or one the listing did not name (or named twice), never
     gets an address."""
     keep: list[tuple[str, InstanceCheck, IncomingFile]] = []
@@ -514,7 +532,7 @@ async def _commit_parts(
         (sop, _instance_fields(rec, wanted[sop], check, sha, path, f.size))
         for (sop, check, f), (sha, path) in zip(keep, placed, strict=True)
     ]
-    await attempt.record(ctx, records, refused, rec.provider_id, written)
+    recorded.append(attempt.record_later(ctx, records, refused, rec.provider_id, written))
 
 
 def _instance_fields(

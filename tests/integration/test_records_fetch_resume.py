@@ -1,0 +1,169 @@
+"""records_fetch SIGKILLed half-way through a series-level retrieval, then run again
+on the same case (issue 20): the second run fetches only what the first had not
+verified, counted at the PACS (a streaming proxy in front of the real Orthanc that
+reads every instance it sends), and every instance ends received exactly once in
+the archive's records.
+
+The records_fetch process is `bench.imaging --child` (one attempt of one case:
+claim, QIDO, series-level WADO-RS streamed into the archive, checks, records in
+the real Mongo-wire server). The proxy sends series answers slowly, so the kill
+lands while the series is streaming; a batch is 10 instances here so the first
+run has made several batches durable before it dies.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pydicom
+from pymongo import MongoClient
+
+from bench import studies
+
+ROOT = Path(__file__).resolve().parents[2]
+SERIES_PATH = re.compile(r"/dicom-web/studies/[0-9.]+/series/[0-9.]+")
+INSTANCES = 60
+
+
+class SlowPacs:
+    """Forwards to Orthanc; streams series answers in small slices with pauses and
+    counts every instance sent (alone or inside a series answer) by SOP UID."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.sent: Counter[str] = Counter()
+        self.requests: list[str] = []
+        self._lock = threading.Lock()
+        pacs = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                pacs.handle(self)
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/dicom-web"
+
+    def handle(self, req: BaseHTTPRequestHandler) -> None:
+        path = req.path.split("?")[0]
+        with self._lock:
+            self.requests.append(path)
+        resp = httpx.get(
+            self.upstream + req.path,
+            headers={"Accept": req.headers.get("Accept", "*/*")},
+            timeout=30,
+        )
+        body = resp.content
+        series = bool(SERIES_PATH.fullmatch(path))
+        if resp.status_code == 200 and (series or "/instances/" in path):
+            for uid in sop_uids(body, resp.headers["content-type"]):
+                with self._lock:
+                    self.sent[uid] += 1
+        req.send_response(resp.status_code)
+        req.send_header("Content-Type", resp.headers.get("content-type", ""))
+        req.send_header("Content-Length", str(len(body)))
+        req.end_headers()
+        step = 16 * 1024 if series else len(body) or 1
+        try:
+            for at in range(0, len(body), step):
+                req.wfile.write(body[at : at + step])
+                if series:
+                    time.sleep(0.01)  # about 1.6 MB/s: the kill lands mid-series
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client was killed
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def sop_uids(body: bytes, content_type: str) -> list[str]:
+    boundary = content_type.split("boundary=")[1].split(";")[0].strip('"').encode()
+    uids = []
+    for piece in (b"\r\n" + body).split(b"\r\n--" + boundary)[1:]:
+        _, sep, part = piece.partition(b"\r\n\r\n")
+        if sep and not piece.startswith(b"--"):
+            uids.append(
+                str(pydicom.dcmread(io.BytesIO(part), stop_before_pixels=True).SOPInstanceUID)
+            )
+    return uids
+
+
+def child(
+    infra: dict[str, Any], pacs: str, patient: str, case: str, db: str, archive: Path
+) -> list[str]:
+    return [
+        sys.executable, "-m", "bench.imaging", "--child",
+        "--mongo", infra["mongo_uri"], "--dicomweb", pacs, "--patient", patient,
+        "--case", case, "--db", db, "--archive", str(archive), "--batch-files", "10",
+    ]  # fmt: skip
+
+
+def test_sigkill_mid_series_then_resume_fetches_only_what_was_not_verified(
+    infra: dict[str, Any], tmp_path: Path
+) -> None:
+    patient = f"MRN-{uuid.uuid4().hex[:8]}"
+    spec = studies.StudySpec("CT", (studies.Series("CT", INSTANCES, 128, "CHEST"),))
+    assert studies.upload(infra["orthanc_url"], studies.instances(spec, patient))[0] == INSTANCES
+    pacs = SlowPacs(infra["orthanc_url"])
+    tag = uuid.uuid4().hex[:8]
+    case, dbname, archive = f"case-{tag}", f"it_resume_{tag}", tmp_path / "records"
+    argv = child(infra, pacs.url, patient, case, dbname, archive)
+    mongo: MongoClient[Any] = MongoClient(infra["mongo_uri"])
+    instances = mongo[dbname]["instances"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    try:
+        first = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and first.poll() is None:
+            if instances.count_documents({"case_id": case}) >= INSTANCES // 3:
+                break
+            time.sleep(0.02)
+        assert first.poll() is None, "the first run ended before it could be killed"
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        verified = {d["sop_uid"] for d in instances.find({"case_id": case, "state": "received"})}
+        assert INSTANCES // 3 <= len(verified) < INSTANCES
+        # Nothing under a content address but complete, verified files.
+        stored = [p for p in archive.rglob("*") if p.is_file() and p.parent.name != "tmp"]
+        assert len(stored) == len(verified)
+        sent_before = Counter(pacs.sent)
+        pacs.requests.clear()
+        # The dead process's lease would hold the case for 10 minutes: let it lapse.
+        lapsed = datetime.now(UTC) - timedelta(seconds=1)
+        mongo[dbname]["fetches"].update_one({"_id": case}, {"$set": {"lease_until": lapsed}})
+        second = subprocess.run(
+            [*argv, "--resume"], cwd=ROOT, env=env, capture_output=True, timeout=120
+        )
+        assert second.returncode == 0, second.stderr[-2000:]
+        again = pacs.sent - sent_before
+        assert not set(again) & verified  # nothing verified was fetched again ...
+        assert sorted(again) == sorted(set(again)) and len(again) == INSTANCES - len(verified)
+        assert not any(SERIES_PATH.fullmatch(p) for p in pacs.requests)  # ... one by one
+        docs = list(instances.find({"case_id": case}))
+        assert len(docs) == INSTANCES and all(d["state"] == "received" for d in docs)
+        assert all(d["retrievals"] == 1 for d in docs if d["sop_uid"] in verified)
+    finally:
+        pacs.stop()
+        mongo.drop_database(dbname)
+        mongo.close()
