@@ -3,9 +3,9 @@
 `alerts_fired(series, at_minutes)` writes the rules (the PrometheusRule's `spec`)
 and a promtool unit test whose input is `series` (promtool's expanding notation,
 one sample a minute), runs ``promtool test rules`` and returns the alerts firing
-at `at_minutes` as (alertname, group, topic, partition), for the alerts `names`. promtool itself checks
-that the expected list matches; here the expectation is read back from its
-failure message, so a test states what it expects in Python."""
+at `at_minutes` as (alertname, group, topic, partition), for the alerts `names`.
+promtool itself checks that the expected list matches; here the expectation is
+read back from its failure message, so a test states what it expects in Python."""
 
 from __future__ import annotations
 

@@ -850,6 +850,29 @@ def install_fhir() -> None:
         raise InfraError("npm ci failed in deploy/local/fhir (see the output above)")
 
 
+# Tools the tests use, not the stack: promtool (package prometheus) evaluates the
+# alert rules of deploy/k8s/base/prometheus-rules.yaml (tests/promrules.py), tmux
+# gives the Ctrl-C test a terminal. Installed by `install`, not by `start`.
+TEST_TOOLS = {"promtool": "prometheus", "tmux": "tmux"}
+
+
+def install_test_tools() -> None:
+    missing = [pkg for tool, pkg in TEST_TOOLS.items() if shutil.which(tool) is None]
+    if not missing:
+        return
+    if os.geteuid() != 0:
+        raise InfraError(f"missing {', '.join(missing)}; run `install` as root (apt-get install)")
+    apt = ["apt-get", "install", "-y", "--no-install-recommends", *missing]
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    if run(apt, env=env).returncode != 0:
+        run(["apt-get", "update"], env=env)
+        if run(apt, env=env).returncode != 0:
+            raise InfraError(f"apt-get install {' '.join(missing)} failed (see the output above)")
+    if "prometheus" in missing and systemd_running():
+        # The package enables a system-wide Prometheus on :9090; only promtool is wanted.
+        run(["systemctl", "disable", "--now", "prometheus", "prometheus-node-exporter"])
+
+
 def install(parts: list[str]) -> None:
     install_python_binaries(parts)
     if "pacs" in parts:
@@ -1059,6 +1082,8 @@ def selected_parts(only: str | None) -> list[str]:
 
 def cmd_install(args: argparse.Namespace) -> int:
     install(selected_parts(args.only))
+    if not args.only:
+        install_test_tools()
     print("install: everything present")
     return 0
 

@@ -15,6 +15,7 @@ from shared.progress import END_OFFSET, OFFSET, STALLED, ConsumerProgress
 from tests.promrules import alerts_fired
 
 GROUP = "router.unit.case.status"
+L = f'{{group="{GROUP}",topic="case.status",partition="0"}}'
 
 
 def gauge(metric: object, partition: int = 0) -> float:
@@ -64,9 +65,9 @@ needs_promtool = pytest.mark.skipif(
 def test_the_rule_fires_on_a_consumer_standing_still_while_its_partition_grows() -> None:
     # One sample a minute for 30 minutes: the offset stays at 7, the end grows.
     series = {
-        f'router_consumer_offset{{group="{GROUP}",topic="case.status",partition="0"}}': "7x30",
-        f'router_consumer_end_offset{{group="{GROUP}",topic="case.status",partition="0"}}': "7+3x30",
-        f'router_consumer_stalled{{group="{GROUP}",topic="case.status",partition="0"}}': "0x30",
+        f"router_consumer_offset{L}": "7x30",
+        f"router_consumer_end_offset{L}": "7+3x30",
+        f"router_consumer_stalled{L}": "0x30",
     }
     assert ("ConsumerStalled", GROUP, "case.status", "0") in alerts_fired(series, at_minutes=30)
 
@@ -74,8 +75,8 @@ def test_the_rule_fires_on_a_consumer_standing_still_while_its_partition_grows()
 @needs_promtool
 def test_the_rule_stays_quiet_for_a_consumer_that_keeps_up() -> None:
     series = {
-        f'router_consumer_offset{{group="{GROUP}",topic="case.status",partition="0"}}': "7+3x30",
-        f'router_consumer_end_offset{{group="{GROUP}",topic="case.status",partition="0"}}': "9+3x30",
-        f'router_consumer_stalled{{group="{GROUP}",topic="case.status",partition="0"}}': "0x30",
+        f"router_consumer_offset{L}": "7+3x30",
+        f"router_consumer_end_offset{L}": "9+3x30",
+        f"router_consumer_stalled{L}": "0x30",
     }
     assert not [a for a in alerts_fired(series, at_minutes=30) if a[0] == "ConsumerStalled"]
