@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import sys
 import threading
 import time
@@ -338,7 +339,12 @@ def main() -> None:
     except KeyboardInterrupt:
         pass
     finally:
-        print("Stopping services and infrastructure...", flush=True)
+        # A second Ctrl-C (a person waiting for Tansu and SeaweedFS to stop, up to
+        # 10 s each) used to interrupt the stop half-way: the broker was stopped,
+        # SeaweedFS, stopped last, was left running. From here on SIGINT is ignored,
+        # by this process and (inherited) by the `infra.py stop` it runs.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        print("Stopping services and infrastructure (this takes a few seconds)...", flush=True)
         stack.down(paths)
     sys.exit(0 if ok else 1)
 
