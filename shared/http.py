@@ -189,6 +189,7 @@ ERROR_TITLES = {
     413: "Body over the size cap",
     415: "Unsupported content type",
     422: "Invalid input: every refused field in errors[]",
+    502: "The owning service could not be reached (an operations action)",
     503: "A dependency was briefly unavailable: send the request again (Retry-After)",
 }
 METHODS_WITH_BODY = {"post", "put", "patch"}
@@ -202,7 +203,7 @@ def problem_content(*, fhir: bool = False) -> dict[str, Any]:
 
 
 # The refusals a FHIR client may be answered in FHIR (the others come from the gate).
-FHIR_REFUSALS = {400, 409, 422}
+FHIR_REFUSALS = {400, 409, 415, 422}
 
 
 def errors(*statuses: int, fhir: bool = False) -> dict[int | str, dict[str, Any]]:

@@ -59,6 +59,7 @@ from shared.events import (
     SlaBreached,
     SlaWarning,
 )
+from shared.http import PROBLEM, errors
 from shared.runtime import Service
 from shared.telemetry import current_traceparent, quiet
 
@@ -180,20 +181,28 @@ class OpsView:
         )
 
     async def forward(self, url: str, request: Request, body: dict[str, Any]) -> JSONResponse:
-        """Call the owning service with the operator's own key; pass its answer on."""
+        """Call the owning service with the operator's own key; pass its answer on
+        (a refusal stays problem+json, as the owning service wrote it)."""
         auth = request.headers.get("authorization", "")
         try:
             resp = await self.http.post(url, json=body, headers={"Authorization": auth})
         except httpx.HTTPError as exc:
             return JSONResponse(
-                {"title": "upstream unreachable", "status": 502, "detail": type(exc).__name__},
+                {
+                    "type": "about:blank",
+                    "title": "The owning service could not be reached",
+                    "status": 502,
+                    "detail": type(exc).__name__,
+                },
                 status_code=502,
+                media_type=PROBLEM,
             )
         try:
             content = resp.json()
         except ValueError:
             content = {"detail": resp.text[:500]}
-        return JSONResponse(content, status_code=resp.status_code)
+        media_type = PROBLEM if resp.status_code >= 400 else "application/json"
+        return JSONResponse(content, status_code=resp.status_code, media_type=media_type)
 
 
 def wire_operations(
@@ -261,7 +270,9 @@ def _routes(view: OpsView) -> None:
         """One case's journey: its timeline across the services and its trace's spans."""
         return await view.journey(case_id)
 
-    @api.post("/v1/ops/cases/{case_id}/release", tags=["operations view"])
+    @api.post(
+        "/v1/ops/cases/{case_id}/release", tags=["operations view"], responses=errors(409, 502)
+    )
     async def ops_release(
         case_id: Annotated[str, PathParam(pattern=FORWARDED_ID)],
         body: Release,
@@ -272,7 +283,11 @@ def _routes(view: OpsView) -> None:
         url = f"{settings.intake_url}/v1/cases/{case_id}/review"
         return await view.forward(url, request, {"release": True, "note": body.note})
 
-    @api.post("/v1/ops/cases/{case_id}/deliveries/{delivery_id}/resend", tags=["operations view"])
+    @api.post(
+        "/v1/ops/cases/{case_id}/deliveries/{delivery_id}/resend",
+        tags=["operations view"],
+        responses=errors(409, 502),
+    )
     async def ops_resend(
         case_id: Annotated[str, PathParam(pattern=FORWARDED_ID)],
         delivery_id: Annotated[str, PathParam(pattern=FORWARDED_ID)],
