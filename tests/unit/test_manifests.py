@@ -15,7 +15,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from deploy import kafka_acls
+from deploy import autoscaling, kafka_acls
 from deploy.local.stack import SERVICES
 from shared.events import (
     ALL_TOPICS,
@@ -34,6 +34,7 @@ CORE_KINDS = {
     "Service",
     "PodDisruptionBudget",
     "NetworkPolicy",
+    "Secret",
 }
 
 # The parts of the custom resources' schemas (Strimzi, KEDA, Prometheus operator) the
@@ -138,9 +139,44 @@ CRD_SCHEMAS: dict[str, dict[str, Any]] = {
                         "items": {
                             "type": "object",
                             "required": ["type", "metadata"],
-                            "properties": {"type": {"type": "string"}, "metadata": _STR_MAP},
+                            "properties": {
+                                "type": {"type": "string"},
+                                "metadata": _STR_MAP,
+                                "authenticationRef": {
+                                    "type": "object",
+                                    "required": ["name"],
+                                    "properties": {"name": {"type": "string"}},
+                                    "additionalProperties": False,
+                                },
+                            },
                         },
                     },
+                },
+            },
+        },
+    },
+    "TriggerAuthentication": {
+        "type": "object",
+        "required": ["spec"],
+        "properties": {
+            "apiVersion": {"const": "keda.sh/v1alpha1"},
+            "spec": {
+                "type": "object",
+                "required": ["secretTargetRef"],
+                "properties": {
+                    "secretTargetRef": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["parameter", "name", "key"],
+                            "additionalProperties": False,
+                            "properties": {
+                                "parameter": {"type": "string"},
+                                "name": {"type": "string"},
+                                "key": {"type": "string"},
+                            },
+                        },
+                    }
                 },
             },
         },
@@ -272,6 +308,12 @@ def test_each_service_runs_with_readiness_and_liveness_probes() -> None:
         assert _env(c)[f"{prefix}_HTTP_HOST"] == "0.0.0.0"
 
 
+def _config() -> dict[str, str]:
+    config = next(c for c in _of_kind("ConfigMap") if c["metadata"]["name"] == "router-config")
+    data: dict[str, str] = config["data"]
+    return data
+
+
 def _topics() -> dict[str, dict[str, Any]]:
     return {t["spec"]["topicName"]: t["spec"] for t in _of_kind("KafkaTopic")}
 
@@ -290,19 +332,45 @@ def test_every_topic_and_its_dead_letter_topic_is_defined() -> None:
 
 
 def test_autoscaling_follows_the_lag_of_each_consumer_group() -> None:
+    assert autoscaling.OUTPUT.read_text() == autoscaling.render(), (
+        "run `python -m deploy.autoscaling` (autoscaling.yaml is out of date)"
+    )
     topics = _topics()
     scaled = {s["spec"]["scaleTargetRef"]["name"]: s["spec"] for s in _of_kind("ScaledObject")}
     assert set(scaled) == {d["metadata"]["name"] for d in _of_kind("Deployment")}
-    for name, spec in scaled.items():
-        svc = name.replace("-", "_")
+    for service in kafka_acls.SERVICES:
+        spec = scaled[autoscaling.deployment_name(service)]
+        # One trigger per consumer group the service really has.
+        assert sorted(t["metadata"]["topic"] for t in spec["triggers"]) == (
+            kafka_acls.consumed_topics(service)
+        )
         for trig in spec["triggers"]:
             meta = trig["metadata"]
             assert trig["type"] == "kafka" and meta["topic"] in TOPIC_MODELS
             # shared/consumer.py names the group router.<service>.<topic>.
-            assert meta["consumerGroup"] == f"router.{svc}.{meta['topic']}"
+            assert meta["consumerGroup"] == f"router.{service}.{meta['topic']}"
             assert int(meta["lagThreshold"]) > 0
             # A replica beyond the partition count would idle in the group.
             assert spec["maxReplicaCount"] <= topics[meta["topic"]]["partitions"]
+            # The lag is read over the TLS listener, authenticated.
+            assert meta["bootstrapServers"] == _config()["KAFKA_BOOTSTRAP"]
+            assert trig["authenticationRef"]["name"] == autoscaling.TRIGGER_AUTH
+
+
+def test_keda_reads_the_lag_as_its_own_user_that_may_only_describe() -> None:
+    (auth,) = _of_kind("TriggerAuthentication")
+    refs = {r["parameter"]: (r["name"], r["key"]) for r in auth["spec"]["secretTargetRef"]}
+    assert set(refs) == {"sasl", "username", "password", "tls", "ca"}
+    settings = next(s for s in _of_kind("Secret") if s["metadata"]["name"] == refs["sasl"][0])[
+        "stringData"
+    ]
+    assert settings[refs["sasl"][1]] == "scram_sha512" and settings[refs["tls"][1]] == "enable"
+    keda = settings[refs["username"][1]]
+    assert refs["password"] == (keda, "password")  # the Strimzi user operator's Secret
+    user = next(u for u in _of_kind("KafkaUser") if u["metadata"]["name"] == keda)
+    acls = user["spec"]["authorization"]["acls"]
+    assert {op for a in acls for op in a["operations"]} == {"Describe"}
+    assert all(a["resource"]["patternType"] == "literal" for a in acls)
 
 
 def test_database_is_a_replica_set_with_majority_journaled_writes() -> None:
