@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run demo-once test test-unit test-integration test-e2e test-fault check format stop status bench bench-memory bench-imaging
+.PHONY: install run demo-once test test-unit test-integration test-e2e test-fault check format stop status bench bench-memory bench-imaging bench-soak
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -64,6 +64,10 @@ bench: install
 ## Memory over 10,000 cases end to end (about an hour on 2 cores, at the long-run fetch wait; docs/performance.md).
 bench-memory: install
 	KAFKA_FETCH_MAX_WAIT_MS=500 $(BIN)/python -m bench.memory --cases 10000
+
+## Soak: 30 minutes of cases end to end with every topic at 3x their events; per-hop latency, consumer progress, CPU and RSS slopes (docs/performance.md).
+bench-soak: install
+	$(BIN)/python -m bench.soak --minutes 30 --filler 2 --window 20
 
 stop:
 	$(BIN)/python -m deploy.local.stack down

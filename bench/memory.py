@@ -97,8 +97,9 @@ def slope_kib_per_1000(points: list[tuple[float, float]]) -> float:
     return sxy / sxx * 1024 * 1000
 
 
-async def drive(driver: Driver, run: Run, n: int, window: int) -> None:
-    """Submit `n` cases, never more than `window` in flight; wait for every webhook."""
+async def drive(driver: Driver, run: Run, n: int, window: int, until: float | None = None) -> None:
+    """Submit `n` cases (or as many as fit before the monotonic time `until`), never
+    more than `window` in flight; wait for every webhook."""
     receiver = driver.receiver
     stop = asyncio.Event()
     reviewers = asyncio.create_task(driver.play_reviewers(run, stop))
@@ -106,6 +107,8 @@ async def drive(driver: Driver, run: Run, n: int, window: int) -> None:
     run_id = time.strftime("%H%M%S") + "m"
     try:
         for i in range(n):
+            if until is not None and time.monotonic() >= until:
+                break
             # The receiver is a threaded HTTP server: poll its count, no event to await.
             while len(run.submitted) - len(receiver.arrived) >= window:  # noqa: ASYNC110
                 await asyncio.sleep(0.05)

@@ -122,6 +122,10 @@ def service_env(paths: Paths, endpoints: dict[str, str], ports: dict[str, int]) 
         "KAFKA_SESSION_TIMEOUT_MS": os.environ.get("KAFKA_SESSION_TIMEOUT_MS", "3000"),
         "PYTHONUNBUFFERED": "1",
     }
+    # The local stack is a development stack (loopback webhooks, plaintext broker, the
+    # development credentials): without this a shell that does not export DEV_MODE
+    # got five services refusing to start (shared/settings.py fails closed).
+    env.setdefault("DEV_MODE", "true")
     env.update({f"{PREFIX[name]}_HTTP_PORT": str(port) for name, port in ports.items()})
     # The operations view's actions and links go to the other services' APIs.
     env.update(

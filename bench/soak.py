@@ -1,0 +1,442 @@
+"""Soak: does the local stack keep routing cases, at flat latency, for as long as it runs?
+
+    python -m bench.soak --minutes 30            # make bench-soak (--filler 2 --window 20) (docs/performance.md)
+    python -m bench.soak --minutes 3 --filler 0  # a quick look
+
+Starts its own stack (fresh state directory, free ports, the bench roster; like
+`bench.run`) and for `--minutes` drives real cases end to end through the public
+APIs with the pieces of `bench.load`/`bench.memory` (submission over HTTP,
+reviewers played, the partner webhook received and verified), at most `--window`
+in flight, so the pipeline runs at its own sustained rate. Then it waits for the
+cases in flight, stops the stack and writes `soak.json` and `soak.md` into the
+state directory.
+
+`--filler K` makes every topic a case passes through carry K+1 times its real
+traffic: a consumer of its own group republishes every real event K more times,
+bytes and headers (event id included) unchanged: the redeliveries an at-least-once
+broker may send, which every consumer must skip. So the broker's partitions, the
+reaper and each consumer see the event counts of (K+1) times the cases, while
+only the real cases cost a reviewer, a PACS fetch and a webhook.
+
+Sampled every `--every` seconds:
+
+* each process's RSS and cumulative CPU seconds, with the cases delivered so far
+  (`bench.memory.MemorySampler`);
+* every consumer's position from the services themselves (`GET /v1/ops/consumers`:
+  next offset, the partition end its fetches saw, stalled or not) and every
+  consumer group's committed offset and the partition's stored batches from the
+  broker's bucket (the reaper's reader, deploy/local/reaper.py).
+
+The summary: per hop (submitted→accepted→records complete→assigned; report
+submitted→webhook) p50/p99 over the cases submitted in the first and in the last
+tenth of the run; CPU per case and RSS per 1,000 cases (least-squares slopes);
+every group's progress (events read, largest backlog seen, longest time without
+advancing while behind) and the stalls (a consumer behind that did not advance
+for `--stall-seconds`, or a service reporting itself stalled). None is the goal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from bench.load import Driver, Run
+from bench.memory import MemorySampler, drive, slope_kib_per_1000
+from bench.run import HOPS, case_times, machine, on_own_stack, percentile, stack_pids
+from deploy.local import reaper, stack
+from deploy.local.demo import auth
+
+FILLER_HEADER = "soak-filler"
+CASE_TOPICS = [
+    "case.submitted",
+    "case.accepted",
+    "case.status",
+    "records.requested",
+    "records.progress",
+    "records.complete",
+    "case.assigned",
+    "report.submitted",
+    "report.ready",
+    "notification.delivered",
+]
+
+
+class Filler:
+    """Republishes every real event of CASE_TOPICS `copies` more times, unchanged."""
+
+    def __init__(self, bootstrap: str, copies: int) -> None:
+        self.bootstrap = bootstrap
+        self.copies = copies
+        self.sent: dict[str, int] = dict.fromkeys(CASE_TOPICS, 0)
+        self.real: dict[str, int] = dict.fromkeys(CASE_TOPICS, 0)
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        if self.copies > 0:
+            self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        consumer = AIOKafkaConsumer(
+            *CASE_TOPICS,
+            bootstrap_servers=self.bootstrap,
+            group_id="bench-soak-filler",
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=500,
+        )
+        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=20)
+        await consumer.start()
+        await producer.start()
+        try:
+            async for msg in consumer:
+                headers = list(msg.headers or ())
+                if any(k == FILLER_HEADER for k, _ in headers):
+                    continue
+                self.real[msg.topic] += 1
+                tagged = [*headers, (FILLER_HEADER, b"1")]
+                for _ in range(self.copies):
+                    await producer.send(msg.topic, msg.value, key=msg.key, headers=tagged)
+                    self.sent[msg.topic] += 1
+        finally:
+            await producer.stop()
+            await consumer.stop()
+
+
+class ProgressSampler:
+    """Every consumer's position (the services' view) and every group's committed
+    offset and the stored batches (the broker's bucket), every `every` seconds."""
+
+    def __init__(
+        self,
+        urls: dict[str, str],
+        s3: reaper.S3,
+        delivered: Callable[[], int],
+        every: float,
+        keep: Path,
+    ) -> None:
+        self.urls = urls
+        self.s3 = s3
+        self.delivered = delivered
+        self.every = every
+        self.keep = keep
+        self.samples: list[dict[str, Any]] = []
+        self.t0 = time.monotonic()
+
+    def _bucket(self) -> dict[str, Any]:
+        committed = reaper.committed_offsets(self.s3, reaper.CLUSTER)
+        out: dict[str, Any] = {}
+        for (topic, partition), groups in committed.items():
+            bases = reaper.batch_bases(self.s3, reaper.CLUSTER, topic, partition)
+            out[f"{topic}/{partition}"] = {
+                "committed": groups,
+                "batches": len(bases),
+                "newest_base": max(bases, default=-1),
+            }
+        return out
+
+    async def sample(self, client: httpx.AsyncClient) -> None:
+        services: dict[str, Any] = {}
+        for name, url in self.urls.items():
+            try:
+                resp = await client.get(f"{url}/v1/ops/consumers", headers=auth("ops"))
+                services[name] = resp.json()["partitions"] if resp.status_code == 200 else None
+            except (httpx.HTTPError, ValueError, KeyError):
+                services[name] = None
+        try:
+            bucket = await asyncio.to_thread(self._bucket)
+        except OSError as exc:
+            bucket = {"error": str(exc)}
+        self.samples.append(
+            {
+                "t": time.monotonic() - self.t0,
+                "delivered": self.delivered(),
+                "services": services,
+                "bucket": bucket,
+            }
+        )
+        self.keep.write_text(json.dumps(self.samples))
+
+    async def run(self, stop: asyncio.Event) -> None:
+        async with httpx.AsyncClient(timeout=30) as client:
+            while not stop.is_set():
+                await self.sample(client)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.every)
+            await self.sample(client)
+
+
+def linear_slope(points: list[tuple[float, float]]) -> float:
+    n = len(points)
+    if n < 2:
+        return float("nan")
+    mx = sum(x for x, _ in points) / n
+    my = sum(y for _, y in points) / n
+    sxx = sum((x - mx) ** 2 for x, _ in points)
+    if sxx == 0:
+        return float("nan")
+    return sum((x - mx) * (y - my) for x, y in points) / sxx
+
+
+def tenths(run: Run) -> dict[str, dict[str, dict[str, float]]]:
+    """Per hop, p50/p99 (ms) and count over the first and last tenth of the cases."""
+    order = sorted(run.submitted, key=lambda c: run.submitted[c])
+    k = max(1, len(order) // 10)
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for label, ids in (("first", order[:k]), ("last", order[-k:])):
+        for name, a, b in HOPS:
+            values = []
+            for case_id in ids:
+                t = case_times(run, case_id)
+                if a in t and b in t:
+                    values.append((t[b] - t[a]) * 1000)
+            out.setdefault(name, {})[label] = {
+                "n": len(values),
+                "p50": percentile(values, 50),
+                "p99": percentile(values, 99),
+            }
+    return out
+
+
+def consumer_progress(samples: list[dict[str, Any]], stall_seconds: float) -> dict[str, Any]:
+    """Per (service, group, topic, partition): events read over the run, largest
+    backlog, longest stretch behind without advancing; stalls."""
+    series: dict[str, list[tuple[float, dict[str, Any]]]] = {}
+    for s in samples:
+        for service, rows in s["services"].items():
+            for r in rows or []:
+                key = f"{service} {r['group']} {r['topic']}/{r['partition']}"
+                series.setdefault(key, []).append((s["t"], r))
+    out: dict[str, Any] = {}
+    stalls = []
+    for key, points in sorted(series.items()):
+        longest, since = 0.0, None
+        for (t_prev, prev), (t, r) in itertools.pairwise(points):
+            if r["behind"] > 0 and r["offset"] == prev["offset"]:
+                since = t_prev if since is None else since
+                longest = max(longest, t - since)
+            else:
+                since = None
+        flagged = any(r["stalled"] for _, r in points)
+        out[key] = {
+            "read": points[-1][1]["offset"] - points[0][1]["offset"],
+            "end": points[-1][1]["end_offset"],
+            "max_behind": max(r["behind"] for _, r in points),
+            "final_behind": points[-1][1]["behind"],
+            "longest_still_while_behind_s": round(longest, 1),
+            "reported_stalled": flagged,
+        }
+        if flagged or longest >= stall_seconds:
+            stalls.append(key)
+    return {"consumers": out, "stalls": stalls}
+
+
+def bucket_progress(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per partition: the most batches stored at once, and per group its committed
+    offset at the end against the newest stored batch."""
+    out: dict[str, Any] = {}
+    for s in samples:
+        for part, b in s["bucket"].items():
+            if part == "error":
+                continue
+            row = out.setdefault(part, {"max_batches": 0})
+            row["max_batches"] = max(row["max_batches"], b["batches"])
+            row["newest_base"] = b["newest_base"]
+            row["committed"] = b["committed"]
+    return out
+
+
+def resources(mem: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per process: CPU ms per case over the whole run (least squares of cumulative
+    CPU against cases delivered) and in the first/last tenth; RSS slope per 1,000
+    cases over the second half, and first/last RSS."""
+    n = mem[-1]["delivered"]
+    out: dict[str, Any] = {}
+    for name in mem[0]["rss_mib"]:
+        pts = [
+            (s["delivered"], s["cpu_s"][name]) for s in mem if s["cpu_s"][name] == s["cpu_s"][name]
+        ]
+        first = [s for s in mem if s["delivered"] <= n / 10]
+        last = [s for s in mem if s["delivered"] >= n * 9 / 10]
+
+        def per_case(ss: list[dict[str, Any]], proc: str = name) -> float:
+            if len(ss) < 2 or ss[-1]["delivered"] == ss[0]["delivered"]:
+                return float("nan")
+            spent = ss[-1]["cpu_s"][proc] - ss[0]["cpu_s"][proc]
+            return spent / (ss[-1]["delivered"] - ss[0]["delivered"]) * 1000
+
+        half = [(s["delivered"], s["rss_mib"][name]) for s in mem if s["delivered"] >= n / 2]
+        out[name] = {
+            "cpu_ms_per_case": linear_slope(pts) * 1000,
+            "cpu_ms_per_case_first_tenth": per_case(first),
+            "cpu_ms_per_case_last_tenth": per_case(last),
+            "rss_mib_start": mem[0]["rss_mib"][name],
+            "rss_mib_end": mem[-1]["rss_mib"][name],
+            "rss_kib_per_1000_cases": slope_kib_per_1000(half),
+        }
+    return out
+
+
+def report(r: dict[str, Any]) -> str:
+    m = r["machine"]
+    lines = [
+        f"machine: {m['cpu']}, {m['cores']} cores, {m['mem_gb']} GiB, Python {m['python']}",
+        f"command: {r['command']}",
+        f"{r['submitted']} cases submitted, {r['delivered']} delivered, {r['errors']} submit "
+        f"errors, {r['elapsed_s'] / 3600:.2f} h ({r['delivered'] / r['elapsed_s']:.2f} cases/s)",
+        "events per topic (real + filler): "
+        + ", ".join(f"{t} {n}" for t, n in r["events_per_topic"].items()),
+        f"webhook deliveries received: {r['webhook_records']} for {r['delivered']} cases",
+        "",
+        "| hop | first tenth p50 / p99 (ms) | last tenth p50 / p99 (ms) |",
+        "|---|---|---|",
+    ]
+    for hop, t in r["tenths"].items():
+        f, last = t["first"], t["last"]
+        lines.append(
+            f"| {hop} | {f['p50']:.0f} / {f['p99']:.0f} (n={f['n']}) "
+            f"| {last['p50']:.0f} / {last['p99']:.0f} (n={last['n']}) |"
+        )
+    lines += [
+        "",
+        "| process | CPU ms/case (fit) | first tenth | last tenth | RSS MiB start → end "
+        "| RSS KiB/1000 cases (2nd half) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, x in r["resources"].items():
+        lines.append(
+            f"| {name} | {x['cpu_ms_per_case']:.1f} | {x['cpu_ms_per_case_first_tenth']:.1f} "
+            f"| {x['cpu_ms_per_case_last_tenth']:.1f} | {x['rss_mib_start']:.0f} → "
+            f"{x['rss_mib_end']:.0f} | {x['rss_kib_per_1000_cases']:.0f} |"
+        )
+    progress = r["progress"]
+    lines += [
+        "",
+        "| consumer (service group topic/partition) | read | max behind | behind at end "
+        "| longest still while behind (s) |",
+        "|---|---|---|---|---|",
+    ]
+    for key, c in progress["consumers"].items():
+        if c["read"] == 0 and c["max_behind"] == 0:
+            continue
+        lines.append(
+            f"| {key} | {c['read']} | {c['max_behind']} | {c['final_behind']} "
+            f"| {c['longest_still_while_behind_s']} |"
+        )
+    deepest = max((b["max_batches"] for b in r["bucket"].values()), default=0)
+    lines += [
+        "",
+        f"partitions in the bucket: {len(r['bucket'])}, most batches stored at once in one "
+        f"partition: {deepest} (the reaper keeps the newest 100 and deletes what every "
+        "group committed past)",
+        f"stalls (behind and still for {r['stall_seconds']:.0f} s, or reported stalled): "
+        + (", ".join(progress["stalls"]) if progress["stalls"] else "none"),
+    ]
+    return "\n".join(lines)
+
+
+async def soak(
+    args: argparse.Namespace, paths: stack.Paths, info: dict[str, Any]
+) -> dict[str, Any]:
+    urls, infra = info["urls"], info["infra"]
+    driver = await Driver.subscribed(urls, infra, paths.root, "MRN-SOAK-1", "1961-07-09")
+    receiver = driver.receiver
+    s3 = reaper.S3(
+        reaper.ReaperConfig(
+            s3_url=infra["s3_url"],
+            bucket=infra["s3_bucket"],
+            region=infra["s3_region"],
+            access_key=infra["s3_access_key_id"],
+            secret_key=infra["s3_secret_access_key"],
+        )
+    )
+    filler = Filler(infra["kafka_bootstrap"], args.filler)
+    run = Run("soak")
+    stop = asyncio.Event()
+    try:
+        mem = MemorySampler(
+            stack_pids(paths),
+            lambda: len(receiver.arrived),
+            args.every,
+            paths.root / "soak-resources.json",
+        )
+        progress = ProgressSampler(
+            urls, s3, lambda: len(receiver.arrived), args.every, paths.root / "soak-progress.json"
+        )
+        mem.start()
+        sampling = asyncio.create_task(progress.run(stop))
+        await filler.start()
+        t0 = time.monotonic()
+        await drive(driver, run, 10**9, args.window, until=t0 + args.minutes * 60)
+        elapsed = time.monotonic() - t0
+        await asyncio.sleep(args.every)  # a last look at the consumers after the drain
+        stop.set()
+        await sampling
+        mem.stop()
+        await filler.stop()
+        await driver.read_history(run)
+    finally:
+        stop.set()
+        await filler.stop()
+        await driver.close()
+    webhook_log = paths.root / "webhooks.jsonl"
+    return {
+        "machine": machine(),
+        "command": " ".join(["python -m bench.soak", *sys.argv[1:]]),
+        "minutes": args.minutes,
+        "filler": args.filler,
+        "submitted": len(run.submitted),
+        "delivered": len(run.delivered),
+        "errors": run.errors,
+        "elapsed_s": elapsed,
+        "webhook_records": (sum(1 for _ in webhook_log.open()) if webhook_log.exists() else 0),
+        "events_per_topic": {t: filler.real[t] + filler.sent[t] for t in CASE_TOPICS}
+        if args.filler
+        else {},
+        "tenths": tenths(run),
+        "resources": resources(mem.samples),
+        "progress": consumer_progress(progress.samples, args.stall_seconds),
+        "bucket": bucket_progress(progress.samples),
+        "stall_seconds": args.stall_seconds,
+        "samples": {"resources": mem.samples, "progress": progress.samples},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--minutes", type=float, default=30.0, help="how long cases are sent")
+    parser.add_argument("--window", type=int, default=20, help="cases in flight at most")
+    parser.add_argument("--filler", type=int, default=2, help="extra copies of each event")
+    parser.add_argument("--every", type=float, default=15.0, help="seconds between samples")
+    parser.add_argument(
+        "--stall-seconds", type=float, default=60.0, help="behind and still this long: a stall"
+    )
+    parser.add_argument("--state-dir", default="", help="default: a fresh temporary directory")
+    args = parser.parse_args()
+    paths, result = on_own_stack(args.state_dir, "router-soak-", lambda p, i: soak(args, p, i))
+    (paths.root / "soak.json").write_text(json.dumps(result, indent=1, default=str))
+    text = report(result)
+    (paths.root / "soak.md").write_text(text + "\n")
+    print("\n" + text)
+    print(f"\nresults in {paths.root / 'soak.json'} and {paths.root / 'soak.md'}")
+
+
+if __name__ == "__main__":
+    main()
