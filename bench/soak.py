@@ -1,6 +1,6 @@
 """Soak: does the local stack keep routing cases, at flat latency, for as long as it runs?
 
-    python -m bench.soak --minutes 30            # make bench-soak (--filler 2 --window 20) (docs/performance.md)
+    python -m bench.soak --minutes 30 --filler 2 --window 20  # make bench-soak
     python -m bench.soak --minutes 3 --filler 0  # a quick look
 
 Starts its own stack (fresh state directory, free ports, the bench roster; like
