@@ -58,6 +58,7 @@ from deploy.local import reaper, stack
 from deploy.local.demo import auth
 
 FILLER_HEADER = "soak-filler"
+FILLER_GROUP = "bench-soak-filler"
 CASE_TOPICS = [
     "case.submitted",
     "case.accepted",
@@ -96,7 +97,7 @@ class Filler:
         consumer = AIOKafkaConsumer(
             *CASE_TOPICS,
             bootstrap_servers=self.bootstrap,
-            group_id="bench-soak-filler",
+            group_id=FILLER_GROUP,
             auto_offset_reset="earliest",
             fetch_max_wait_ms=500,
         )
@@ -214,51 +215,82 @@ def tenths(run: Run) -> dict[str, dict[str, dict[str, float]]]:
 
 
 def consumer_progress(samples: list[dict[str, Any]], stall_seconds: float) -> dict[str, Any]:
-    """Per (service, group, topic, partition): events read over the run, largest
-    backlog, longest stretch behind without advancing; stalls."""
-    series: dict[str, list[tuple[float, dict[str, Any]]]] = {}
+    """Per consumer (service and group, all its partitions): events read over the
+    run, the largest backlog, the longest stretch it was behind without advancing
+    on any partition (a stall when `stall_seconds` or more), and the longest one
+    partition stood still while behind (one consumer serves its partitions in
+    turns, a fetch's worth each, so under load one waits while another is read)."""
+    groups: dict[str, list[tuple[float, list[dict[str, Any]]]]] = {}
     for s in samples:
         for service, rows in s["services"].items():
+            by_group: dict[str, list[dict[str, Any]]] = {}
             for r in rows or []:
-                key = f"{service} {r['group']} {r['topic']}/{r['partition']}"
-                series.setdefault(key, []).append((s["t"], r))
+                by_group.setdefault(f"{service} {r['group']}", []).append(r)
+            for key, parts in by_group.items():
+                groups.setdefault(key, []).append((s["t"], parts))
     out: dict[str, Any] = {}
     stalls = []
-    for key, points in sorted(series.items()):
-        longest, since = 0.0, None
-        for (t_prev, prev), (t, r) in itertools.pairwise(points):
-            if r["behind"] > 0 and r["offset"] == prev["offset"]:
-                since = t_prev if since is None else since
-                longest = max(longest, t - since)
-            else:
-                since = None
-        flagged = any(r["stalled"] for _, r in points)
+    for key, points in sorted(groups.items()):
+        read = sum(r["offset"] for r in points[-1][1]) - sum(r["offset"] for r in points[0][1])
+        longest = _longest_still(
+            [(t, sum(r["offset"] for r in ps), sum(r["behind"] for r in ps)) for t, ps in points]
+        )
+        by_part: dict[int, list[tuple[float, int, int]]] = {}
+        for t, ps in points:
+            for r in ps:
+                by_part.setdefault(r["partition"], []).append((t, r["offset"], r["behind"]))
+        flagged = sorted({r["partition"] for _, ps in points for r in ps if r["stalled"]})
         out[key] = {
-            "read": points[-1][1]["offset"] - points[0][1]["offset"],
-            "end": points[-1][1]["end_offset"],
-            "max_behind": max(r["behind"] for _, r in points),
-            "final_behind": points[-1][1]["behind"],
+            "read": read,
+            "max_behind": max(sum(r["behind"] for r in ps) for _, ps in points),
+            "final_behind": sum(r["behind"] for r in points[-1][1]),
             "longest_still_while_behind_s": round(longest, 1),
-            "reported_stalled": flagged,
+            "longest_partition_still_s": round(
+                max((_longest_still(v) for v in by_part.values()), default=0.0), 1
+            ),
+            "reported_stalled_partitions": flagged,
         }
-        if flagged or longest >= stall_seconds:
+        if longest >= stall_seconds:
             stalls.append(key)
     return {"consumers": out, "stalls": stalls}
 
 
+def _longest_still(points: list[tuple[float, int, int]]) -> float:
+    """Longest time (s) between samples of (t, offset, behind) with the offset
+    unchanged and something to read."""
+    longest, since = 0.0, None
+    for (t_prev, prev, _), (t, offset, behind) in itertools.pairwise(points):
+        if behind > 0 and offset == prev:
+            since = t_prev if since is None else since
+            longest = max(longest, t - since)
+        else:
+            since = None
+    return longest
+
+
 def bucket_progress(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per partition: the most batches stored at once, and per group its committed
-    offset at the end against the newest stored batch."""
-    out: dict[str, Any] = {}
+    """From the broker's bucket: per partition the most batches stored at once; per
+    group the largest and final distance of its committed offset behind the newest
+    stored batch (summed over the partitions: Tansu's own end is a few hundred
+    short, the newest batch's base offset is exact to within one batch)."""
+    parts: dict[str, int] = {}
+    behind: dict[str, list[int]] = {}
     for s in samples:
+        if "error" in s["bucket"]:
+            continue
+        now: dict[str, int] = {}
         for part, b in s["bucket"].items():
-            if part == "error":
-                continue
-            row = out.setdefault(part, {"max_batches": 0})
-            row["max_batches"] = max(row["max_batches"], b["batches"])
-            row["newest_base"] = b["newest_base"]
-            row["committed"] = b["committed"]
-    return out
+            parts[part] = max(parts.get(part, 0), b["batches"])
+            for group, committed in b["committed"].items():
+                if group == FILLER_GROUP:
+                    continue  # the harness's own consumer
+                now[group] = now.get(group, 0) + max(0, b["newest_base"] - committed)
+        for group, n in now.items():
+            behind.setdefault(group, []).append(n)
+    return {
+        "max_batches": parts,
+        "groups": {g: {"max_behind": max(v), "final_behind": v[-1]} for g, v in behind.items()},
+    }
 
 
 def resources(mem: list[dict[str, Any]]) -> dict[str, Any]:
@@ -327,8 +359,8 @@ def report(r: dict[str, Any]) -> str:
     progress = r["progress"]
     lines += [
         "",
-        "| consumer (service group topic/partition) | read | max behind | behind at end "
-        "| longest still while behind (s) |",
+        "| consumer (service, group) | events read | max behind | behind at end "
+        "| longest still while behind (s): consumer / one partition |",
         "|---|---|---|---|---|",
     ]
     for key, c in progress["consumers"].items():
@@ -336,16 +368,25 @@ def report(r: dict[str, Any]) -> str:
             continue
         lines.append(
             f"| {key} | {c['read']} | {c['max_behind']} | {c['final_behind']} "
-            f"| {c['longest_still_while_behind_s']} |"
+            f"| {c['longest_still_while_behind_s']} / {c['longest_partition_still_s']} |"
         )
-    deepest = max((b["max_batches"] for b in r["bucket"].values()), default=0)
+    bucket = r["bucket"]
+    deepest = max(bucket["max_batches"].values(), default=0)
+    committed = bucket["groups"]
+    worst = max(committed, key=lambda g: committed[g]["max_behind"], default="")
+    flagged = [k for k, c in progress["consumers"].items() if c["reported_stalled_partitions"]]
     lines += [
         "",
-        f"partitions in the bucket: {len(r['bucket'])}, most batches stored at once in one "
-        f"partition: {deepest} (the reaper keeps the newest 100 and deletes what every "
-        "group committed past)",
-        f"stalls (behind and still for {r['stall_seconds']:.0f} s, or reported stalled): "
+        f"broker's bucket: {len(bucket['max_batches'])} partitions, at most {deepest} batches "
+        "stored in one at once (the reaper keeps the newest 100 and deletes what every "
+        "required group committed past)",
+        f"committed offsets (bucket) of {len(committed)} groups: largest distance behind the "
+        f"newest batch {committed[worst]['max_behind'] if worst else 0} ({worst}); at the end "
+        f"{sum(c['final_behind'] for c in committed.values())} in all",
+        f"stalls (a consumer behind that did not advance for {r['stall_seconds']:.0f} s): "
         + (", ".join(progress["stalls"]) if progress["stalls"] else "none"),
+        "services reporting a partition stalled (router_consumer_stalled, "
+        "CONSUMER_STALL_SECONDS): " + (", ".join(flagged) if flagged else "none"),
     ]
     return "\n".join(lines)
 
@@ -429,7 +470,18 @@ def main() -> None:
         "--stall-seconds", type=float, default=60.0, help="behind and still this long: a stall"
     )
     parser.add_argument("--state-dir", default="", help="default: a fresh temporary directory")
+    parser.add_argument(
+        "--report", type=Path, help="only summarize again the soak.json of an earlier run"
+    )
     args = parser.parse_args()
+    if args.report:
+        result = json.loads(args.report.read_text())
+        samples = result["samples"]
+        result["progress"] = consumer_progress(samples["progress"], result["stall_seconds"])
+        result["bucket"] = bucket_progress(samples["progress"])
+        result["resources"] = resources(samples["resources"])
+        print(report(result))
+        return
     paths, result = on_own_stack(args.state_dir, "router-soak-", lambda p, i: soak(args, p, i))
     (paths.root / "soak.json").write_text(json.dumps(result, indent=1, default=str))
     text = report(result)
