@@ -20,7 +20,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,16 +36,16 @@ pytestmark = [
 
 
 class Pane:
-    """A shell in a tmux pane, on a tmux server of our own (its own socket)."""
+    """A shell in a tmux pane, on a tmux server of our own (its socket in `where`)."""
 
-    def __init__(self, env: dict[str, str]) -> None:
-        self.socket = f"router-ctrl-c-{uuid.uuid4().hex[:8]}"
+    def __init__(self, env: dict[str, str], where: Path) -> None:
+        self.socket = str(where / "tmux.sock")
         self.env = env
         self.tmux("new-session", "-d", "-s", "run", "-x", "200", "-y", "50", "sh")
 
     def tmux(self, *args: str) -> str:
         return subprocess.run(
-            ["tmux", "-L", self.socket, "-f", "/dev/null", *args],
+            ["tmux", "-S", self.socket, "-f", "/dev/null", *args],
             env=self.env,
             capture_output=True,
             text=True,
@@ -74,7 +73,7 @@ class Pane:
 
     def close(self) -> None:
         subprocess.run(
-            ["tmux", "-L", self.socket, "kill-server"], env=self.env, capture_output=True
+            ["tmux", "-S", self.socket, "kill-server"], env=self.env, capture_output=True
         )
 
 
@@ -114,12 +113,14 @@ def carrying(state: Path) -> list[str]:
     return out
 
 
-def test_ctrl_c_in_a_terminal_stops_everything_after_a_restart(state: Path) -> None:
+def test_ctrl_c_in_a_terminal_stops_everything_after_a_restart(
+    state: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     env = {**os.environ, "LOCAL_STATE_DIR": str(state), "LOCAL_PORTS": "auto"}
     # The state directory is named on the command line only, as a person would, so
     # that the pane's shell (which must survive) does not carry it.
     shell_env = {k: v for k, v in os.environ.items() if k not in ("TMUX", "LOCAL_STATE_DIR")}
-    pane = Pane(shell_env)
+    pane = Pane(shell_env, tmp_path_factory.mktemp("tty"))
     try:
         pane.type(
             f"cd {shlex.quote(str(REPO))} && LOCAL_STATE_DIR={shlex.quote(str(state))} "
