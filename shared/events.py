@@ -405,6 +405,9 @@ class CaseReassigned(Event):
     from_reviewer_id: Text64
     to_reviewer_id: Text64 = ""
     reason: Clipped1000
+    # The subspecialty is no longer needed (case.rerouted): the offer is withdrawn
+    # and handed to no one, by design rather than for want of a reviewer.
+    withdrawn: bool = False
 
 
 class CaseUnassignable(Event):

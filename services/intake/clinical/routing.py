@@ -90,7 +90,9 @@ def imaging_texts(rules: Rules, studies: list[StudySummary]) -> list[tuple[str, 
     words = rules.codes.dicom
     for st in studies:
         for part in filter(None, (p.strip().upper() for p in st.body_part.split(","))):
-            out.append((f"{DICOM} BodyPartExamined {part}", words.body_parts.get(part, part.lower())))
+            out.append(
+                (f"{DICOM} BodyPartExamined {part}", words.body_parts.get(part, part.lower()))
+            )
         for mod in filter(None, (m.strip().upper() for m in st.modality.split(","))):
             if mod in words.modalities:
                 out.append((f"{DICOM} Modality {mod}", words.modalities[mod]))
