@@ -45,7 +45,7 @@ PARTNER_PUBLISHERS = ("reporting",)
 
 # The topics each service's outbox publishes (docs/architecture.md, "Ownership").
 PRODUCES: dict[str, tuple[str, ...]] = {
-    "intake": ("case.accepted", "case.rejected", "case.status"),
+    "intake": ("case.accepted", "case.rejected", "case.status", "case.rerouted"),
     "records_fetch": (
         "records.requested",
         "records.progress",

@@ -300,6 +300,21 @@ class CaseStatusChanged(Event):
     changed_at: datetime
 
 
+class CaseRerouted(Event):
+    """`case.rerouted`: intake re-checked the reviewers a case needs once its images
+    were known (records.complete: DICOM Modality, BodyPartExamined, study
+    description) and the set changed (docs/clinical-rules.md, "The images").
+    `routing` is the whole new routing; assignment opens a slot for each added
+    subspecialty and withdraws only the unaccepted slots of the removed ones."""
+
+    topic: ClassVar[str] = "case.rerouted"
+    routing: RoutingContext
+    added: Annotated[dict[Clipped64, Clipped500], clip_items(10), MaxLen(10)] = {}
+    removed: Annotated[dict[Clipped64, Clipped500], clip_items(10), MaxLen(10)] = {}
+    subspecialty_reasons: Annotated[dict[Clipped64, Clipped500], clip_items(20), MaxLen(20)] = {}
+    rerouted_at: datetime
+
+
 # ---------------------------------------------------------------- records_fetch
 
 
@@ -328,6 +343,9 @@ class StudySummary(BaseModel):
     study_date: Text10 = ""
     description: Clipped200 = ""
     instances: int = 0
+    # DICOM BodyPartExamined (0018,0015) of the instances received, comma-separated:
+    # intake re-checks the routing with it (docs/clinical-rules.md, "The images").
+    body_part: Clipped64 = ""
 
 
 class ManifestItem(BaseModel):
@@ -387,6 +405,9 @@ class CaseReassigned(Event):
     from_reviewer_id: Text64
     to_reviewer_id: Text64 = ""
     reason: Clipped1000
+    # The subspecialty is no longer needed (case.rerouted): the offer is withdrawn
+    # and handed to no one, by design rather than for want of a reviewer.
+    withdrawn: bool = False
 
 
 class CaseUnassignable(Event):
@@ -487,6 +508,7 @@ TOPIC_MODELS: dict[str, type[BaseModel]] = {
         CaseAccepted,
         CaseRejected,
         CaseStatusChanged,
+        CaseRerouted,
         RecordsRequested,
         RecordsProgress,
         RecordsComplete,

@@ -13,8 +13,16 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
 
-def dicom_bytes(name: str, patient_id: str, patient_name: str, *, study_date: str = "") -> bytes:
-    """A bundled test file with the given patient and fresh study/series/instance UIDs."""
+def dicom_bytes(
+    name: str,
+    patient_id: str,
+    patient_name: str,
+    *,
+    study_date: str = "",
+    attributes: dict[str, str] | None = None,
+) -> bytes:
+    """A bundled test file with the given patient and fresh study/series/instance UIDs
+    (and `attributes`, e.g. BodyPartExamined, set by keyword)."""
     path = get_testdata_file(name)
     if path is None:
         raise FileNotFoundError(name)
@@ -27,19 +35,28 @@ def dicom_bytes(name: str, patient_id: str, patient_name: str, *, study_date: st
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     if study_date:
         ds.StudyDate = study_date
+    for keyword, value in (attributes or {}).items():
+        setattr(ds, keyword, value)
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue()
 
 
 def seed_pacs(
-    orthanc_url: str, patient_id: str, patient_name: str, files: list[tuple[str, str]]
+    orthanc_url: str,
+    patient_id: str,
+    patient_name: str,
+    files: list[tuple[str, str]],
+    attributes: dict[str, str] | None = None,
 ) -> int:
-    """Upload (test file name, study date) pairs for one patient; returns instances stored."""
+    """Upload (test file name, study date) pairs for one patient, each with
+    `attributes` set; returns instances stored."""
     stored = 0
     with httpx.Client(base_url=orthanc_url, timeout=30) as client:
         for name, study_date in files:
-            body = dicom_bytes(name, patient_id, patient_name, study_date=study_date)
+            body = dicom_bytes(
+                name, patient_id, patient_name, study_date=study_date, attributes=attributes
+            )
             resp = client.post(
                 "/instances", content=body, headers={"Content-Type": "application/dicom"}
             )

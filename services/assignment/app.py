@@ -39,7 +39,7 @@ from shared.auth import Principal
 from shared.clock import Clock, clock_from
 from shared.envelope import EventMeta, OutboxEntry
 from shared.errors import InvalidInput, NotFound
-from shared.events import RecordsComplete, RecordsIncomplete, ReportSubmitted
+from shared.events import CaseRerouted, RecordsComplete, RecordsIncomplete, ReportSubmitted
 from shared.http import errors
 from shared.runtime import ProcessService, Service
 from shared.telemetry import quiet
@@ -148,6 +148,11 @@ def _subscribers(w: Wiring) -> None:
     @consumer.on(RecordsComplete)
     async def on_records_complete(event: RecordsComplete, meta: EventMeta) -> None:
         w.emit(await handlers.assign_case(store, policy, w.clock.now(), event, meta))
+        await w.ops.record(event, meta)
+
+    @consumer.on(CaseRerouted)
+    async def on_case_rerouted(event: CaseRerouted, meta: EventMeta) -> None:
+        w.emit(await handlers.reroute_case(store, policy, w.clock.now(), event, meta))
         await w.ops.record(event, meta)
 
     @consumer.on(RecordsIncomplete, follower=True)  # pauses a clock: not urgent

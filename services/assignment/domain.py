@@ -300,7 +300,9 @@ class Assignment(BaseModel):
     tenant_id: str
     subspecialty: str
     routing: RoutingContext
-    state: Literal["offered", "accepted", "reported", "unassignable"]
+    # withdrawn: the case no longer needs the subspecialty (case.rerouted) and no
+    # reviewer had accepted it; kept, with its reason, as the record of the change.
+    state: Literal["offered", "accepted", "reported", "unassignable", "withdrawn"]
     attempt: int = 0
     assignment_id: str = ""
     reviewer_id: str | None = None
@@ -525,8 +527,8 @@ class Timer(BaseModel):
 
 
 def pending_timers(a: Assignment, policy: SlaPolicy) -> list[Timer]:
-    """Every timer of `a` still to fire, earliest first (none once reported)."""
-    if a.state == "reported":
+    """Every timer of `a` still to fire, earliest first (none once reported or withdrawn)."""
+    if a.state in ("reported", "withdrawn"):
         return []
     timers: list[Timer] = []
     if a.state == "offered" and a.accept_by:
@@ -614,3 +616,87 @@ def sla_status(a: Assignment, policy: SlaPolicy, now: datetime) -> str:
     if elapsed(a.clock, cal, now) >= policy.at_risk_fraction * a.clock.budget_seconds:
         return "at_risk"
     return "on_track"
+
+
+# ---------------------------------------------------------------- the case rerouted
+
+
+WITHDRAWABLE = ("offered", "unassignable")  # no reviewer has taken it on
+
+
+@dataclass(frozen=True)
+class ReroutePlan:
+    """What a new routing changes in a case's assignments: the subspecialties to open
+    (or open again, if withdrawn earlier), the slots to withdraw, and those kept
+    although no longer needed because a reviewer has accepted (or reported) them."""
+
+    open: list[str]
+    withdraw: list[str]
+    kept: list[str]
+
+
+def reroute_plan(routing: RoutingContext, slots: dict[str, Assignment]) -> ReroutePlan:
+    """Against the case's slots (subspecialty -> assignment), what the new routing
+    changes. A reviewer who accepted keeps the work: only unaccepted slots go."""
+    needed = needed_subspecialties(routing)
+    gone = [sub for sub in slots if sub not in needed]
+    return ReroutePlan(
+        open=[sub for sub in needed if sub not in slots or slots[sub].state == "withdrawn"],
+        withdraw=[sub for sub in gone if slots[sub].state in WITHDRAWABLE],
+        kept=[sub for sub in gone if slots[sub].state in ("accepted", "reported")],
+    )
+
+
+def withdraw(
+    a: Assignment, now: datetime, policy: SlaPolicy, reason: str
+) -> tuple[Assignment, list[Event]]:
+    """The case no longer needs this subspecialty: an unaccepted assignment is
+    withdrawn (its clock stops, its reviewer's offer is taken back with
+    case.reassigned `withdrawn`); an accepted or reported one is left as it is."""
+    if a.state not in WITHDRAWABLE:
+        return a, []
+    previous = a.reviewer_id if a.state == "offered" else None
+    clock = stop_clock(a.clock, policy.calendar_for(a.clock), now)
+    done = a.model_copy(
+        update={
+            "state": "withdrawn",
+            "reason": f"withdrawn: {reason}",
+            "clock": clock,
+            "accept_by": None,
+            "reviewer_id": None,
+        }
+    )
+    events: list[Event] = []
+    if previous:
+        events.append(
+            CaseReassigned(
+                case_id=a.case_id,
+                tenant_id=a.tenant_id,
+                assignment_id=a.assignment_id,
+                from_reviewer_id=previous,
+                reason=f"withdrawn: {reason}",
+                withdrawn=True,
+            )
+        )
+    return settle(done, policy), events
+
+
+def reopen(
+    a: Assignment, routing: RoutingContext, now: datetime, policy: SlaPolicy, pool: Pool
+) -> tuple[Assignment, list[Event]]:
+    """A withdrawn subspecialty needed again: offered anew, its clock starting now."""
+    if a.state != "withdrawn":
+        return a, []
+    fresh = a.model_copy(
+        update={
+            "state": "unassignable",
+            "routing": routing,
+            "attempt": a.attempt + 1,
+            "clock": start_clock(routing, now, policy),
+            "fired": [],
+            "reason": "",
+        },
+        deep=True,
+    )
+    events = _offer(fresh, now, policy, pool)
+    return settle(fresh, policy), events

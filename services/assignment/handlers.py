@@ -1,7 +1,9 @@
 """assignment's handlers: message or request in → domain → store → events out.
 
 Records complete → one assignment per needed subspecialty (reviewer chosen,
-clock started, case.assigned or case.unassignable in the outbox). Records
+clock started, case.assigned or case.unassignable in the outbox). Case rerouted
+(intake re-checked the routing with the images) → a newly needed subspecialty
+is opened, an unaccepted one no longer needed withdrawn. Records
 incomplete / consent → the clock pauses with the reason; records complete again
 → it resumes. The reviewer accepts or declines; a decline reassigns. The timer
 loop fires what is due. A submitted report closes the assignment.
@@ -20,7 +22,14 @@ from services.assignment.store import AssignmentStore
 from shared.aio import gather_all
 from shared.envelope import EventMeta, OutboxEntry, outbox_entry
 from shared.errors import Conflict, NotFound, RetryableError
-from shared.events import Event, RecordsComplete, RecordsIncomplete, ReportSubmitted
+from shared.events import (
+    CaseRerouted,
+    Event,
+    RecordsComplete,
+    RecordsIncomplete,
+    ReportSubmitted,
+    RoutingContext,
+)
 from shared.store import REDELIVERIES_SKIPPED
 from shared.telemetry import current_traceparent
 
@@ -72,7 +81,8 @@ async def assign_case(
 ) -> list[OutboxEntry]:
     """Open an assignment per needed subspecialty; for those already open (records
     were re-requested after assignment) the completion resumes the clock."""
-    routing, outbox = event.routing, []
+    # The routing re-checked with the images (case.rerouted) if it came first.
+    routing, outbox = await store.route(event.case_id) or event.routing, []
     slots = {s: domain.slot_id_for(event.case_id, s) for s in domain.needed_subspecialties(routing)}
     # Roster, reviewers' load and the case's existing slots: one round trip's wait.
     roster, load, existing = await asyncio.gather(
@@ -93,7 +103,79 @@ async def assign_case(
             outbox += entries
         if a.reviewer_id:
             pool.busy_on_case[a.reviewer_id] = subspecialty
+    # A case.rerouted handled while these slots were being opened saw none of them:
+    # follow the kept routing now (a no-op when it is the one just used).
+    return outbox + await follow_route(store, policy, now, event.case_id, meta.event_id)
+
+
+async def reroute_case(
+    store: AssignmentStore,
+    policy: SlaPolicy,
+    now: datetime,
+    event: CaseRerouted,
+    meta: EventMeta,
+) -> list[OutboxEntry]:
+    """Intake re-checked the case with its images and the reviewers needed changed:
+    the routing is kept (records.complete may still be on its way), and the case's
+    slots follow it: a newly needed subspecialty is opened, an unaccepted one no
+    longer needed is withdrawn, an accepted one stays with its reviewer."""
+    await store.save_route(event.case_id, event.routing, event.rerouted_at)
+    return await follow_route(store, policy, now, event.case_id, meta.event_id, event.removed)
+
+
+async def follow_route(
+    store: AssignmentStore,
+    policy: SlaPolicy,
+    now: datetime,
+    case_id: str,
+    event_id: str,
+    why_removed: dict[str, str] | None = None,
+) -> list[OutboxEntry]:
+    """Bring the case's slots in line with its kept routing (idempotent)."""
+    routing = await store.route(case_id)
+    if routing is None:
+        return []
+    slots = {a.subspecialty: a for a in await store.find({"case_id": case_id})}
+    if not slots:
+        return []  # records not complete yet: assign_case opens them by this routing
+    plan = domain.reroute_plan(routing, slots)
+    outbox: list[OutboxEntry] = []
+    for sub in plan.withdraw:
+        why = (why_removed or {}).get(sub) or "the case no longer needs it (case.rerouted)"
+        _, entries = await mutate(
+            store,
+            slots[sub].slot_id,
+            event_id,
+            _withdrawing(now, policy, why),
+        )
+        outbox += entries
+    for sub in plan.open:
+        slot = domain.slot_id_for(case_id, sub)
+        pool = await _pool(store, case_id, slot)
+        if sub in slots:  # withdrawn earlier, needed again
+            _, entries = await mutate(store, slot, event_id, _reopening(routing, now, policy, pool))
+            outbox += entries
+            continue
+        a, events = domain.open_assignment(
+            case_id, routing_tenant(slots), routing, sub, now, policy, pool
+        )
+        a.traceparent = current_traceparent()
+        entries = _wrap(events, a.traceparent)
+        if await store.insert(a, event_id, entries):
+            outbox += entries
     return outbox
+
+
+def _withdrawing(now: datetime, policy: SlaPolicy, why: str) -> Change:
+    return lambda a: domain.withdraw(a, now, policy, why)
+
+
+def _reopening(routing: RoutingContext, now: datetime, policy: SlaPolicy, pool: Pool) -> Change:
+    return lambda a: domain.reopen(a, routing, now, policy, pool)
+
+
+def routing_tenant(slots: dict[str, Assignment]) -> str:
+    return next(iter(slots.values())).tenant_id
 
 
 async def _existing(store: AssignmentStore, slots: list[str]) -> set[str]:

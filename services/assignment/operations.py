@@ -30,6 +30,7 @@ from shared.events import (
     CaseAssigned,
     CaseReassigned,
     CaseRejected,
+    CaseRerouted,
     CaseStatusChanged,
     CaseUnassignable,
     NotificationDelivered,
@@ -232,7 +233,10 @@ def _fold(c: OpsCase, e: Any, at: datetime) -> tuple[str, str]:
         return "records_fetch", f"missing {', '.join(c.missing)} ({tail})"
     if isinstance(e, RecordsComplete):
         r = e.routing
-        _routing(c, r.subspecialties, r.urgency.value, r.service_tier.value, r.jurisdiction)
+        # records.complete carries the routing of case.accepted; a re-check is newer.
+        rerouted = any(t.event == CaseRerouted.topic for t in c.timeline)
+        subs = [] if rerouted else r.subspecialties
+        _routing(c, subs, r.urgency.value, r.service_tier.value, r.jurisdiction)
         c.missing, c.records_gave_up = [], False
         c.records_complete_at = e.completed_at
         _advance(c, "assignment")
@@ -251,12 +255,21 @@ def _fold_review(c: OpsCase, e: Any, at: datetime) -> tuple[str, str]:
         for s in c.slots.values():
             if s.assignment_id == e.assignment_id:
                 s.reviewer_id = e.to_reviewer_id
+                if e.withdrawn:
+                    s.state = "withdrawn"
+        if e.withdrawn:
+            return "assignment", f"offer to {e.from_reviewer_id} withdrawn: {e.reason}"
         return "assignment", f"reassigned from {e.from_reviewer_id}: {e.reason}"
     if isinstance(e, CaseUnassignable):
         _advance(c, "assignment")
         s = _slot(c, e.subspecialty)
         s.state, s.reviewer_id, s.reason = "unassignable", "", e.reason
         return "assignment", f"{e.subspecialty} unassignable: {e.reason}"
+    if isinstance(e, CaseRerouted):
+        r = e.routing
+        _routing(c, r.subspecialties, r.urgency.value, r.service_tier.value, r.jurisdiction)
+        changes = [f"+{k}" for k in e.added] + [f"-{k}" for k in e.removed]
+        return "intake", f"rerouted with the images: {', '.join(changes)}"
     if isinstance(e, SlaWarning):
         c.warned_fraction = max(c.warned_fraction, e.fraction_elapsed)
         return "assignment", f"SLA {round(e.fraction_elapsed * 100)}% used"

@@ -1,6 +1,7 @@
-"""assignment's own collections: `reviewers` (the roster) and `assignments` (one
+"""assignment's own collections: `reviewers` (the roster), `assignments` (one
 document per needed subspecialty of a case, with its clock, the keys of its
-fired timers, and its outbox).
+fired timers, and its outbox) and `case_routes` (a case's routing as intake last
+re-checked it, case.rerouted).
 
 Every change of an assignment is one conditional `update_one` on its
 `version`: the state change, the applied event id and the events to emit land
@@ -11,15 +12,18 @@ claimed: firing it and emitting its event are the same write.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import DuplicateKeyError
 
 from services.assignment.dashboard import ReportedSummary, Turnaround
 from services.assignment.domain import ACTIVE_STATES, OPEN_STATES, Assignment, Reviewer
 from shared.envelope import OutboxEntry
+from shared.events import RoutingContext
 from shared.store import WITHOUT_OUTBOX, Doc, insert_with_outbox, update_with_outbox
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -34,6 +38,9 @@ class AssignmentStore:
     def __init__(self, reviewers: AsyncCollection[Doc], assignments: AsyncCollection[Doc]) -> None:
         self.reviewers = reviewers
         self.assignments = assignments
+        # The latest routing intake sent per case (case.rerouted), whichever of it and
+        # records.complete arrives first.
+        self.routes: AsyncCollection[Doc] = assignments.database["case_routes"]
 
     async def create_indexes(self) -> None:
         await self.assignments.create_index([("reviewer_id", 1), ("state", 1)])
@@ -72,6 +79,21 @@ class AssignmentStore:
         ]
         cursor = await self.assignments.aggregate(pipeline)
         return {d["_id"]: d["n"] async for d in cursor}
+
+    # ------------------------------------------------------------ routes
+
+    async def save_route(self, case_id: str, routing: RoutingContext, at: datetime) -> None:
+        """Keep the case's routing as of `at`, unless a later one is already kept
+        (two records.complete with other studies: the last re-check wins)."""
+        doc = {"_id": case_id, "routing": routing.model_dump(mode="json"), "at": at}
+        with contextlib.suppress(DuplicateKeyError):  # one as recent or newer is kept
+            await self.routes.update_one(
+                {"_id": case_id, "at": {"$lt": at}}, {"$set": doc}, upsert=True
+            )
+
+    async def route(self, case_id: str) -> RoutingContext | None:
+        doc = await self.routes.find_one({"_id": case_id})
+        return RoutingContext.model_validate(doc["routing"]) if doc else None
 
     # ------------------------------------------------------------ assignments
 

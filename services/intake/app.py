@@ -83,6 +83,9 @@ class CaseStatus(BaseModel):
     findings: list[dict[str, str]] = []
     # Needed reviewers the service tier does not cover, routed all the same.
     beyond_tier: list[dict[str, str]] = []
+    # Each change of the reviewers once the images were known: when, what the images
+    # were, the reviewers added and removed, each with its reason.
+    reroutes: list[dict[str, Any]] = []
     triage: list[dict[str, str]] = []
     second_opinion_value: str = "standard"
     earlier_case_ids: list[str] = []
@@ -150,6 +153,7 @@ def status_of(case: CaseDocument, settings: IntakeSettings) -> CaseStatus:
         subspecialties=[{"name": s.name.value, "reason": s.reason} for s in case.subspecialties],
         findings=[f.model_dump() for f in case.findings],
         beyond_tier=[{"name": s.name.value, "reason": s.reason} for s in case.beyond_tier],
+        reroutes=[r.model_dump(mode="json") for r in case.reroutes],
         triage=[t.model_dump() for t in case.triage],
         second_opinion_value=case.second_opinion_value,
         earlier_case_ids=case.earlier_case_ids,

@@ -54,6 +54,16 @@ class MentionRecord(BaseModel):
     cue: str = ""
 
 
+class RerouteRecord(BaseModel):
+    """The routing re-checked with the images (records.complete) and changed: the
+    reviewers added and removed, each with its reason, and what the images were."""
+
+    at: datetime
+    images: str
+    added: list[SubspecialtyRecord] = []
+    removed: list[SubspecialtyRecord] = []
+
+
 class AuthorizationRecord(BaseModel):
     """The patient's release for one provider, as recorded."""
 
@@ -80,6 +90,8 @@ class CaseDocument(Stored):
     subspecialties: list[SubspecialtyRecord]
     findings: list[MentionRecord] = []
     beyond_tier: list[SubspecialtyRecord] = []
+    # Each change of the reviewers once the images were known (docs/clinical-rules.md).
+    reroutes: list[RerouteRecord] = []
     triage: list[FindingRecord] = []
     second_opinion_value: SecondOpinionValue = "standard"
     urgency: Urgency

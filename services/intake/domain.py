@@ -13,18 +13,26 @@ import hashlib
 import re
 import uuid
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 
 from services.intake import clinical, progress
 from services.intake.clinical.nlp import Mention
-from services.intake.documents import CaseDocument
+from services.intake.documents import (
+    CaseDocument,
+    MentionRecord,
+    RerouteRecord,
+    SubspecialtyRecord,
+)
 from shared.events import (
     CaseAccepted,
+    CaseRerouted,
     CaseSubmission,
     FirstOpinionSource,
+    ManifestItem,
     ProviderRecords,
     RoutingContext,
     RoutingFinding,
+    StudySummary,
     Urgency,
 )
 from shared.vocabulary import Subspecialty
@@ -244,12 +252,13 @@ def authorized_records(submission: CaseSubmission, authorized: set[str]) -> list
     ]
 
 
-def case_accepted(doc: CaseDocument) -> CaseAccepted:
-    """The `case.accepted` event for a stored case (at creation or when it resumes)."""
+def routing_context(doc: CaseDocument) -> RoutingContext:
+    """What assignment routes by: the reviewers needed (primary first) and the case's
+    urgency, tier, jurisdiction and first opinion's source (conflicts of interest)."""
     s = doc.submission
     fo = s.first_opinion
     subs = doc.subspecialties
-    routing = RoutingContext(
+    return RoutingContext(
         subspecialties=[x.name.value for x in subs],
         urgency=doc.urgency,
         service_tier=s.service_tier,
@@ -258,6 +267,13 @@ def case_accepted(doc: CaseDocument) -> CaseAccepted:
             clinician_id=fo.clinician_id, institution=fo.institution, affiliations=fo.affiliations
         ),
     )
+
+
+def case_accepted(doc: CaseDocument) -> CaseAccepted:
+    """The `case.accepted` event for a stored case (at creation or when it resumes)."""
+    s = doc.submission
+    subs = doc.subspecialties
+    routing = routing_context(doc)
     return CaseAccepted(
         case_id=doc.id,
         tenant_id=doc.tenant_id,
@@ -280,4 +296,97 @@ def case_accepted(doc: CaseDocument) -> CaseAccepted:
         diagnoses=s.diagnoses,
         procedures=s.procedures,
         body_sites=s.body_sites,
+    )
+
+
+# ---------------------------------------------------------------- the images known
+
+
+def studies_of(manifest: list[ManifestItem]) -> list[StudySummary]:
+    """The studies records_fetch retrieved, as records.complete lists them."""
+    return [st for item in manifest for st in item.studies]
+
+
+def images_in_words(studies: list[StudySummary]) -> str:
+    """What the images are, without identifiers: "CT HEART (CT CORONARY ANGIO)"."""
+    parts = []
+    for st in studies:
+        words = " ".join(x for x in (st.modality, st.body_part) if x) or "study"
+        parts.append(f"{words} ({st.description})" if st.description else words)
+    return "; ".join(dict.fromkeys(parts))
+
+
+@dataclass(frozen=True)
+class Reroute:
+    """The case's routing re-checked with its images, and what changed."""
+
+    subspecialties: list[SubspecialtyRecord]
+    beyond_tier: list[SubspecialtyRecord]
+    findings: list[MentionRecord]
+    record: RerouteRecord
+
+    def applied(self, doc: CaseDocument) -> CaseDocument:
+        return doc.model_copy(
+            update={
+                "subspecialties": self.subspecialties,
+                "beyond_tier": self.beyond_tier,
+                "findings": self.findings,
+                "reroutes": [*doc.reroutes, self.record],
+            }
+        )
+
+
+def recheck(doc: CaseDocument, studies: list[StudySummary], now: datetime) -> Reroute | None:
+    """The reviewers the case needs, re-checked once its images are known (DICOM
+    Modality, BodyPartExamined, StudyDescription: docs/clinical-rules.md, "The
+    images"); None when the images change nothing. Pure: the same case and studies
+    give the same answer, so a records.complete delivered twice changes it once."""
+    if not studies:
+        return None
+    routing = clinical.route(doc.submission, studies=studies)
+    new = [SubspecialtyRecord(name=n.subspecialty, reason=n.reason) for n in routing.needed]
+    before = {x.name for x in doc.subspecialties}
+    after = {x.name for x in new}
+    if before == after:
+        return None
+    images = images_in_words(studies)
+    removed = [
+        SubspecialtyRecord(
+            name=x.name,
+            reason=f"no longer needed once the images were known ({images}); was: {x.reason}",
+        )
+        for x in doc.subspecialties
+        if x.name not in after
+    ]
+    return Reroute(
+        subspecialties=new,
+        beyond_tier=[
+            SubspecialtyRecord(name=n.subspecialty, reason=n.reason) for n in routing.beyond_tier
+        ],
+        findings=[
+            MentionRecord(
+                concept=m.concept, words=m.words, source=m.source, context=m.context, cue=m.cue
+            )
+            for m in routing.findings
+        ],
+        record=RerouteRecord(
+            at=now,
+            images=images,
+            added=[x for x in new if x.name not in before],
+            removed=removed,
+        ),
+    )
+
+
+def case_rerouted(doc: CaseDocument, reroute: Reroute) -> CaseRerouted:
+    """The `case.rerouted` event for a case whose routing `reroute` changed."""
+    after = reroute.applied(doc)
+    return CaseRerouted(
+        case_id=doc.id,
+        tenant_id=doc.tenant_id,
+        routing=routing_context(after),
+        added={x.name.value: x.reason for x in reroute.record.added},
+        removed={x.name.value: x.reason for x in reroute.record.removed},
+        subspecialty_reasons={x.name.value: x.reason for x in after.subspecialties},
+        rerouted_at=reroute.record.at,
     )

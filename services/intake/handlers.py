@@ -30,7 +30,13 @@ from services.intake.store import IntakeStore
 from shared.clock import Clock
 from shared.envelope import EventMeta, OutboxEntry, outbox_entry
 from shared.errors import Conflict, InvalidInput, NotFound, PermanentError, RetryableError
-from shared.events import CaseRejected, CaseStatusChanged, CaseSubmission, FieldError
+from shared.events import (
+    CaseRejected,
+    CaseStatusChanged,
+    CaseSubmission,
+    FieldError,
+    RecordsComplete,
+)
 from shared.providers import ProviderRegistry
 from shared.telemetry import current_traceparent
 
@@ -453,12 +459,33 @@ async def follow(
         )
         step = progress.apply(case.stage, case.progress, event, at, now, required)
         after = case.model_copy(update={"progress": step.progress})
-        outbox, previous = [], case.stage
+        # The images are known: the routing is re-checked with them, in the same write.
+        reroute = None
+        if isinstance(event, RecordsComplete):
+            reroute = domain.recheck(case, domain.studies_of(event.manifest), now)
+        outbox: list[OutboxEntry] = []
+        if reroute is not None:
+            after = reroute.applied(after)
+            rerouted = domain.case_rerouted(case, reroute)
+            outbox.append(outbox_entry(rerouted, traceparent=current_traceparent()))
+        previous = case.stage
         for reached in step.reached:
             outbox.append(status_entry(after, reached.stage, previous, reached.at, required))
             previous = reached.stage
-        if await store.save_progress(case, meta.event_id, step, outbox, now):
+        if await store.save_progress(case, meta.event_id, step, outbox, now, _rerouted(reroute)):
             return outbox
         if await store.applied(case.id, meta.event_id):
             return []
     raise RetryableError("the case kept changing while the event was applied")
+
+
+def _rerouted(reroute: domain.Reroute | None) -> dict[str, Any]:
+    """The case's fields a re-check with the images changed (none if it did not)."""
+    if reroute is None:
+        return {}
+    return {
+        "subspecialties": [x.model_dump(mode="python") for x in reroute.subspecialties],
+        "beyond_tier": [x.model_dump(mode="python") for x in reroute.beyond_tier],
+        "findings": [x.model_dump(mode="python") for x in reroute.findings],
+        "reroute": reroute.record.model_dump(mode="python"),
+    }

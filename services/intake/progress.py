@@ -266,7 +266,9 @@ def _record(p: Progress, event: Followed, at: datetime, required: tuple[Audience
                 due_at=event.due_at,
             )
         case CaseReassigned():
-            if not event.to_reviewer_id:
+            # A withdrawn offer (the subspecialty no longer needed) is in the routing's
+            # reroutes, not a wait for a reviewer.
+            if not event.to_reviewer_id and not event.withdrawn:
                 a = p.assignment
                 p.assignment = a.model_copy(
                     update={"state": "reassigning", "reviewer_id": "", "reason": event.reason}

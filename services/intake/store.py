@@ -147,12 +147,16 @@ class IntakeStore:
         step: Step,
         outbox: list[OutboxEntry],
         now: datetime,
+        rerouted: Doc | None = None,
     ) -> bool:
         """Store what a downstream event changed (services/intake/progress.py) with its
         `case.status` events, once per event, if the case is still as it was read
-        (stage and `progress_version`); False if it is not, or the event was applied."""
+        (stage and `progress_version`); False if it is not, or the event was applied.
+        `rerouted`: the routing re-checked with the images (handlers._rerouted)."""
         version: Any = case.progress_version or {"$in": [0, None]}
         query = {"_id": case.id, "stage": case.stage, "progress_version": version}
+        routing = dict(rerouted or {})
+        reroute = routing.pop("reroute", None)
         update: Doc = {
             "$set": {
                 "progress": step.progress.model_dump(mode="python"),
@@ -160,11 +164,16 @@ class IntakeStore:
                 "stage": step.stage,
                 "stage_rank": stage_rank(step.stage),
                 "updated_at": now,
+                **routing,
             },
         }
+        push: Doc = {}
         if step.reached:
-            history = [r.model_dump(mode="python") for r in step.reached]
-            update["$push"] = {"history": {"$each": history}}
+            push["history"] = {"$each": [r.model_dump(mode="python") for r in step.reached]}
+        if reroute is not None:
+            push["reroutes"] = reroute
+        if push:
+            update["$push"] = push
         return await update_with_outbox(self.cases, query, update, outbox, event_id)
 
     async def applied(self, case_id: str, event_id: str) -> bool:

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.events import ManifestItem, RecordKind, ServiceTier
+from shared.events import ManifestItem, RecordKind, ServiceTier, StudySummary
 from shared.providers import ProviderEndpoints as ProviderEndpoints
 from shared.providers import ProviderRegistry as ProviderRegistry
 from shared.vocabulary import Subspecialty
@@ -225,6 +225,7 @@ class StudyFacts(BaseModel):
     study_date: str = ""
     modalities: list[str] = []
     body_parts: list[str] = []
+    description: str = ""
     expected: int = 0
     received: int = 0
     corrupt: list[str] = Field(default=[], description="Names of corrupt instances (SOP UIDs)")
@@ -385,13 +386,28 @@ def _imaging_item(req: Requirement, facts: Facts) -> ManifestItem:
     if req is Requirement.ORIGINAL_IMAGES:
         if current is None:
             return _item(req, False, 0, _why_missing(RecordKind.IMAGING, facts, "no study"))
-        return _item(req, current.whole, current.received, _study_detail(current))
+        item = _item(req, current.whole, current.received, _study_detail(current))
+        return item.model_copy(update={"studies": [study_summary(current)]})
     whole = [p for p in priors if p.whole]
     if whole:
-        return _item(req, True, len(whole), "; ".join(_study_detail(p) for p in whole))
+        item = _item(req, True, len(whole), "; ".join(_study_detail(p) for p in whole))
+        return item.model_copy(update={"studies": [study_summary(p) for p in whole[:20]]})
     if priors:
         return _item(req, False, 0, "; ".join(_study_detail(p) for p in priors))
     return _item(req, False, 0, _why_missing(RecordKind.IMAGING, facts, "no prior study"))
+
+
+def study_summary(s: StudyFacts) -> StudySummary:
+    """A retrieved study as records.complete carries it: what the images are (DICOM
+    Modality, BodyPartExamined, StudyDescription), which intake re-routes with."""
+    return StudySummary(
+        study_uid=s.study_uid,
+        modality=",".join(s.modalities),
+        study_date=s.study_date,
+        description=s.description,
+        instances=s.received,
+        body_part=",".join(s.body_parts),
+    )
 
 
 def _pathology_item(req: Requirement, facts: Facts) -> ManifestItem:

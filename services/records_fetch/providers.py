@@ -31,6 +31,7 @@ MAX_FHIR_PAGES = 50
 # QIDO-RS attribute tags (DICOM JSON keys).
 STUDY_UID, SERIES_UID, SOP_UID = "0020000D", "0020000E", "00080018"
 STUDY_DATE, MODALITIES, N_INSTANCES, MODALITY = "00080020", "00080061", "00201208", "00080060"
+STUDY_DESCRIPTION = "00081030"
 PATIENT_ID = "00100020"
 
 
@@ -80,6 +81,7 @@ class QidoStudy:
     study_date: str
     modalities: list[str]
     expected: int
+    description: str = ""
 
 
 @dataclass(frozen=True)
@@ -126,7 +128,7 @@ async def find_studies(client: httpx.AsyncClient, base: str, patient_id: str) ->
     patient_id = identifiers.dicom_patient_id(patient_id)
     params = {
         "PatientID": patient_id,
-        "includefield": [PATIENT_ID, STUDY_DATE, MODALITIES, N_INSTANCES],
+        "includefield": [PATIENT_ID, STUDY_DATE, MODALITIES, N_INSTANCES, STUDY_DESCRIPTION],
     }
     found = await get_json(client, f"{base}/studies", params, DICOM_JSON) or []
     result: Found[QidoStudy] = Found([], [])
@@ -145,6 +147,7 @@ async def find_studies(client: httpx.AsyncClient, base: str, patient_id: str) ->
                 study_date=str(tag(s, STUDY_DATE) or ""),
                 modalities=[mods] if isinstance(mods, str) else list(mods),
                 expected=int(tag(s, N_INSTANCES) or 0),
+                description=str(tag(s, STUDY_DESCRIPTION) or "")[:200],
             )
         )
     return result

@@ -586,6 +586,7 @@ def _merge_studies(
             "study_date": s.study_date,
             "modalities": s.modalities,
             "expected": s.expected,
+            "description": s.description,
         }
         for s in studies
     ]
@@ -747,6 +748,7 @@ def _study_facts(study: Doc, instances: Any) -> domain.StudyFacts:
         study_uid=study["study_uid"],
         study_date=study.get("study_date", ""),
         modalities=study.get("modalities", []),
+        description=study.get("description", ""),
         body_parts=sorted({i["body_part"] for i in received if i.get("body_part")}),
         expected=study.get("expected", 0),
         received=len(received),

@@ -54,7 +54,7 @@ DEMO = {"Authorization": "Bearer demo-int.dev-secret-demo-int"}
 OTHER = {"Authorization": "Bearer other-int.dev-secret-other-int"}
 OPS = {"Authorization": "Bearer ops.dev-secret-ops"}
 FHIR_JSON = {"content-type": "application/fhir+json"}
-TAPPED = ("case.accepted", "case.rejected", "case.submitted.dlq")
+TAPPED = ("case.accepted", "case.rejected", "case.submitted.dlq", "case.rerouted")
 INTEGRATOR_SECRET = b"the integrator's own key-derivation secret"
 
 

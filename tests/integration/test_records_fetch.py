@@ -232,10 +232,12 @@ def meta() -> EventMeta:
     return EventMeta(event_id=str(uuid.uuid4()), ce_type="", source="", time="", tenant_id=TENANT)
 
 
-def seeded_patient(infra: dict[str, Any], files: list[tuple[str, str]]) -> str:
+def seeded_patient(
+    infra: dict[str, Any], files: list[tuple[str, str]], attributes: dict[str, str] | None = None
+) -> str:
     """A patient at the real PACS with the given (file, study date) studies."""
     pid = f"MRN-{uuid.uuid4().hex[:8]}"
-    seed.seed_pacs(infra["orthanc_url"], pid, "Test^Pat", files)
+    seed.seed_pacs(infra["orthanc_url"], pid, "Test^Pat", files, attributes)
     return pid
 
 
@@ -258,6 +260,31 @@ def emitted(doc: Doc, topic: str) -> list[dict[str, Any]]:
 
 def items(body: dict[str, Any], key: str = "manifest") -> dict[str, dict[str, Any]]:
     return {i["detail"].split(":")[0]: i for i in body[key]}
+
+
+async def test_records_complete_says_what_the_images_are(
+    infra: dict[str, Any],
+    db: AsyncDatabase[Doc],
+    client: httpx.AsyncClient,
+    clinic_pid: str,
+    tmp_path: Path,
+) -> None:
+    """Intake re-checks the routing with each study's Modality, BodyPartExamined (as
+    the received files say) and StudyDescription (as the PACS lists it)."""
+    heart = {"BodyPartExamined": "HEART", "StudyDescription": "CARDIAC STUDY"}
+    pid = seeded_patient(infra, [("CT_small.dcm", "20261001"), ("MR_small.dcm", "20240101")], heart)
+    ctx = make_ctx(db, client, infra, tmp_path, infra["dicomweb_url"])
+    event = accepted(pid, clinic_pid)
+    await handlers.open_case(ctx.store, event, meta())
+    doc = await attempt(ctx, event)
+    [complete] = emitted(doc, "records.complete")
+    by_req = items(RecordsComplete.model_validate(complete).model_dump(mode="json"))
+    [current] = by_req["original_images"]["studies"]
+    assert (current["modality"], current["body_part"]) == ("CT", "HEART")
+    assert current["description"] == "CARDIAC STUDY" and current["instances"] == 1
+    assert [(s["modality"], s["body_part"]) for s in by_req["prior_studies"]["studies"]] == [
+        ("MR", "HEART")
+    ]
 
 
 async def test_complete_case_manifest_files_and_chart(

@@ -14,12 +14,15 @@ import simple_icd_10_cm as icd
 from services.intake.clinical import nlp
 from services.intake.clinical.nlp import Mention
 from services.intake.clinical.rules import Rules, Signal, load_rules
-from shared.events import CaseSubmission, Coding, ServiceTier
+from shared.events import CaseSubmission, Coding, ServiceTier, StudySummary
 from shared.vocabulary import Subspecialty
 
 # The order texts are read in: what the requester asks first, then the opinion
 # under review, the coded data, the plan and the report.
-TEXT_ORDER = ("question", "diagnosis", "coded", "treatment_plan", "report_text")
+# The images' DICOM attributes come last: they are known only once records_fetch
+# has the studies (records.complete), and re-check the routing then.
+TEXT_ORDER = ("question", "diagnosis", "coded", "treatment_plan", "report_text", "imaging")
+DICOM = "dicom"
 
 
 @dataclass(frozen=True)
@@ -79,8 +82,30 @@ def coded_texts(rules: Rules, codings: list[Coding]) -> list[tuple[str, str]]:
     return out
 
 
-def read_case(s: CaseSubmission, rules: Rules | None = None) -> list[Mention]:
-    """Every mention in the case: free text fields, then each coding."""
+def imaging_texts(rules: Rules, studies: list[StudySummary]) -> list[tuple[str, str]]:
+    """(where, words) per DICOM fact of the studies retrieved: each BodyPartExamined
+    in the words of its site (codes.yaml `dicom`), a Modality that names a site,
+    and the StudyDescription as the PACS gives it."""
+    out: list[tuple[str, str]] = []
+    words = rules.codes.dicom
+    for st in studies:
+        for part in filter(None, (p.strip().upper() for p in st.body_part.split(","))):
+            out.append(
+                (f"{DICOM} BodyPartExamined {part}", words.body_parts.get(part, part.lower()))
+            )
+        for mod in filter(None, (m.strip().upper() for m in st.modality.split(","))):
+            if mod in words.modalities:
+                out.append((f"{DICOM} Modality {mod}", words.modalities[mod]))
+        if st.description.strip():
+            out.append((f"{DICOM} StudyDescription", st.description))
+    return list(dict.fromkeys(out))
+
+
+def read_case(
+    s: CaseSubmission, rules: Rules | None = None, studies: list[StudySummary] | None = None
+) -> list[Mention]:
+    """Every mention in the case: free text fields, then each coding, then (once
+    the images are known) each DICOM fact of the studies."""
     rules = rules or load_rules()
     fo = s.first_opinion
     texts = {
@@ -92,17 +117,28 @@ def read_case(s: CaseSubmission, rules: Rules | None = None) -> list[Mention]:
     coded = coded_texts(rules, [*s.diagnoses, *s.procedures, *s.body_sites])
     for i, (_, words) in enumerate(coded):
         texts[f"coded#{i}"] = words
-    mentions = nlp.read(texts, rules)
     named = {f"coded#{i}": f"coded {where}" for i, (where, _) in enumerate(coded)}
+    for i, (where, words) in enumerate(imaging_texts(rules, studies or [])):
+        texts[f"{DICOM}#{i}"] = words
+        named[f"{DICOM}#{i}"] = where
     mentions = [
-        Mention(m.concept, m.words, named.get(m.source, m.source), m.context, m.cue, m.start)
-        for m in mentions
+        # A DICOM attribute is a fact of the images, not a statement: no context.
+        Mention(m.concept, m.words, named[m.source], "current", "", m.start)
+        if m.source.startswith(DICOM)
+        else Mention(m.concept, m.words, named.get(m.source, m.source), m.context, m.cue, m.start)
+        for m in nlp.read(texts, rules)
     ]
     return sorted(mentions, key=lambda m: _text_rank(m.source))
 
 
 def _text(source: str) -> str:
+    if source.startswith(DICOM):
+        return "imaging"
     return "coded" if source.startswith("coded") else source
+
+
+def from_images(m: Mention) -> bool:
+    return _text(m.source) == "imaging"
 
 
 def _text_rank(source: str) -> int:
@@ -116,6 +152,8 @@ def counts(rules: Rules, m: Mention) -> bool:
 
 
 def explain(m: Mention) -> str:
+    if from_images(m):
+        return f"'{m.words}' in the images ({m.source})"
     where = m.source if m.source.startswith("coded") else f"in the {m.source.replace('_', ' ')}"
     context = (
         "" if m.context == "current" else f", {m.context}" + (f" ('{m.cue}')" if m.cue else "")
@@ -203,6 +241,7 @@ def _imaging_central(rules: Rules, s: CaseSubmission, active: list[Mention]) -> 
     rule = rules.needs.rules["imaging_central"]
     if s.service_tier.value in rule.imaging_tiers:
         return f"the tier is {s.service_tier.value}"
+    active = [m for m in active if not from_images(m)]  # the images do not ask a question
     for tag in rule.when_tags:
         if m := _tagged(rules, active, tag, []):
             return explain(m)
@@ -221,6 +260,8 @@ def needed(rules: Rules, s: CaseSubmission, active: list[Mention]) -> list[Need]
 
     cancer_rule = rules.needs.rules["new_cancer_diagnosis"]
     for m in active:
+        if from_images(m):
+            continue  # the images tell where, not what: only the imaging rule reads them
         concept = rules.concept(m.concept)
         for sub in concept.specialties:
             add(sub, f"{explain(m)}")
@@ -279,11 +320,16 @@ def tier_coverage(rules: Rules, tier: ServiceTier, needs: list[Need]) -> list[Ne
     ]
 
 
-def route(s: CaseSubmission, rules: Rules | None = None) -> ClinicalRouting:
+def route(
+    s: CaseSubmission, rules: Rules | None = None, studies: list[StudySummary] | None = None
+) -> ClinicalRouting:
+    """The case's routing; with `studies` (records.complete), re-checked with what
+    the images are: their body parts choose the imaging subspecialty when imaging
+    is central (docs/clinical-rules.md, "The images")."""
     rules = rules or load_rules()
-    findings = read_case(s, rules)
+    findings = read_case(s, rules, studies)
     active = [m for m in findings if counts(rules, m)]
-    found, hold = signals(rules, s, active)
+    found, hold = signals(rules, s, [m for m in active if not from_images(m)])
     needs = ordered(rules, s.service_tier, needed(rules, s, active))
     return ClinicalRouting(
         findings, found, hold, needs, tier_coverage(rules, s.service_tier, needs)

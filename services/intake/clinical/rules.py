@@ -21,7 +21,7 @@ from shared.vocabulary import Subspecialty
 RULES_DIR = Path(__file__).parent / "rules"
 ConceptKind = Literal["condition", "site", "imaging", "procedure", "cue", "drug"]
 ContextName = Literal["negated", "family", "hypothetical", "historical", "uncertain"]
-TextName = Literal["question", "diagnosis", "report_text", "treatment_plan", "coded"]
+TextName = Literal["question", "diagnosis", "report_text", "treatment_plan", "coded", "imaging"]
 OpinionKind = Literal["imaging", "pathology", "specialist"]
 
 
@@ -102,10 +102,18 @@ class IcdItem(Strict):
     text: str
 
 
+class DicomRules(Strict):
+    """Words for the DICOM attributes of the studies retrieved (records.complete)."""
+
+    body_parts: dict[str, str] = {}
+    modalities: dict[str, str] = {}
+
+
 class CodeRules(Strict):
     systems: dict[Literal["icd10cm", "snomed", "loinc", "radlex"], list[str]]
     icd10cm: dict[str, IcdItem] = {}
     codes: dict[str, dict[str, str]] = {}
+    dicom: DicomRules = DicomRules()
 
     @model_validator(mode="after")
     def _real_icd_items(self) -> CodeRules:
