@@ -31,7 +31,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from deploy.local import seed
 from services.records_fetch import handlers
-from services.records_fetch.archive import Archive
+from services.records_fetch.archive import Archive, LocalArchive
 from services.records_fetch.domain import ProviderEndpoints, ProviderRegistry, RetryPolicy
 from services.records_fetch.retrieval import Retrieval
 from services.records_fetch.store import FetchStore
@@ -191,7 +191,12 @@ def make_ctx(
         }
     )
     store = FetchStore(db["fetches"], db["instances"])
-    return Retrieval(store, client, registry, Archive(tmp / "records"))
+    return Retrieval(store, client, registry, LocalArchive(tmp / "records"))
+
+
+def read_all(archive: Archive, sha256: str) -> bytes:
+    with archive.open(sha256) as f:
+        return b"".join(iter(lambda: f.read(1 << 20), b""))
 
 
 def accepted(
@@ -291,7 +296,8 @@ async def test_complete_case_manifest_files_and_chart(
     instances = await ctx.store.instance_states(event.case_id)
     assert len(instances) == 2
     for sop, inst in instances.items():
-        data = await asyncio.to_thread(Path(inst["path"]).read_bytes)
+        data = await asyncio.to_thread(read_all, ctx.archive, inst["sha256"])
+        assert inst["location"] == ctx.archive.location(inst["sha256"])
         assert hashlib.sha256(data).hexdigest() == inst["sha256"]
         assert pydicom.dcmread(io.BytesIO(data)).SOPInstanceUID == sop
     assert {i["modality"] for i in instances.values()} == {"MR", "CT"}
