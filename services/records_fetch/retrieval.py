@@ -561,6 +561,7 @@ def _instance_fields(
         "modality": check.modality or inst.modality,
         "body_part": check.body_part,
         "study_date": check.study_date,
+        "sop_class": check.sop_class,
         "problems": check.problems,
     }
 
@@ -754,4 +755,5 @@ def _study_facts(study: Doc, instances: Any) -> domain.StudyFacts:
         expected=study.get("expected", 0),
         received=len(received),
         corrupt=sorted(i["sop_uid"] for i in mine if i["state"] == InstanceState.CORRUPT),
+        wsi_instances=sum(1 for i in received if i.get("sop_class") == domain.WSI_SOP_CLASS),
     )
