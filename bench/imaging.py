@@ -62,7 +62,6 @@ async def child(args: argparse.Namespace) -> dict[str, Any]:
     from pymongo import AsyncMongoClient
 
     from services.records_fetch import handlers, retrieval
-    from services.records_fetch.archive import Archive
     from services.records_fetch.domain import ProviderEndpoints, ProviderRegistry, RetryPolicy
     from services.records_fetch.retrieval import Retrieval
     from services.records_fetch.store import FetchStore
@@ -78,7 +77,7 @@ async def child(args: argparse.Namespace) -> dict[str, Any]:
         tenants={TENANT: {"pacs": ProviderEndpoints(dicomweb_url=args.dicomweb)}}
     )
     async with httpx.AsyncClient(timeout=60, follow_redirects=False) as client:
-        ctx = Retrieval(store, client, registry, Archive(Path(args.archive)))
+        ctx = Retrieval(store, client, registry, child_archive(args))
         if not args.resume:
             event = CaseAccepted.model_validate(
                 {
@@ -117,6 +116,19 @@ async def child(args: argparse.Namespace) -> dict[str, Any]:
         "bytes": sum(d.get("size", 0) for d in states.values()),
         "peak_rss_mib": peak_rss_mib(),
     }
+
+
+def child_archive(args: argparse.Namespace) -> Any:
+    """The archive of a child: local under --archive, or S3 (--s3-endpoint, the
+    credentials from the AWS_* environment) spooling under --archive."""
+    from services.records_fetch import archive as archives
+
+    if not args.s3_endpoint:
+        return archives.LocalArchive(Path(args.archive))
+    client = archives.s3_client(args.s3_endpoint, os.environ.get("AWS_REGION", "us-east-1"), "", "")
+    s3 = archives.S3Archive(client, args.s3_bucket, Path(args.archive), prefix=args.s3_prefix or "")
+    s3.ensure_bucket(create=True)
+    return s3
 
 
 def peak_rss_mib() -> float:
@@ -358,6 +370,9 @@ def main() -> None:
         "--db",
         "--archive",
         "--batch-files",
+        "--s3-endpoint",
+        "--s3-bucket",
+        "--s3-prefix",
     ):
         parser.add_argument(opt, help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -34,7 +34,7 @@ from pydicom.uid import generate_uid
 
 from deploy.local import seed
 from services.records_fetch import dicom, providers
-from services.records_fetch.archive import Archive
+from services.records_fetch.archive import LocalArchive
 
 
 def instance_bytes(name: str, pid: str, study_uid: str, series_uid: str) -> bytes:
@@ -72,7 +72,7 @@ def raw_dcmread(files: list[Path]) -> float:
     return time.perf_counter() - start
 
 
-async def retrieve_all(dicomweb: str, pid: str, archive: Archive, concurrency: int) -> float:
+async def retrieve_all(dicomweb: str, pid: str, archive: LocalArchive, concurrency: int) -> float:
     start = time.perf_counter()
     async with httpx.AsyncClient(timeout=30, follow_redirects=False) as client:
         studies = (await providers.find_studies(client, dicomweb, pid)).items
@@ -86,8 +86,8 @@ async def retrieve_all(dicomweb: str, pid: str, archive: Archive, concurrency: i
         async def one(inst: providers.QidoInstance) -> bool:
             async with gate:
                 incoming = await providers.retrieve_instance(client, dicomweb, inst, archive)
-                _, path = archive.commit(incoming)
-                return (await dicom.inspect(path, inst.sop_uid)).ok
+                _, location = archive.commit(incoming)
+                return (await dicom.inspect(Path(location), inst.sop_uid)).ok
 
         results = await asyncio.gather(*(one(i) for i in instances))
     assert all(results) and len(results) == len(instances)
@@ -108,7 +108,10 @@ def main() -> None:
         ours = min(
             asyncio.run(
                 retrieve_all(
-                    endpoints["dicomweb_url"], pid, Archive(Path(tmp) / f"r{r}"), args.concurrency
+                    endpoints["dicomweb_url"],
+                    pid,
+                    LocalArchive(Path(tmp) / f"r{r}"),
+                    args.concurrency,
                 )
             )
             for r in range(args.rounds)

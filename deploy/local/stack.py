@@ -87,6 +87,10 @@ def infra(command: str, paths: Paths) -> None:
     )
 
 
+# records_fetch's archive bucket on the stack's SeaweedFS (the broker has its own).
+RECORDS_BUCKET = "records"
+
+
 def infra_endpoints(paths: Paths) -> dict[str, str]:
     return json.loads((paths.infra / "endpoints.json").read_text())
 
@@ -113,7 +117,16 @@ def service_env(paths: Paths, endpoints: dict[str, str], ports: dict[str, int]) 
         "RECORDS_FETCH_PROVIDERS_FILE": str(providers),
         # Intake refuses a case naming a provider this registry does not hold.
         "INTAKE_PROVIDERS_FILE": str(providers),
-        # Retrieved DICOM files and reviewers' signing keys stay with this stack's state.
+        # Retrieved DICOM files go to the stack's S3 (SeaweedFS), in their own bucket
+        # (created by records_fetch), spooled under this stack's state on the way;
+        # reviewers' signing keys stay with this stack's state.
+        "RECORDS_FETCH_ARCHIVE": os.environ.get("RECORDS_FETCH_ARCHIVE", "s3"),
+        "RECORDS_FETCH_S3_ENDPOINT": endpoints["s3_url"],
+        "RECORDS_FETCH_S3_BUCKET": RECORDS_BUCKET,
+        "RECORDS_FETCH_S3_REGION": endpoints["s3_region"],
+        "RECORDS_FETCH_S3_ACCESS_KEY_ID": endpoints["s3_access_key_id"],
+        "RECORDS_FETCH_S3_SECRET_ACCESS_KEY": endpoints["s3_secret_access_key"],
+        "RECORDS_FETCH_SPOOL_DIR": str(paths.root / "records-spool"),
         "RECORDS_FETCH_RECORDS_DIR": str(paths.root / "records"),
         "REPORTING_KEY_DIR": str(paths.root / "keys"),
         # A retrieval killed mid-way is taken up again after one lease (renewed while alive).

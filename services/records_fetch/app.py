@@ -18,8 +18,8 @@ import httpx
 from fastapi import Depends
 from pydantic import BaseModel, Field
 
+from services.records_fetch import archive as archives
 from services.records_fetch import handlers
-from services.records_fetch.archive import Archive
 from services.records_fetch.domain import ProviderRegistry, RetryPolicy
 from services.records_fetch.retrieval import Retrieval
 from services.records_fetch.settings import RecordsFetchSettings
@@ -66,7 +66,16 @@ def create_service(
     # One client for the process: connection reuse; redirects off so a provider
     # cannot bounce us to an unregistered host. Closed when the service stops.
     client = httpx.AsyncClient(timeout=settings.provider_timeout_seconds, follow_redirects=False)
-    ctx = Retrieval(store, client, load_registry(settings), Archive(settings.records_dir))
+    archive = archives.from_settings(settings)
+    if isinstance(archive, archives.S3Archive):
+        s3 = archive
+
+        async def bucket_ready() -> None:
+            # Development (the local stack) creates its bucket; production's exists.
+            await asyncio.to_thread(s3.ensure_bucket, create=settings.dev_mode)
+
+        service.on_startup(bucket_ready)
+    ctx = Retrieval(store, client, load_registry(settings), archive)
     policy = RetryPolicy(
         base_seconds=settings.retry_base_seconds,
         max_delay_seconds=settings.retry_max_delay_seconds,

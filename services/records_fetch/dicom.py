@@ -39,6 +39,7 @@ KEYWORDS = (
     "PatientID",
     "Modality",
     "BodyPartExamined",
+    "SOPClassUID",
     "StudyDate",
     "Rows",
     "Columns",

@@ -65,6 +65,9 @@ FHIR_TYPES: dict[RecordKind, tuple[str, ...]] = {
 
 # Whole-slide images travel over DICOMweb like any study, with this modality.
 WSI_MODALITY = "SM"
+# VL Whole Slide Microscopy Image Storage: what satisfies a pathology requirement
+# digitally (a study labelled SM holding other images, e.g. a photo, does not).
+WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
 
 # ---------------------------------------------------------------- what a case needs
 
@@ -167,6 +170,7 @@ class InstanceCheck(BaseModel):
     modality: str = ""
     body_part: str = ""
     study_date: str = ""
+    sop_class: str = ""
 
 
 def expected_pixel_bytes(attrs: dict[str, Any]) -> int | None:
@@ -211,6 +215,7 @@ def check_instance(
         modality=str(attrs.get("Modality") or ""),
         body_part=str(attrs.get("BodyPartExamined") or ""),
         study_date=str(attrs.get("StudyDate") or ""),
+        sop_class=str(attrs.get("SOPClassUID") or ""),
     )
 
 
@@ -229,6 +234,8 @@ class StudyFacts(BaseModel):
     expected: int = 0
     received: int = 0
     corrupt: list[str] = Field(default=[], description="Names of corrupt instances (SOP UIDs)")
+    # Received instances of the VL Whole Slide Microscopy SOP class (WSI_SOP_CLASS).
+    wsi_instances: int = 0
 
     @property
     def whole(self) -> bool:
@@ -358,6 +365,8 @@ def _study_detail(s: StudyFacts) -> str:
         parts.append(s.study_date)
     if s.corrupt:
         parts.append("corrupt: " + ", ".join(s.corrupt))
+    if s.is_slide and s.whole and not s.wsi_instances:
+        parts.append("no VL Whole Slide Microscopy image among them")
     return " ".join(parts)
 
 
@@ -412,8 +421,9 @@ def study_summary(s: StudyFacts) -> StudySummary:
 
 def _pathology_item(req: Requirement, facts: Facts) -> ManifestItem:
     slides = [s for s in facts.studies if s.is_slide]
-    if any(s.whole for s in slides):
-        return _item(req, True, sum(s.received for s in slides), "whole-slide images received")
+    if any(s.whole and s.wsi_instances for s in slides):
+        count = sum(s.wsi_instances for s in slides if s.whole)
+        return _item(req, True, count, "whole-slide images received")
     if facts.glass_slides_received:
         return _item(req, True, len(facts.glass_slides_received), "glass slides received")
     if slides:

@@ -278,6 +278,12 @@ async def retrieve_imaging(
         found = await providers.find_studies(ctx.client, base, rec.patient_id)
     finally:
         known = await holding
+    # Which recorded files the archive does hold: one call (an S3 archive asks for
+    # them together, off the event loop).
+    held = await asyncio.to_thread(
+        ctx.archive.held,
+        [d.get("sha256", "") for d in known.values() if d.get("state") == InstanceState.RECEIVED],
+    )
     await attempt.record(ctx, [], found.refused, rec.provider_id)
     studies = [s for s in found.items if _wanted(s, rec.kinds)]
     expected = sum(s.expected for s in studies)
@@ -295,7 +301,7 @@ async def retrieve_imaging(
     # to the case document wait for it, so a newer progress is never overwritten.
     written = asyncio.ensure_future(ctx.store.update(attempt.case_id, fields, [start]))
     try:
-        await _retrieve_all(ctx, attempt, rec, base, studies, known, written)
+        await _retrieve_all(ctx, attempt, rec, base, studies, known, held, written)
     finally:  # what did arrive is counted, also when the PACS failed midway
         attempt.defer({"studies": attempt.doc["studies"], **_progress_fields(attempt, known)})
         await written
@@ -309,6 +315,7 @@ async def _retrieve_all(
     base: str,
     studies: list[providers.QidoStudy],
     known: dict[str, Doc],
+    held: set[str],
     written: asyncio.Future[None],
 ) -> None:
     """WADO-RS what is missing: a series of which nothing is held yet in one
@@ -349,7 +356,7 @@ async def _retrieve_all(
         await attempt.record(
             ctx, [], [r for f in found_series if f is not None for r in f.refused], rec.provider_id
         )
-        held_series = {d.get("series_uid") for d in known.values() if _already_held(ctx, d)}
+        held_series = {d.get("series_uid") for d in known.values() if _already_held(held, d)}
         whole = [x for x in series if x.series_uid not in held_series]
 
         brought = await gather_all(
@@ -376,7 +383,7 @@ async def _retrieve_all(
         for one in listed
         if one is not None
         for i in one.items
-        if i.sop_uid not in tried and not _already_held(ctx, known.get(i.sop_uid))
+        if i.sop_uid not in tried and not _already_held(held, known.get(i.sop_uid))
     ]
     await gather_all(
         *(gated(retrieve_one(ctx, attempt, rec, base, inst, written)) for inst in todo)
@@ -529,8 +536,8 @@ async def _commit_parts(
         raise
     placed = await asyncio.to_thread(ctx.archive.commit_batch, [f for _, _, f in keep])
     records = [
-        (sop, _instance_fields(rec, wanted[sop], check, sha, path, f.size))
-        for (sop, check, f), (sha, path) in zip(keep, placed, strict=True)
+        (sop, _instance_fields(rec, wanted[sop], check, sha, location, f.size))
+        for (sop, check, f), (sha, location) in zip(keep, placed, strict=True)
     ]
     recorded.append(attempt.record_later(ctx, records, refused, rec.provider_id, written))
 
@@ -540,7 +547,7 @@ def _instance_fields(
     inst: providers.QidoInstance,
     check: InstanceCheck,
     sha: str,
-    path: Any,
+    location: str,
     size: int,
 ) -> Doc:
     return {
@@ -550,10 +557,11 @@ def _instance_fields(
         "state": InstanceState.RECEIVED if check.ok else InstanceState.CORRUPT,
         "sha256": sha,
         "size": size,
-        "path": str(path),
+        "location": location,
         "modality": check.modality or inst.modality,
         "body_part": check.body_part,
         "study_date": check.study_date,
+        "sop_class": check.sop_class,
         "problems": check.problems,
     }
 
@@ -567,12 +575,8 @@ async def _instances(ctx: Retrieval, attempt: CaseAttempt) -> dict[str, Doc]:
     return attempt.instances
 
 
-def _already_held(ctx: Retrieval, prev: Doc | None) -> bool:
-    return bool(
-        prev
-        and prev.get("state") == InstanceState.RECEIVED
-        and ctx.archive.holds(prev.get("sha256", ""))
-    )
+def _already_held(held: set[str], prev: Doc | None) -> bool:
+    return bool(prev and prev.get("state") == InstanceState.RECEIVED and prev.get("sha256") in held)
 
 
 def _merge_studies(
@@ -639,8 +643,8 @@ async def retrieve_one(
         refusal = providers.Refused("instance", "instance of another patient", "DICOM")
         await attempt.record(ctx, [], [refusal], rec.provider_id, written)
         return
-    sha, path = await asyncio.to_thread(ctx.archive.commit, incoming)
-    fields = _instance_fields(rec, inst, check, sha, path, incoming.size)
+    sha, location = await asyncio.to_thread(ctx.archive.commit, incoming)
+    fields = _instance_fields(rec, inst, check, sha, location, incoming.size)
     await attempt.record(ctx, [(inst.sop_uid, fields)], [], rec.provider_id, written)
 
 
@@ -753,4 +757,5 @@ def _study_facts(study: Doc, instances: Any) -> domain.StudyFacts:
         expected=study.get("expected", 0),
         received=len(received),
         corrupt=sorted(i["sop_uid"] for i in mine if i["state"] == InstanceState.CORRUPT),
+        wsi_instances=sum(1 for i in received if i.get("sop_class") == domain.WSI_SOP_CLASS),
     )

@@ -1,10 +1,12 @@
 """records_fetch's settings (env prefix RECORDS_FETCH_)."""
 
 from pathlib import Path
+from typing import Literal
 
+from pydantic import SecretStr
 from pydantic_settings import SettingsConfigDict
 
-from shared.settings import REPO_ROOT, ServiceSettings
+from shared.settings import REPO_ROOT, InsecureSettings, ServiceSettings
 
 
 class RecordsFetchSettings(ServiceSettings):
@@ -17,8 +19,22 @@ class RecordsFetchSettings(ServiceSettings):
     # The provider endpoints registered per tenant: the only URLs this service calls.
     providers_file: Path = REPO_ROOT / ".run" / "providers.json"
     provider_timeout_seconds: float = 10.0
-    # Where retrieved files are kept for the reviewer (content-addressed by sha256).
+    # Where retrieved files are kept for the reviewer (content-addressed by sha256):
+    # "s3" (a bucket every replica shares; the local stack's SeaweedFS) or "local"
+    # (records_dir on this node's disk: single-node use). Unset: "local" in
+    # development, a refusal to start otherwise (archive.py).
+    archive: Literal["s3", "local"] | None = None
     records_dir: Path = REPO_ROOT / ".run" / "records"
+    # The S3 archive: endpoint (empty: AWS's own), bucket, key prefix, credentials
+    # (empty: boto3's default chain, e.g. a workload identity), and the local spool
+    # files stream into and are checked in before upload.
+    s3_endpoint: str = ""
+    s3_bucket: str = "records"
+    s3_prefix: str = ""
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str = ""
+    s3_secret_access_key: SecretStr = SecretStr("")
+    spool_dir: Path = REPO_ROOT / ".run" / "records-spool"
     # Re-requests of missing items: base * 2^(attempt-1), capped, then a human decides.
     retry_base_seconds: float = 30.0
     retry_max_delay_seconds: float = 3600.0
@@ -31,3 +47,15 @@ class RecordsFetchSettings(ServiceSettings):
     # A worker holds a case this long; a crashed worker's case is taken up after it.
     # Renewed every third of itself while a retrieval runs (handlers._keep_lease).
     lease_seconds: float = 30.0
+
+    def check_production(self) -> None:
+        super().check_production()
+        if self.dev_mode:
+            return
+        if self.archive is None:
+            raise InsecureSettings(
+                "RECORDS_FETCH_ARCHIVE is not set (DEV_MODE is off): "
+                "set it to s3 (a shared bucket) or local (single node)"
+            )
+        if self.archive == "s3" and self.s3_endpoint.startswith("http://"):
+            raise InsecureSettings("RECORDS_FETCH_S3_ENDPOINT over http:// outside DEV_MODE")

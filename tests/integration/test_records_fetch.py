@@ -10,6 +10,7 @@ Orthanc (Orthanc itself refuses corrupt uploads and is shared by the session).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import io
 import json
@@ -29,9 +30,11 @@ import pytest_asyncio
 from prometheus_client import REGISTRY
 from pymongo.asynchronous.database import AsyncDatabase
 
+from bench import studies
 from deploy.local import seed
+from services.records_fetch import archive as archives
 from services.records_fetch import handlers
-from services.records_fetch.archive import Archive
+from services.records_fetch.archive import Archive, LocalArchive
 from services.records_fetch.domain import ProviderEndpoints, ProviderRegistry, RetryPolicy
 from services.records_fetch.retrieval import Retrieval
 from services.records_fetch.store import FetchStore
@@ -191,7 +194,12 @@ def make_ctx(
         }
     )
     store = FetchStore(db["fetches"], db["instances"])
-    return Retrieval(store, client, registry, Archive(tmp / "records"))
+    return Retrieval(store, client, registry, LocalArchive(tmp / "records"))
+
+
+def read_all(archive: Archive, sha256: str) -> bytes:
+    with archive.open(sha256) as f:
+        return b"".join(iter(lambda: f.read(1 << 20), b""))
 
 
 def accepted(
@@ -318,7 +326,8 @@ async def test_complete_case_manifest_files_and_chart(
     instances = await ctx.store.instance_states(event.case_id)
     assert len(instances) == 2
     for sop, inst in instances.items():
-        data = await asyncio.to_thread(Path(inst["path"]).read_bytes)
+        data = await asyncio.to_thread(read_all, ctx.archive, inst["sha256"])
+        assert inst["location"] == ctx.archive.location(inst["sha256"])
         assert hashlib.sha256(data).hexdigest() == inst["sha256"]
         assert pydicom.dcmread(io.BytesIO(data)).SOPInstanceUID == sop
     assert {i["modality"] for i in instances.values()} == {"MR", "CT"}
@@ -703,3 +712,77 @@ def refused_count(source: str) -> float:
         "records_fetch_foreign_records_refused_total", {"source": source}
     )
     return value or 0.0
+
+
+# ---------------------------------------------------------------- issue 20: digital pathology
+
+
+async def test_a_generated_slide_pyramid_satisfies_pathology_through_the_s3_archive(
+    infra: dict[str, Any],
+    db: AsyncDatabase[Doc],
+    client: httpx.AsyncClient,
+    clinic_pid: str,
+    tmp_path: Path,
+) -> None:
+    """A VL Whole Slide Microscopy study made at run time (bench.studies: 3 pyramid
+    levels, multi-frame tiled JPEG) in the real Orthanc, retrieved into the S3
+    archive on the stack's SeaweedFS; what comes back out of it is a pyramid
+    wsidicom opens. A study that is only labelled SM (a secondary capture) does
+    not satisfy pathology."""
+    from wsidicom import WsiDicom
+
+    patient = f"MRN-{uuid.uuid4().hex[:8]}"
+    spec = studies.wsi(1024, 768, levels=3)
+    paths = await asyncio.to_thread(studies.write_slide, spec, patient, tmp_path / "slide")
+    assert (await asyncio.to_thread(studies.upload_files, infra["orthanc_url"], paths))[0] == 3
+    s3 = archives.S3Archive(
+        archives.s3_client(
+            infra["s3_url"],
+            infra["s3_region"],
+            infra["s3_access_key_id"],
+            infra["s3_secret_access_key"],
+        ),
+        "records",
+        tmp_path / "spool",
+        prefix=f"it-wsi-{uuid.uuid4().hex[:8]}/",
+    )
+    await asyncio.to_thread(s3.ensure_bucket, create=True)
+    ctx = dataclasses.replace(
+        make_ctx(db, client, infra, tmp_path, infra["dicomweb_url"]), archive=s3
+    )
+    digital = accepted(patient, clinic_pid, "pathology_rereview", ("pathology",))
+    await handlers.open_case(ctx.store, digital, meta())
+    doc = await attempt(ctx, digital)
+    assert doc["state"] == "complete" and "glass_slides" not in doc
+    pathology = items(emitted(doc, "records.complete")[0])["pathology"]
+    assert pathology["detail"] == "pathology: whole-slide images received"
+    assert pathology["count"] == 3
+    records = await ctx.store.instance_states(digital.case_id)
+    assert {r["sop_class"] for r in records.values()} == {studies.VL_WSI}
+    assert all(r["location"].startswith("s3://records/it-wsi-") for r in records.values())
+    out = tmp_path / "back"
+    out.mkdir()
+    for sop, r in records.items():
+        (out / f"{sop}.dcm").write_bytes(await asyncio.to_thread(read_all, s3, r["sha256"]))
+    with WsiDicom.open(out) as slide:
+        assert [lv.size.width for lv in slide.levels] == [1024, 512, 256]
+        assert slide.read_tile(0, (1, 1)).size == (256, 256)
+
+    labelled = f"MRN-{uuid.uuid4().hex[:8]}"
+    ds = pydicom.dcmread(
+        io.BytesIO(seed.dicom_bytes("SC_rgb_small_odd.dcm", labelled, "Slide^Pat"))
+    )
+    ds.Modality = "SM"  # the SOP class stays Secondary Capture
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    stored = await client.post(
+        f"{infra['orthanc_url']}/instances",
+        content=buf.getvalue(),
+        headers={"Content-Type": "application/dicom"},
+    )
+    stored.raise_for_status()
+    only_sm = accepted(labelled, clinic_pid, "pathology_rereview", ("pathology",))
+    await handlers.open_case(ctx.store, only_sm, meta())
+    doc = await attempt(ctx, only_sm)
+    missing = items(emitted(doc, "records.incomplete")[0], "missing")["pathology"]
+    assert "no VL Whole Slide Microscopy image" in missing["detail"]

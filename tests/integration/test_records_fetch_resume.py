@@ -30,13 +30,16 @@ from typing import Any
 
 import httpx
 import pydicom
+import pytest
 from pymongo import MongoClient
 
 from bench import studies
+from services.records_fetch import archive as archives
 
 ROOT = Path(__file__).resolve().parents[2]
 SERIES_PATH = re.compile(r"/dicom-web/studies/[0-9.]+/series/[0-9.]+")
 INSTANCES = 60
+BUCKET = "records"
 
 
 class SlowPacs:
@@ -119,8 +122,32 @@ def child(
     ]  # fmt: skip
 
 
+def s3_args(infra: dict[str, Any], prefix: str) -> list[str]:
+    return ["--s3-endpoint", infra["s3_url"], "--s3-bucket", BUCKET, "--s3-prefix", prefix]
+
+
+def s3_env(infra: dict[str, Any]) -> dict[str, str]:
+    return {
+        "AWS_ACCESS_KEY_ID": infra["s3_access_key_id"],
+        "AWS_SECRET_ACCESS_KEY": infra["s3_secret_access_key"],
+        "AWS_REGION": infra["s3_region"],
+    }
+
+
+def s3_keys(infra: dict[str, Any], prefix: str) -> list[str]:
+    client = archives.s3_client(
+        infra["s3_url"],
+        infra["s3_region"],
+        infra["s3_access_key_id"],
+        infra["s3_secret_access_key"],
+    )
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+    return [o["Key"] for page in pages for o in page.get("Contents", [])]
+
+
+@pytest.mark.parametrize("kind", ["local", "s3"])
 def test_sigkill_mid_series_then_resume_fetches_only_what_was_not_verified(
-    infra: dict[str, Any], tmp_path: Path
+    infra: dict[str, Any], tmp_path: Path, kind: str
 ) -> None:
     patient = f"MRN-{uuid.uuid4().hex[:8]}"
     spec = studies.StudySpec("CT", (studies.Series("CT", INSTANCES, 128, "CHEST"),))
@@ -129,9 +156,12 @@ def test_sigkill_mid_series_then_resume_fetches_only_what_was_not_verified(
     tag = uuid.uuid4().hex[:8]
     case, dbname, archive = f"case-{tag}", f"it_resume_{tag}", tmp_path / "records"
     argv = child(infra, pacs.url, patient, case, dbname, archive)
+    prefix = f"it-resume-{tag}/"
+    if kind == "s3":  # the spool is `archive`, the files go to the stack's SeaweedFS
+        argv += s3_args(infra, prefix)
     mongo: MongoClient[Any] = MongoClient(infra["mongo_uri"])
     instances = mongo[dbname]["instances"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **(s3_env(infra) if kind == "s3" else {})}
     try:
         first = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
@@ -145,8 +175,11 @@ def test_sigkill_mid_series_then_resume_fetches_only_what_was_not_verified(
         verified = {d["sop_uid"] for d in instances.find({"case_id": case, "state": "received"})}
         assert INSTANCES // 3 <= len(verified) < INSTANCES
         # Nothing under a content address but complete, verified files.
-        stored = [p for p in archive.rglob("*") if p.is_file() and p.parent.name != "tmp"]
-        assert len(stored) == len(verified)
+        if kind == "s3":
+            assert len(s3_keys(infra, prefix)) == len(verified)
+        else:
+            stored = [p for p in archive.rglob("*") if p.is_file() and p.parent.name != "tmp"]
+            assert len(stored) == len(verified)
         sent_before = Counter(pacs.sent)
         pacs.requests.clear()
         # The dead process's lease would hold the case for 10 minutes: let it lapse.
@@ -163,6 +196,8 @@ def test_sigkill_mid_series_then_resume_fetches_only_what_was_not_verified(
         docs = list(instances.find({"case_id": case}))
         assert len(docs) == INSTANCES and all(d["state"] == "received" for d in docs)
         assert all(d["retrievals"] == 1 for d in docs if d["sop_uid"] in verified)
+        if kind == "s3":
+            assert len(s3_keys(infra, prefix)) == INSTANCES
     finally:
         pacs.stop()
         mongo.drop_database(dbname)

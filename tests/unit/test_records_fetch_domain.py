@@ -158,10 +158,18 @@ def test_missing_items_read_as_plain_words() -> None:
 
 
 def test_slides_are_pathology_not_the_current_radiology_study() -> None:
-    facts = Facts(studies=[study("s", "20270101", mods=["SM"]), study("a", "20261001")])
+    slide = study("s", "20270101", mods=["SM"]).model_copy(update={"wsi_instances": 1})
+    facts = Facts(studies=[slide, study("a", "20261001")])
     manifest = domain.build_manifest([R.PATHOLOGY, R.ORIGINAL_IMAGES], facts)
     assert manifest.complete
     assert "20261001" in manifest.items[1].detail
+
+
+def test_a_study_labelled_sm_without_whole_slide_images_is_not_pathology() -> None:
+    """Modality SM is what QIDO says; the SOP class of what arrived is what counts."""
+    facts = Facts(studies=[study("s", "20270101", mods=["SM"])])
+    (item,) = domain.build_manifest([R.PATHOLOGY], facts).items
+    assert not item.present and "no VL Whole Slide Microscopy image" in item.detail
 
 
 def test_glass_slides_requested_are_missing_until_received() -> None:

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from services.records_fetch import multipart, providers
-from services.records_fetch.archive import Archive
+from services.records_fetch.archive import LocalArchive
 from shared.errors import ProviderUnavailable, UnregisteredEndpoint
 from shared.events import RecordKind
 
@@ -31,20 +31,24 @@ def client_for(handler: httpx.MockTransport) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=handler, follow_redirects=False)
 
 
+def read(location: str) -> bytes:
+    return Path(location).read_bytes()
+
+
 async def test_instance_streams_into_the_archive_under_its_checksum(tmp_path: Path) -> None:
     payload = bytes(range(256)) * 1000
-    archive = Archive(tmp_path)
+    archive = LocalArchive(tmp_path)
     async with client_for(httpx.MockTransport(lambda r: wado(payload))) as c:
         incoming = await providers.retrieve_instance(c, BASE, INST, archive)
-    sha, path = archive.commit(incoming)
-    assert sha == hashlib.sha256(payload).hexdigest() and path.read_bytes() == payload
+    sha, location = archive.commit(incoming)
+    assert sha == hashlib.sha256(payload).hexdigest() and read(location) == payload
     assert archive.holds(sha) and not list((tmp_path / "tmp").iterdir())
 
 
 async def test_cut_off_transfer_is_truncated_and_leaves_nothing(tmp_path: Path) -> None:
     async with client_for(httpx.MockTransport(lambda r: wado(b"DICM", closed=False))) as c:
         with pytest.raises(multipart.MultipartError):
-            await providers.retrieve_instance(c, BASE, INST, Archive(tmp_path))
+            await providers.retrieve_instance(c, BASE, INST, LocalArchive(tmp_path))
     assert not list((tmp_path / "tmp").iterdir())
 
 
