@@ -33,3 +33,10 @@ else
   echo "install_reporting: npm not found; tests/conformance needs Node and npm" >&2
   exit 1
 fi
+
+# tests/conformance/node's npm packages (@asyncapi/parser, jose) from its lockfile.
+CONTRACT_DIR="$REPO/tests/conformance/node"
+if [ ! -d "$CONTRACT_DIR/node_modules/@asyncapi/parser" ] \
+  || [ "$CONTRACT_DIR/package-lock.json" -nt "$CONTRACT_DIR/node_modules/.package-lock.json" ]; then
+  (cd "$CONTRACT_DIR" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error)
+fi
