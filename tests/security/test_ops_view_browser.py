@@ -18,12 +18,14 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +34,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from deploy.local.demo import auth, sample_case
-from shared.events import CaseStatusChanged, ManifestItem, RecordsComplete, RoutingContext
+from shared.events import (
+    CaseStatusChanged,
+    ManifestItem,
+    RecordsComplete,
+    RecordsIncomplete,
+    RoutingContext,
+)
 from tests.browser.assignment_service import publish
 from tests.conftest import REPO, RunningStack
 from tests.security.conftest import CANARY_BIRTH, CANARY_MRN, CANARY_NAME, Canary
@@ -276,6 +284,106 @@ def test_an_open_assignment_is_reassigned_from_the_case_page(
         if "POST /v1/ops/cases/{case_id}/reassign" in json.dumps(e["resource"]["entity"])
     ]
     assert calls.count(("ops", "0")) == 1 and len(calls) == 2, calls  # the 409 and the 200
+
+
+class _Partner(BaseHTTPRequestHandler):
+    """A partner's webhook endpoint: refuses (400, a permanent failure: notify
+    dead-letters at once) until `accept` is set."""
+
+    accept = False
+    received: list[int] = []
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        status = 204 if _Partner.accept else 400
+        _Partner.received.append(status)
+        self.send_response(status)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def _until(check: Any, seconds: float = 30) -> Any:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if value := check():
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"not within {seconds} s")
+
+
+def test_a_dead_lettered_delivery_is_resent_from_the_case_page(
+    running_stack: RunningStack, browser: Any
+) -> None:
+    """On the real stack: a partner endpoint refuses a records.incomplete webhook,
+    notify dead-letters it, the case page shows it with a Resend button; the
+    endpoint is fixed, the button (assignment forwarding the operator's key to
+    notify) resends it and notify delivers it."""
+    urls = running_stack.urls
+    url = urls["assignment"]
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Partner)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _Partner.accept, _Partner.received = False, []
+    partner = auth("other-partner")
+    sub = httpx.post(
+        f"{urls['notify']}/v1/subscriptions",
+        headers=partner,
+        json={
+            "url": f"http://127.0.0.1:{server.server_address[1]}/hook",
+            "event_types": ["records.incomplete"],
+        },
+        timeout=10,
+    )
+    assert sub.status_code == 201, sub.text
+    sub_id = sub.json()["subscription_id"]
+    case_id = f"case-ops-dl-{uuid.uuid4().hex[:10]}"
+    try:
+        publish_now(
+            running_stack.infra["kafka_bootstrap"],
+            RecordsIncomplete(
+                case_id=case_id,
+                tenant_id="other-clinic",
+                missing=[ManifestItem(kind="imaging", present=False, detail="no study found")],
+            ),
+        )
+
+        def failed() -> list[str]:
+            r = httpx.get(f"{url}/v1/ops/cases/{case_id}", headers=auth("ops"), timeout=10)
+            return list(r.json()["case"]["delivery_failed"]) if r.status_code == 200 else []
+
+        (delivery,) = _until(failed)
+        assert _Partner.received == [400]
+        page = browser.new_page(viewport={"width": 1500, "height": 900})
+        page.goto(f"{url}/dashboard/case?id={case_id}#key={OPS_KEY}")
+        page.wait_for_selector("body[data-loaded=true]", timeout=30_000)
+        assert page.locator("#summary .badge").get_attribute("data-state") == "delivery_failed"
+        shot(page, "dead-letter")
+        _Partner.accept = True  # the partner fixed its endpoint
+        page.locator(f'button.resend[data-delivery="{delivery}"]').click()
+        _until(lambda: not failed())
+        assert _Partner.received == [400, 204]
+        done = httpx.get(f"{urls['notify']}/v1/deliveries/{delivery}", headers=partner, timeout=10)
+        assert done.json()["state"] == "delivered" and done.json()["resends"] == 1, done.text
+        page.reload()
+        page.wait_for_selector("body[data-loaded=true]", timeout=30_000)
+        assert page.locator("button.resend").count() == 0
+        shot(page, "resent")
+        page.close()
+        # notify's own trail records the operator's resend (assignment forwarded the key).
+        trail = httpx.get(
+            f"{urls['notify']}/v1/audit", params={"key_id": "ops"}, headers=auth("ops"), timeout=10
+        ).json()
+        assert any(
+            "/v1/operations/deliveries/{delivery_id}/resend" in json.dumps(e["resource"]["entity"])
+            and delivery in json.dumps(e["resource"]["entity"])
+            for e in trail["entry"]
+        )
+    finally:
+        httpx.delete(f"{urls['notify']}/v1/subscriptions/{sub_id}", headers=partner, timeout=10)
+        server.shutdown()
+        server.server_close()
 
 
 def test_the_json_api_and_the_metrics_carry_the_same_states(running_stack: RunningStack) -> None:

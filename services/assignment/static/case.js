@@ -81,6 +81,8 @@ async function load() {
   actions.replaceChildren();
   for (const d of j.case.delivery_failed) {
     const b = document.createElement("button");
+    b.className = "resend";
+    b.dataset.delivery = d;
     b.textContent = `Resend delivery ${d}`;
     b.onclick = async () => { await api(`/v1/ops/cases/${encodeURIComponent(caseId)}/deliveries/${encodeURIComponent(d)}/resend`, { method: "POST", body: "{}" }); load(); };
     actions.appendChild(b);
