@@ -472,9 +472,7 @@ def why_not(a: Assignment, reviewer_id: str, pool: Pool) -> str | None:
     if reviewer is None:
         return "not on the roster"
     history = _history_exclusions(a, pool).get(reviewer_id)
-    return history or _exclusion(
-        reviewer, a.subspecialty, a.routing, pool.load.get(reviewer_id, 0)
-    )
+    return history or _exclusion(reviewer, a.subspecialty, a.routing, pool.load.get(reviewer_id, 0))
 
 
 def reassign_by_operator(

@@ -5,7 +5,8 @@ actions proxied to the services that own them.
 Every route needs an operations key. The actions (release a held case, resend a
 dead-lettered delivery) are calls to the owning service's own API with the
 operator's own key, so intake and notify authorise and audit the operator
-themselves; assignment only forwards to the configured service URLs.
+themselves; assignment only forwards to the configured service URLs. Reassign
+is assignment's own (`domain.reassign_by_operator`).
 """
 
 # No `from __future__ import annotations`: FastAPI resolves the routes' dependency

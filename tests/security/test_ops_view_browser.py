@@ -8,7 +8,12 @@ already drives to a delivered report, so the pages are checked on real traces.
 - a case intake holds for human review appears and is released from the page
   (assignment forwards the operator's key to intake, which emits case.accepted);
 - a filter narrows the list;
-- the canary's case page shows spans of all five services and none of its PHI.
+- the canary's case page shows spans of all five services and none of its PHI;
+- an open assignment is reassigned from its case page (an ineligible reviewer
+  refused with the reason, 409);
+- a dead-lettered delivery (a partner endpoint refusing) is resent from its case
+  page through notify and delivered;
+- the JSON API and the metrics carry the same states.
 
 Screenshots: test-artifacts/ops-*.png.
 """
