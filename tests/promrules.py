@@ -3,7 +3,8 @@
 `alerts_fired(series, at_minutes)` writes the rules (the PrometheusRule's `spec`)
 and a promtool unit test whose input is `series` (promtool's expanding notation,
 one sample a minute), runs ``promtool test rules`` and returns the alerts firing
-at `at_minutes` as (alertname, group, topic, partition), for the alerts `names`.
+at `at_minutes` as (alertname, *labels `keys`: by default group, topic, partition),
+for the alerts `names`.
 promtool itself checks
 that the expected list matches; here the expectation is read back from its
 failure message, so a test states what it expects in Python."""
@@ -21,13 +22,16 @@ RULES = Path(__file__).resolve().parents[1] / "deploy" / "k8s" / "base" / "prome
 
 
 def alerts_fired(
-    series: dict[str, str], at_minutes: int, names: tuple[str, ...] = ("ConsumerStalled",)
-) -> set[tuple[str, str, str, str]]:
+    series: dict[str, str],
+    at_minutes: int,
+    names: tuple[str, ...] = ("ConsumerStalled",),
+    keys: tuple[str, ...] = ("group", "topic", "partition"),
+) -> set[tuple[str, ...]]:
     rules = yaml.safe_load(RULES.read_text())["spec"]
     with tempfile.TemporaryDirectory() as tmp:
         rule_file = Path(tmp) / "rules.yaml"
         rule_file.write_text(yaml.safe_dump(rules))
-        fired: set[tuple[str, str, str, str]] = set()
+        fired: set[tuple[str, ...]] = set()
         for name in names:
             test = {
                 "rule_files": [str(rule_file)],
@@ -60,12 +64,5 @@ def alerts_fired(
             got = out.split("got:", 1)[1]
             for labels in re.findall(r"Labels:\{([^}]*)\}", got):
                 found = dict(re.findall(r'(\w+)="([^"]*)"', labels))
-                fired.add(
-                    (
-                        found.get("alertname", name),
-                        found.get("group", ""),
-                        found.get("topic", ""),
-                        found.get("partition", ""),
-                    )
-                )
+                fired.add((found.get("alertname", name), *(found.get(k, "") for k in keys)))
         return fired

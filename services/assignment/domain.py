@@ -348,11 +348,13 @@ def _history_exclusions(a: Assignment, pool: Pool) -> dict[str, str]:
     return why
 
 
-def _offer(a: Assignment, now: datetime, policy: SlaPolicy, pool: Pool) -> list[Event]:
-    """Choose a reviewer for `a` (mutated) and say so; or mark it unassignable."""
-    d = choose_reviewer(
-        a.subspecialty, a.routing, pool.roster, pool.load, _history_exclusions(a, pool)
-    )
+def _offer(
+    a: Assignment, now: datetime, policy: SlaPolicy, pool: Pool, to: str | None = None
+) -> list[Event]:
+    """Choose a reviewer for `a` (mutated) and say so; or mark it unassignable.
+    `to`: only that reviewer is considered (an operator named them)."""
+    roster = [r for r in pool.roster if to is None or r.reviewer_id == to]
+    d = choose_reviewer(a.subspecialty, a.routing, roster, pool.load, _history_exclusions(a, pool))
     a.reason, a.excluded, a.accepted_at, a.tried_at = d.reason, d.excluded, None, now
     if d.reviewer is None:
         a.state, a.reviewer_id, a.assignment_id, a.offered_at, a.accept_by = (
@@ -427,8 +429,10 @@ def reassign(
     pool: Pool,
     outcome: Literal["declined", "timed_out", "escalated"],
     reason: str,
+    to: str | None = None,
 ) -> tuple[Assignment, list[Event]]:
-    """Hand the assignment to the next eligible reviewer (or leave it unassignable)."""
+    """Hand the assignment to the next eligible reviewer (or leave it unassignable);
+    `to`: to that reviewer only (checked eligible by `reassign_by_operator`)."""
     a = a.model_copy(deep=True)
     previous = a.reviewer_id
     if previous and a.state in ACTIVE_STATES:
@@ -444,7 +448,7 @@ def reassign(
         pool.load[previous] = max(0, pool.load.get(previous, 0) - 1)
     old_id = a.assignment_id
     a.attempt += 1
-    events = _offer(a, now, policy, pool)
+    events = _offer(a, now, policy, pool, to)
     moved = CaseReassigned(
         case_id=a.case_id,
         tenant_id=a.tenant_id,
@@ -454,6 +458,42 @@ def reassign(
         reason=reason,
     )
     return settle(a, policy), [moved, *events]
+
+
+class NotEligible(ValueError):
+    """An operator asked for something the assignment's rules forbid (the reason)."""
+
+
+def why_not(a: Assignment, reviewer_id: str, pool: Pool) -> str | None:
+    """Why `reviewer_id` may not take assignment `a` now (None: eligible). The same
+    rules as matching (`_exclusion`), plus the case's own history; the reviewer who
+    has it now gives it up, so their own place does not count."""
+    if a.reviewer_id == reviewer_id and a.state in ACTIVE_STATES:
+        return "already has this assignment"
+    reviewer = next((r for r in pool.roster if r.reviewer_id == reviewer_id), None)
+    if reviewer is None:
+        return "not on the roster"
+    history = _history_exclusions(a, pool).get(reviewer_id)
+    return history or _exclusion(reviewer, a.subspecialty, a.routing, pool.load.get(reviewer_id, 0))
+
+
+def reassign_by_operator(
+    a: Assignment,
+    now: datetime,
+    policy: SlaPolicy,
+    pool: Pool,
+    reason: str,
+    by: str,
+    to: str | None = None,
+) -> tuple[Assignment, list[Event]]:
+    """Operations hand an open assignment on, with their reason: to a reviewer they
+    name (who must be eligible: `NotEligible` says why not) or to the next eligible
+    one. The reviewer who had it is recorded as escalated and not offered it again."""
+    if a.state not in OPEN_STATES:
+        raise NotEligible(f"the assignment is {a.state}")
+    if to is not None and (why := why_not(a, to, pool)):
+        raise NotEligible(f"{to}: {why}")
+    return reassign(a, now, policy, pool, "escalated", f"{by}: {reason}", to)
 
 
 def open_subspecialties(pool: Pool) -> set[str]:

@@ -373,16 +373,21 @@ async def reassign_by_operations(
     reason: str,
     by: str,
     *,
+    to: str | None = None,
     reoffer_batch: int = REOFFER_BATCH,
 ) -> tuple[Assignment, list[OutboxEntry]]:
-    """Operations hand an assignment on; the previous reviewer's capacity goes to
-    the waiting assignments."""
+    """Operations hand an assignment on (to `to`, who must be eligible, or to the
+    next eligible reviewer); the previous reviewer's capacity goes to the waiting
+    assignments."""
     pool = await _pool(store, slot.rsplit(":", 1)[0], slot)
 
     def change(a: Assignment) -> tuple[Assignment, list[Event]]:
         if a.state == "reported":
             raise Conflict("the report for this assignment is already in")
-        return domain.reassign(a, now, policy, pool, "escalated", f"{by}: {reason}")
+        try:
+            return domain.reassign_by_operator(a, now, policy, pool, reason, by, to)
+        except domain.NotEligible as exc:
+            raise Conflict(str(exc)) from exc
 
     a, outbox = await mutate(store, slot, None, change)
     if a is None:

@@ -5,7 +5,8 @@ actions proxied to the services that own them.
 Every route needs an operations key. The actions (release a held case, resend a
 dead-lettered delivery) are calls to the owning service's own API with the
 operator's own key, so intake and notify authorise and audit the operator
-themselves; assignment only forwards to the configured service URLs.
+themselves; assignment only forwards to the configured service URLs. Reassign
+is assignment's own (`domain.reassign_by_operator`).
 """
 
 # No `from __future__ import annotations`: FastAPI resolves the routes' dependency
@@ -28,8 +29,9 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from pydantic import BaseModel, Field
 
-from services.assignment import domain, operations
-from services.assignment.domain import Assignment, SlaPolicy
+from services.assignment import domain, handlers, operations
+from services.assignment.domain import Assignment, SlaPolicy, slot_id_for
+from services.assignment.metrics import count_emitted
 from services.assignment.operations import (
     Capacity,
     Filters,
@@ -62,6 +64,7 @@ from shared.events import (
 from shared.http import PROBLEM, errors
 from shared.runtime import Service
 from shared.telemetry import current_traceparent, quiet
+from shared.vocabulary import Subspecialty
 
 WEB = Path(__file__).parent / "web"
 STATIC = Path(__file__).parent / "static"
@@ -98,6 +101,17 @@ class Journey(BaseModel):
     trace_id: str
     spans: list[SpanRow]
     links: dict[str, str]
+
+
+class OpsReassign(BaseModel):
+    subspecialty: Subspecialty = Field(description="Which open assignment of the case")
+    reason: str = Field(min_length=1, max_length=500, description="No patient details, please")
+    reviewer_id: str | None = Field(
+        default=None,
+        max_length=128,
+        description="Hand it to this reviewer (who must be eligible, else 409); "
+        "none: the next eligible reviewer",
+    )
 
 
 class Release(BaseModel):
@@ -179,6 +193,23 @@ class OpsView:
             spans=spans,
             links=links,
         )
+
+    async def reassign(self, case_id: str, body: OpsReassign, by: str) -> LiveSlot:
+        """assignment's own action: a thin call of the domain transition."""
+        now = self.service.clock.now()
+        a, outbox = await handlers.reassign_by_operations(
+            self.store,
+            self.policy,
+            now,
+            slot_id_for(case_id, body.subspecialty),
+            body.reason,
+            by,
+            to=body.reviewer_id,
+            reoffer_batch=self.settings.reoffer_batch,
+        )
+        count_emitted(outbox)
+        self.service.emitted(outbox)
+        return self.live(a, now)
 
     async def forward(self, url: str, request: Request, body: dict[str, Any]) -> JSONResponse:
         """Call the owning service with the operator's own key; pass its answer on
@@ -282,6 +313,17 @@ def _routes(view: OpsView) -> None:
         """Release a case held for human review (intake's POST /v1/cases/{id}/review)."""
         url = f"{settings.intake_url}/v1/cases/{case_id}/review"
         return await view.forward(url, request, {"release": True, "note": body.note})
+
+    @api.post(
+        "/v1/ops/cases/{case_id}/reassign",
+        response_model=LiveSlot,
+        tags=["operations view"],
+        responses=errors(409),
+    )
+    async def ops_reassign(case_id: str, body: OpsReassign, principal: Ops) -> LiveSlot:
+        """Hand an open assignment of the case to another reviewer, with a reason
+        (recorded in the assignment's history and the audit trail)."""
+        return await view.reassign(case_id, body, f"operations:{principal.subject}")
 
     @api.post(
         "/v1/ops/cases/{case_id}/deliveries/{delivery_id}/resend",

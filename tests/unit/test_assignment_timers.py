@@ -1,6 +1,7 @@
 """Assignments over time: offer, accept/decline, acceptance window, warnings,
 breach and the escalation ladder, each timer firing once; and the dashboard."""
 
+import re
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -223,3 +224,49 @@ def test_the_offer_names_the_reviewers_npi_and_the_licence_it_is_made_under() ->
     assert assigned.reviewer_licence_jurisdiction == CTX.jurisdiction == "US-CA"
     with pytest.raises(ValueError):
         reviewer("x", npi="12345")  # not ten digits: the roster is refused
+
+
+# ---------------------------------------------------------------- operator reassign
+
+
+def test_operator_reassigns_to_a_named_eligible_reviewer_and_the_first_is_escalated() -> None:
+    p = pool(reviewer("a"), reviewer("b"), reviewer("c"))
+    a = opened(p)
+    assert a.reviewer_id == "a"
+    moved, events = domain.reassign_by_operator(
+        a, MONDAY_9, POLICY, p, "reviewer on leave", "operations:ops", to="c"
+    )
+    assert moved.state == "offered" and moved.reviewer_id == "c"  # not b, the least loaded
+    assert moved.assignment_id != a.assignment_id
+    assert [(h.reviewer_id, h.outcome, h.reason) for h in moved.history] == [
+        ("a", "escalated", "operations:ops: reviewer on leave")
+    ]
+    assert [type(e) for e in events] == [CaseReassigned, CaseAssigned]
+    assert isinstance(events[0], CaseReassigned) and events[0].to_reviewer_id == "c"
+    assert a.reviewer_id == "a"  # pure: the input is not changed
+
+
+def test_operator_cannot_name_an_ineligible_reviewer() -> None:
+    p = pool(
+        reviewer("a"),
+        reviewer("tx", licensed_jurisdictions=["US-TX"]),
+        reviewer("full", capacity=1),
+        reviewer("body", subspecialties=["body_imaging"]),
+    )
+    p.load["full"] = 1
+    a = opened(p)
+    for to, why in [
+        ("tx", "not licensed in US-CA"),
+        ("full", "at capacity (1/1)"),
+        ("body", "not a neuroradiology reviewer"),
+        ("nobody", "not on the roster"),
+        ("a", "already has this assignment"),
+    ]:
+        with pytest.raises(domain.NotEligible, match=f"{to}: {re.escape(why)}"):
+            domain.reassign_by_operator(a, MONDAY_9, POLICY, p, "why", "operations:ops", to=to)
+    # Without a name: the next eligible reviewer, or unassignable with the reason.
+    moved, _ = domain.reassign_by_operator(a, MONDAY_9, POLICY, p, "why", "operations:ops")
+    assert moved.state == "unassignable" and moved.reason == "no eligible neuroradiology reviewer"
+    again, _ = domain.reassign_by_operator(moved, MONDAY_9, POLICY, p, "why", "operations:ops")
+    with pytest.raises(domain.NotEligible, match="a: escalated this case earlier"):
+        domain.reassign_by_operator(again, MONDAY_9, POLICY, p, "why", "operations:ops", to="a")

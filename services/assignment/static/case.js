@@ -30,9 +30,44 @@ function waterfall(spans) {
   }
 }
 
+// The case's open assignments, each with a Reassign form (reason required; a named
+// reviewer must be eligible, or assignment answers 409 and says why).
+function assignments(slots) {
+  const body = document.querySelector("#assignments tbody");
+  body.replaceChildren();
+  for (const a of slots) {
+    const tr = document.createElement("tr");
+    tr.dataset.subspecialty = a.subspecialty;
+    tr.dataset.reviewer = a.reviewer_id || "";
+    [a.subspecialty, a.state, a.sla.replaceAll("_", " "), a.reviewer_id || "—", due(a.due_at, document.body.dataset.tz), a.reason].forEach((v) => td(tr, v));
+    const cell = td(tr, "");
+    const reason = document.createElement("input");
+    reason.className = "reassign-reason";
+    reason.placeholder = "reason (required)";
+    const to = document.createElement("input");
+    to.className = "reassign-to";
+    to.placeholder = "reviewer id (optional)";
+    const b = document.createElement("button");
+    b.className = "reassign";
+    b.textContent = "Reassign";
+    b.onclick = async () => {
+      if (!reason.value.trim()) { reason.focus(); return; }
+      const body = { subspecialty: a.subspecialty, reason: reason.value.trim() };
+      if (to.value.trim()) body.reviewer_id = to.value.trim();
+      try {
+        await api(`/v1/ops/cases/${encodeURIComponent(caseId)}/reassign`, { method: "POST", body: JSON.stringify(body) });
+      } catch (e) { return; } // the refusal stays on the page (#error)
+      load();
+    };
+    cell.append(reason, to, b);
+    body.appendChild(tr);
+  }
+}
+
 async function load() {
   const j = await api(`/v1/ops/cases/${encodeURIComponent(caseId)}`);
   const r = j.row;
+  document.body.dataset.tz = r.due_timezone;
   const sum = document.getElementById("summary");
   sum.innerHTML = "<h2></h2><p><span></span> <span class='reason'></span></p><p class='meta'></p>";
   sum.querySelector("h2").textContent = `${r.case_id} (${r.external_id || "no external id"}) · ${r.tenant_id}`;
@@ -46,10 +81,13 @@ async function load() {
   actions.replaceChildren();
   for (const d of j.case.delivery_failed) {
     const b = document.createElement("button");
+    b.className = "resend";
+    b.dataset.delivery = d;
     b.textContent = `Resend delivery ${d}`;
     b.onclick = async () => { await api(`/v1/ops/cases/${encodeURIComponent(caseId)}/deliveries/${encodeURIComponent(d)}/resend`, { method: "POST", body: "{}" }); load(); };
     actions.appendChild(b);
   }
+  assignments(j.assignments);
   const links = document.getElementById("links");
   links.replaceChildren();
   for (const [name, url] of Object.entries(j.links)) {

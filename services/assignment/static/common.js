@@ -17,7 +17,9 @@ async function api(path, options = {}) {
   const resp = await fetch(path, { ...options, headers });
   const err = document.getElementById("error");
   if (!resp.ok) {
-    err.textContent = resp.status === 401 || resp.status === 403 ? "That key may not view this page." : `Error ${resp.status}`;
+    let detail = "";
+    try { detail = (await resp.json()).detail || ""; } catch (e) { detail = ""; }
+    err.textContent = resp.status === 401 || resp.status === 403 ? "That key may not view this page." : `Error ${resp.status}${detail ? `: ${detail}` : ""}`;
     err.hidden = false;
     throw new Error(`HTTP ${resp.status}`);
   }
