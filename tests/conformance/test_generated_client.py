@@ -222,8 +222,15 @@ def test_a_case_end_to_end_with_generated_clients_only(
         assert pdf.status_code == 200 and pdf.content.startswith(b"%PDF-")
 
         hooks = receiver.by_case().get(case_id, [])
-        # At least one verified report.ready (a second one was seen once: open question).
+        # One report.ready message per signed report (one per needed reviewer), each
+        # verified; a retry would repeat its webhook-id, never add another.
         assert hooks and all(h["verified"] for h in hooks), hooks
+        reports = {h["payload"]["data"]["report_id"] for h in hooks}
+        assert len({h["webhook_id"] for h in hooks}) == len(reports), hooks
+        # (a slot withdrawn once the images were known has no report)
+        reported = [a for a in assignments.parsed if str(a.state.value) == "reported"]
+        assert len(reports) == len(reported), (reports, assignments.parsed)
+        assert status.report_id in reports
     finally:
         gone = op(
             notify_pkg, "subscriptions.delete_subscription_v1_subscriptions_sub_id_delete"
