@@ -1,4 +1,5 @@
-"""The clinical scenarios of scenarios.yaml: each one as a native submission, and
+"""The clinical scenarios of scenarios.yaml: each one as a native submission (and,
+for a scenario with `images`, the studies records_fetch would report for it), and
 what its routing, as intake's case status shows it, must and must not contain."""
 
 from __future__ import annotations
@@ -7,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from shared.events import StudySummary
 
 SCENARIOS = Path(__file__).with_name("scenarios.yaml")
 CODED = ("diagnoses", "procedures", "body_sites")
@@ -47,6 +50,29 @@ def submission(sc: dict[str, Any], external_id: str) -> dict[str, Any]:
     return case
 
 
+def studies(sc: dict[str, Any]) -> list[StudySummary]:
+    """The studies of a scenario's `images`, as records.complete summarises them."""
+    return [
+        StudySummary(
+            study_uid=f"1.2.826.0.1.3680043.8.498.{i + 1}",
+            modality=img.get("modality", ""),
+            body_part=img.get("body_part", ""),
+            description=img.get("description", ""),
+            study_date="20261101",
+            instances=int(img.get("instances", 100)),
+        )
+        for i, img in enumerate(sc.get("images", []))
+    ]
+
+
+def expected_stage(sc: dict[str, Any]) -> str:
+    """Where the case stands when it is checked: its records complete once the
+    images are known, else just accepted."""
+    return str(
+        sc.get("expect", {}).get("stage", "records_complete" if "images" in sc else "accepted")
+    )
+
+
 def problems(sc: dict[str, Any], status: dict[str, Any]) -> list[str]:
     """What the case status gets wrong for the scenario (empty: it is right)."""
     want = sc.get("expect", {})
@@ -66,8 +92,9 @@ def problems(sc: dict[str, Any], status: dict[str, Any]) -> list[str]:
         out.append(f"primary is {needs[:1]}, not {want['primary']}")
     if "value" in want and status["second_opinion_value"] != want["value"]:
         out.append(f"value is {status['second_opinion_value']}, not {want['value']}")
-    if status["stage"] != want.get("stage", "accepted"):
-        out.append(f"stage is {status['stage']}, not {want.get('stage', 'accepted')}")
+    if status["stage"] != expected_stage(sc):
+        out.append(f"stage is {status['stage']}, not {expected_stage(sc)}")
+    out += rerouting_problems(want, status.get("reroutes", []))
     for concept, context in want.get("context", {}).items():
         seen = {f["context"] for f in status["findings"] if f["concept"] == concept}
         if context not in seen:
@@ -77,4 +104,23 @@ def problems(sc: dict[str, Any], status: dict[str, Any]) -> list[str]:
         f"reviewer {s['name']} has no reason" for s in status["subspecialties"] if not s["reason"]
     ]
     out += [f"signal {t['name']} has no reason" for t in status["triage"] if not t["reason"]]
+    return out
+
+
+def rerouting_problems(want: dict[str, Any], reroutes: list[dict[str, Any]]) -> list[str]:
+    """The re-check with the images: whether the routing changed, who was added and
+    removed, and that each change says why."""
+    out: list[str] = []
+    if "rerouted" in want and bool(reroutes) != want["rerouted"]:
+        out.append(f"rerouted is {bool(reroutes)}, not {want['rerouted']}")
+    added = {x["name"] for r in reroutes for x in r["added"]}
+    removed = {x["name"] for r in reroutes for x in r["removed"]}
+    out += [f"{n} not added by the images" for n in want.get("added", []) if n not in added]
+    out += [f"{n} not removed by the images" for n in want.get("removed", []) if n not in removed]
+    out += [
+        f"re-check change {x['name']} has no reason"
+        for r in reroutes
+        for x in [*r["added"], *r["removed"]]
+        if not x["reason"]
+    ]
     return out

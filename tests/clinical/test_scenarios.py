@@ -2,7 +2,10 @@
 real stack: each case is submitted with POST /v1/cases and its routing read back
 with GET /v1/cases/{id} (reviewers with their reasons, triage signals, findings
 with their context, needs beyond the tier); one case's `case.accepted` is read
-off the real topic to show the same explanations travel downstream.
+off the real topic to show the same explanations travel downstream. A scenario
+with `images` also gets the `records.complete` records_fetch would publish for
+its studies (DICOM Modality, BodyPartExamined, StudyDescription) on the real
+topic, and is checked once intake has re-checked its routing with them.
 
 A scenario the router gets wrong stays in the suite, marked xfail (strict: a
 fixed one must lose its mark) with the reason (docs/clinical-rules.md)."""
@@ -10,13 +13,16 @@ fixed one must lose its mark) with the reason (docs/clinical-rules.md)."""
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 import pytest_asyncio
 
+from shared.events import ManifestItem, RecordKind, RecordsComplete, RoutingContext
 from tests.clinical import scenarios
-from tests.integration.test_intake_api import DEMO, Intake, accepted_once, ext
+from tests.conftest import eventually
+from tests.integration.test_intake_api import DEMO, Intake, accepted_once, emit, ext
 
 pytestmark = pytest.mark.integration
 SCENARIOS = scenarios.load()
@@ -38,9 +44,32 @@ async def submitted(intake: Intake) -> dict[str, str]:
             body = scenarios.submission(sc, ext(intake, f"clin-{sc['id']}"))
             r = await intake.http.post("/v1/cases", json=body, headers=DEMO)
             assert r.status_code == 201, (sc["id"], r.text)
-            return sc["id"], str(r.json()["case_id"])
+            case_id = str(r.json()["case_id"])
+            if "images" in sc:
+                await images_known(intake, case_id, scenarios.studies(sc))
+            return sc["id"], case_id
 
     return dict(await asyncio.gather(*(submit(sc) for sc in SCENARIOS)))
+
+
+async def images_known(intake: Intake, case_id: str, studies: list[Any]) -> None:
+    """What records_fetch publishes once it has the case's studies."""
+    (accepted,) = await intake.wait_for("case.accepted", case_id)
+    complete = RecordsComplete(
+        case_id=case_id,
+        tenant_id="demo-health",
+        routing=RoutingContext.model_validate(accepted["body"]["routing"]),
+        manifest=[
+            ManifestItem(
+                kind=RecordKind.IMAGING,
+                present=True,
+                count=sum(s.instances for s in studies),
+                studies=studies,
+            )
+        ],
+        completed_at=datetime.now(UTC),
+    )
+    await emit(intake, complete, "records.complete")
 
 
 def test_the_suite_covers_the_field() -> None:
@@ -51,13 +80,25 @@ def test_the_suite_covers_the_field() -> None:
     assert any(any(k in sc for k in scenarios.CODED) for sc in SCENARIOS)
     assert any(sc.get("expect", {}).get("beyond_tier") for sc in SCENARIOS)
     assert any(sc.get("expect", {}).get("not_beyond_tier") for sc in SCENARIOS)
+    images = [sc for sc in SCENARIOS if "images" in sc]
+    assert any(sc["expect"].get("rerouted") for sc in images)
+    assert any(sc["expect"].get("rerouted") is False for sc in images)
 
 
 @pytest.mark.parametrize("sc", [_param(sc) for sc in SCENARIOS])
 async def test_scenario(intake: Intake, submitted: dict[str, str], sc: dict[str, Any]) -> None:
-    r = await intake.http.get(f"/v1/cases/{submitted[sc['id']]}", headers=DEMO)
-    assert r.status_code == 200
-    assert scenarios.problems(sc, r.json()) == []
+    url = f"/v1/cases/{submitted[sc['id']]}"
+
+    async def checked() -> dict[str, Any] | None:
+        r = await intake.http.get(url, headers=DEMO)
+        assert r.status_code == 200
+        status: dict[str, Any] = r.json()
+        known = "images" not in sc or status["stage"] == scenarios.expected_stage(sc)
+        return status if known else None
+
+    status = await eventually(checked) if "images" in sc else await checked()
+    assert status is not None
+    assert scenarios.problems(sc, status) == []
 
 
 async def test_case_accepted_carries_the_routing_explanations(

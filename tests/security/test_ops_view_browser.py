@@ -3,7 +3,7 @@ Debian's Chromium (/usr/bin/chromium, never a downloaded browser) against the
 whole system as processes (`running_stack`), reusing the canary case this tier
 already drives to a delivered report, so the pages are checked on real traces.
 
-- an unassignable case (no cardiology reviewer on the roster) is red with its reason,
+- an unassignable case (no rheumatology reviewer on the demo roster) is red with its reason,
   and its subspecialty is a capacity alert;
 - a case intake holds for human review appears and is released from the page
   (assignment forwards the operator's key to intake, which emits case.accepted);
@@ -118,7 +118,7 @@ def test_stuck_cases_are_red_held_is_released_and_filters_narrow(
     bootstrap = running_stack.infra["kafka_bootstrap"]
     # 1. Unassignable: records complete for a subspecialty nobody on the roster has.
     unassignable = f"case-ops-{uuid.uuid4().hex[:10]}"
-    routing = RoutingContext(subspecialties=["cardiology"], jurisdiction="US-NY")
+    routing = RoutingContext(subspecialties=["rheumatology"], jurisdiction="US-NY")
     publish_now(
         bootstrap,
         RecordsComplete(
@@ -163,11 +163,11 @@ def test_stuck_cases_are_red_held_is_released_and_filters_narrow(
     page.locator(f'tr[data-case-id="{held}"]').wait_for(timeout=30_000)
     assert red.get_attribute("data-state") == "unassignable"
     assert red.get_attribute("data-severity") == "red"
-    assert "no eligible cardiology reviewer" in red.inner_text()
+    assert "no eligible rheumatology reviewer" in red.inner_text()
     assert "rgb(220, 38, 38)" in red.locator(".badge").evaluate(
         "e => getComputedStyle(e).backgroundColor"
     )
-    assert "need cardiology in US-NY: no eligible reviewer" in page.locator("#alerts").inner_text()
+    assert "need rheumatology in US-NY: no eligible reviewer" in page.locator("#alerts").inner_text()
     row = page.locator(f'tr[data-case-id="{held}"]')
     assert row.get_attribute("data-state") == "held_for_review"
     shot(page, "board")
@@ -181,7 +181,7 @@ def test_stuck_cases_are_red_held_is_released_and_filters_narrow(
     )
     assert (
         'assignment_specialty_eligible_reviewers{jurisdiction="US-NY",'
-        'subspecialty="cardiology"} 0.0' in (metrics)
+        'subspecialty="rheumatology"} 0.0' in (metrics)
     )
     # A filter narrows the list.
     before = page.locator("#cases tbody tr").count()
