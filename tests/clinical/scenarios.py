@@ -9,6 +9,7 @@ from typing import Any
 
 import yaml
 
+from services.intake.clinical.rules import load_rules
 from shared.events import StudySummary
 
 SCENARIOS = Path(__file__).with_name("scenarios.yaml")
@@ -50,6 +51,12 @@ def submission(sc: dict[str, Any], external_id: str) -> dict[str, Any]:
     return case
 
 
+def held_by(hold_reason: str) -> set[str]:
+    """The hold signal a case status's hold reason states (signals.yaml `explain`)."""
+    holds = [sig for sig in load_rules().signals.signals if sig.value == "hold"]
+    return {sig.name for sig in holds if hold_reason.startswith(sig.explain)}
+
+
 def studies(sc: dict[str, Any]) -> list[StudySummary]:
     """The studies of a scenario's `images`, as records.complete summarises them."""
     return [
@@ -77,7 +84,8 @@ def problems(sc: dict[str, Any], status: dict[str, Any]) -> list[str]:
     """What the case status gets wrong for the scenario (empty: it is right)."""
     want = sc.get("expect", {})
     needs = [s["name"] for s in status["subspecialties"]]
-    signals = {t["name"] for t in status["triage"]}
+    # A hold signal (not a second opinion) shows as the case's hold reason.
+    signals = {t["name"] for t in status["triage"]} | held_by(status.get("hold_reason", ""))
     beyond = {b["name"] for b in status["beyond_tier"]}
     out = []
     out += [f"reviewer {n} not brought in" for n in want.get("needs", []) if n not in needs]
