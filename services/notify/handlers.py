@@ -297,8 +297,14 @@ def _window_spent(ctx: Notify, delivery: Delivery, now: datetime) -> bool:
 
 
 async def _first_in_line(ctx: Notify, sub: Subscription, delivery: Delivery) -> bool:
+    """Whether `delivery` is the endpoint's oldest pending one. If not, the oldest
+    is made due now: it is the probe the breaker asks for, whatever its own
+    backoff said (else the others would wait, re-checked every lease, until it)."""
     first = await ctx.store.first_pending_sequence(sub.id)
-    return first is None or delivery.sequence is None or delivery.sequence <= first
+    if first is None or delivery.sequence is None or delivery.sequence <= first:
+        return True
+    await ctx.store.bring_forward(sub.id, first, ctx.clock.now())
+    return False
 
 
 async def _admitted(

@@ -151,6 +151,19 @@ class NotifyStore:
         )
         return None if doc is None else int(doc["sequence"])
 
+    async def bring_forward(self, sub_id: str, sequence: int, now: datetime) -> None:
+        """Make the subscription's delivery `sequence` due now (the breaker wants a
+        probe and only the oldest pending delivery may be it)."""
+        await self.deliveries.update_one(
+            {
+                "subscription_id": sub_id,
+                "state": "pending",
+                "sequence": sequence,
+                "next_attempt_at": {"$gt": now},
+            },
+            {"$set": {"next_attempt_at": now, "updated_at": now}},
+        )
+
     async def hold_pending(
         self, sub_id: str, until: datetime, now: datetime, except_id: str = ""
     ) -> None:

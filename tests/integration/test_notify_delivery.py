@@ -280,19 +280,21 @@ def verified(secret: str, headers: dict[str, str], body: bytes) -> dict[str, Any
     return payload
 
 
-async def run_to(ctx: Notify, channels: dict[str, Channel], until: datetime) -> None:
+async def run_to(ctx: Notify, channels: dict[str, Channel], until: datetime) -> int:
     """Dispatch everything due, then move the clock to the next due delivery,
-    until `until` (no real waiting; as many rounds as there are due times)."""
+    until `until` (no real waiting; as many rounds as there are due times).
+    Returns how many deliveries the dispatcher claimed (sent or given back)."""
     clock = ctx.clock
     assert isinstance(clock, ManualClock)
+    claimed = 0
     for _ in range(2000):
-        await dispatch_all(ctx, channels)
+        claimed += await dispatch_all(ctx, channels)
         nxt = await ctx.store.deliveries.find_one(
             {"state": "pending"}, sort=[("next_attempt_at", 1)]
         )
         if nxt is None or nxt["next_attempt_at"] > until:
             clock.set(until)
-            return
+            return claimed
         clock.set(max(clock.now(), nxt["next_attempt_at"]))
     raise AssertionError("the schedule did not settle")
 
@@ -313,11 +315,16 @@ async def test_partner_down_two_days_receives_every_event_in_order_once_back(
     async with transport.webhook_client(5, allow_loopback=True) as client:
         channels: dict[str, Channel] = {"webhook": WebhookChannel(client, settings, clock)}
         # Events keep coming during the outage, one every eight hours, for two days.
+        claimed = 0
         for i, case_id in enumerate(cases):
             await handlers.fan_out(ctx, ready(case_id), meta())
-            await run_to(ctx, channels, start + timedelta(hours=8 * (i + 1)))
+            claimed += await run_to(ctx, channels, start + timedelta(hours=8 * (i + 1)))
         assert clock.now() - start == timedelta(days=2)
         down_requests = len(rx.requests)
+        # What is held waits for the probe, which the oldest held delivery makes
+        # as soon as the breaker allows: the dispatcher does not re-check every
+        # held delivery each lease (5,167 claims over the two days before, 151 now).
+        assert claimed < 400, claimed
         stored = await store.subscription(TENANT, sub.id)
         assert stored.breaker.state in ("open", "half_open")
         assert await store.deliveries.count_documents({"state": "pending"}) == 6

@@ -167,7 +167,9 @@ def test_stuck_cases_are_red_held_is_released_and_filters_narrow(
     assert "rgb(220, 38, 38)" in red.locator(".badge").evaluate(
         "e => getComputedStyle(e).backgroundColor"
     )
-    assert "need rheumatology in US-NY: no eligible reviewer" in page.locator("#alerts").inner_text()
+    assert (
+        "need rheumatology in US-NY: no eligible reviewer" in page.locator("#alerts").inner_text()
+    )
     row = page.locator(f'tr[data-case-id="{held}"]')
     assert row.get_attribute("data-state") == "held_for_review"
     shot(page, "board")
