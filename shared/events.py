@@ -348,6 +348,17 @@ class StudySummary(BaseModel):
     body_part: Clipped64 = ""
 
 
+class ImageLink(BaseModel):
+    """A study the reviewer opens in the review organisation's PACS viewer."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    study_uid: Text64
+    modality: Clipped64 = ""
+    study_date: Text10 = ""
+    description: Clipped200 = ""
+    viewer_url: Annotated[str, Field(max_length=500)]
+
+
 class ManifestItem(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     kind: RecordKind
@@ -364,6 +375,9 @@ class RecordsComplete(Event):
     manifest: Annotated[list[ManifestItem], clip_items(10), MaxLen(10)]
     completed_at: datetime
     override_reason: Clipped1000 = ""
+    # Every study records_fetch imported into the review organisation's PACS, with
+    # the link its viewer opens (none when no review PACS is configured).
+    images: Annotated[list[ImageLink], clip_items(20), MaxLen(20)] = []
 
 
 class RecordsIncomplete(Event):
@@ -397,6 +411,8 @@ class CaseAssigned(Event):
         default="", max_length=10, pattern=r"^(|\d{10})$", description="10-digit NPI"
     )
     reviewer_licence_jurisdiction: Text32 = ""
+    # The case's studies in the review PACS viewer (from records.complete's manifest).
+    images: Annotated[list[ImageLink], clip_items(20), MaxLen(20)] = []
 
 
 class CaseReassigned(Event):

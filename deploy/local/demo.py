@@ -186,11 +186,19 @@ REVIEWERS = [
 ]
 
 
-def play_reviewers(client: httpx.Client, reporting_url: str, done: set[str]) -> None:
-    """Each reviewer submits an opinion on every case assigned to them."""
+def play_reviewers(
+    client: httpx.Client,
+    reporting_url: str,
+    done: set[str],
+    viewers: dict[str, str] | None = None,
+) -> None:
+    """Each reviewer submits an opinion on every case assigned to them (noting, in
+    `viewers`, the review PACS viewer link the assignment gives for the images)."""
     for reviewer in REVIEWERS:
         resp = client.get(f"{reporting_url}/v1/reviewer/assignments", headers=auth(reviewer))
         for a in resp.json() if resp.status_code == 200 else []:
+            if viewers is not None and a.get("images"):
+                viewers.setdefault(a["case_id"], a["images"][0]["viewer_url"])
             if a["case_id"] in done:
                 continue
             r = client.post(
@@ -222,6 +230,7 @@ def render(
     receiver: WebhookReceiver,
     urls: dict[str, str],
     records: dict[str, str] | None = None,
+    viewers: dict[str, str] | None = None,
 ) -> str:
     hooks = receiver.by_case()
     records = records or {}
@@ -240,6 +249,9 @@ def render(
         f"API docs: {urls['intake']}/docs  {urls['reporting']}/docs  {urls['notify']}/docs"
     )
     lines.append(f"SLA dashboard: {urls['assignment']}/dashboard#key={dev_key('ops')}")
+    for c in cases:
+        if link := (viewers or {}).get(c["case_id"]):
+            lines.append(f"Images of {c['case_id']} (review PACS viewer): {link}")
     return "\n".join(lines)
 
 
@@ -294,14 +306,15 @@ def watch(
     """Play the reviewers and print the table until every case is delivered."""
     deadline, last = time.monotonic() + timeout, ""
     reviewed: set[str] = set()
+    viewers: dict[str, str] = {}
     while time.monotonic() < deadline:
-        play_reviewers(client, urls["reporting"], reviewed)
+        play_reviewers(client, urls["reporting"], reviewed, viewers)
         cases = [
             c
             for c in client.get(f"{urls['intake']}/v1/cases", headers=auth("demo-int")).json()
             if c["external_id"] in expected
         ]
-        table = render(cases, receiver, urls, records_progress(client, urls, cases))
+        table = render(cases, receiver, urls, records_progress(client, urls, cases), viewers)
         if table != last:
             print(f"\n[{time.strftime('%H:%M:%S')}]\n{table}", flush=True)
             last = table

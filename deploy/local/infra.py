@@ -41,6 +41,8 @@ Configuration (environment, with defaults)::
     MONGO_PORT          27017
     ORTHANC_HTTP_PORT   8042
     ORTHANC_DICOM_PORT  4242
+    REVIEW_PACS_HTTP_PORT   8043   the review organisation's PACS (a second
+    REVIEW_PACS_DICOM_PORT  4243   Orthanc, with the Web Viewer and WSI viewer)
     FHIR_PORT           8103
     SMTP_PORT           2525
     LOCAL_S3_ACCESS_KEY / LOCAL_S3_SECRET_KEY   local-only S3 credentials
@@ -106,14 +108,15 @@ LOOPBACK = "127.0.0.1"
 # failed the write (one case submission in 10,000): the pool drops its own first.
 MONGO_OPTIONS = "directConnection=true&retryWrites=false&maxIdleTimeMS=240000"
 
-PART_ORDER = ["s3", "kafka", "reaper", "mongo", "pacs", "fhir", "smtp"]
+PART_ORDER = ["s3", "kafka", "reaper", "mongo", "pacs", "review_pacs", "fhir", "smtp"]
 # What `--only` accepts, and which parts each name brings along.
 GROUPS = {
     "kafka": ["s3", "kafka", "reaper"],
     "s3": ["s3"],
     "reaper": ["reaper"],
     "mongo": ["mongo"],
-    "pacs": ["pacs"],
+    "pacs": ["pacs", "review_pacs"],
+    "review_pacs": ["review_pacs"],
     "fhir": ["fhir"],
     "smtp": ["smtp"],
 }
@@ -127,7 +130,16 @@ S3_SECRET_KEY = os.environ.get("LOCAL_S3_SECRET_KEY", "local-dev-secret-key-not-
 SMTP_USERNAME = "notify"
 SMTP_PASSWORD = os.environ.get("LOCAL_SMTP_PASSWORD", "local-dev-smtp-password")
 
-ORTHANC_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+ORTHANC_PLUGINS = Path("/usr/share/orthanc/plugins")
+ORTHANC_PLUGIN = ORTHANC_PLUGINS / "libOrthancDicomWeb.so"
+# The review PACS adds the viewers a reviewer opens: Orthanc Web Viewer (CT, MR, ...)
+# and Orthanc Whole Slide Imaging (tiled slides), both Debian packages.
+REVIEW_PLUGINS = [
+    ORTHANC_PLUGIN,
+    ORTHANC_PLUGINS / "libOrthancWebViewer.so",
+    ORTHANC_PLUGINS / "libOrthancWSI.so",
+]
+ORTHANC_PACKAGES = ["orthanc", "orthanc-dicomweb", "orthanc-webviewer", "orthanc-wsi"]
 # The AE title a loopback DICOM client must use to C-STORE/C-FIND into Orthanc.
 ORTHANC_LOCAL_SCU_AET = os.environ.get("ORTHANC_LOCAL_SCU_AET", "LOCALSCU")
 NODE_MIN_VERSION = (20, 19)  # what @medplum/* 4.5 declares in "engines"
@@ -202,6 +214,8 @@ PORT_NAMES = [
     "mongo",
     "orthanc_http",
     "orthanc_dicom",
+    "review_pacs_http",
+    "review_pacs_dicom",
     "fhir",
     "smtp",
 ]
@@ -227,6 +241,8 @@ def fixed_ports() -> dict[str, int]:
         "mongo": env_port("MONGO_PORT", 27017),
         "orthanc_http": env_port("ORTHANC_HTTP_PORT", 8042),
         "orthanc_dicom": env_port("ORTHANC_DICOM_PORT", 4242),
+        "review_pacs_http": env_port("REVIEW_PACS_HTTP_PORT", 8043),
+        "review_pacs_dicom": env_port("REVIEW_PACS_DICOM_PORT", 4243),
         "fhir": env_port("FHIR_PORT", 8103),
         "smtp": env_port("SMTP_PORT", 2525),
         **weed,
@@ -350,6 +366,9 @@ def endpoints_doc(ports: dict[str, int], mode: str, state: State) -> dict:
             "aet": "ORTHANC",
             "calling_aet": ORTHANC_LOCAL_SCU_AET,
         },
+        # The review organisation's PACS: records_fetch imports complete cases' images
+        # there; reviewers open them in its viewers.
+        "review_pacs_url": f"http://{LOOPBACK}:{ports['review_pacs_http']}",
         "fhir_url": f"http://{LOOPBACK}:{ports['fhir']}",
         "s3_url": f"http://{LOOPBACK}:{ports['s3']}",
         "s3_bucket": S3_BUCKET,
@@ -540,6 +559,20 @@ def pacs_ready(_state: State, ports: dict[str, int]) -> bool:
         return False
     if "dicom-web" not in plugins:
         raise InfraError("Orthanc is up but the DICOMweb plugin is not loaded")
+    return True
+
+
+def review_pacs_ready(_state: State, ports: dict[str, int]) -> bool:
+    base = f"http://{LOOPBACK}:{ports['review_pacs_http']}"
+    if http_status(f"{base}/system") != 200:
+        return False
+    try:
+        plugins = http_json(f"{base}/plugins")
+    except (OSError, ValueError):
+        return False
+    lacking = sorted({"dicom-web", "web-viewer", "wsi"} - set(plugins))
+    if lacking:
+        raise InfraError(f"the review PACS is up without its plugins {', '.join(lacking)}")
     return True
 
 
@@ -747,6 +780,44 @@ def launch_pacs(state: State, ports: dict[str, int]) -> Launch:
     return Launch([str(orthanc_binary()), str(config)], cwd=data)
 
 
+def review_pacs_config(state: State, ports: dict[str, int]) -> dict:
+    """The review organisation's PACS: STOW-RS in from records_fetch, viewers out to
+    reviewers. Loopback only (RemoteAccessAllowed false), like the provider's; in
+    production it sits behind the review organisation's sign-in (docs/records_fetch.md)."""
+    data = state.data("review_pacs")
+    return {
+        "Name": "second-opinion-review",
+        "StorageDirectory": str(data / "storage"),
+        "IndexDirectory": str(data / "storage"),
+        "HttpPort": ports["review_pacs_http"],
+        "DicomPort": ports["review_pacs_dicom"],
+        "DicomAet": "REVIEW",
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False,
+        # No DICOM peers at all: images come in by STOW-RS only.
+        "DicomAlwaysAllowEcho": False,
+        "DicomAlwaysAllowStore": False,
+        "DicomAlwaysAllowFind": False,
+        "DicomAlwaysAllowFindWorklist": False,
+        "DicomAlwaysAllowGet": False,
+        "DicomAlwaysAllowMove": False,
+        "DicomCheckModalityHost": True,
+        "DicomModalities": {},
+        "ExecuteLuaEnabled": False,
+        "Plugins": [str(p) for p in REVIEW_PLUGINS],
+        "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": True},
+        "WebViewer": {"CachePath": str(data / "webviewer-cache"), "CacheSize": 500},
+    }
+
+
+def launch_review_pacs(state: State, ports: dict[str, int]) -> Launch:
+    data = state.data("review_pacs")
+    (data / "storage").mkdir(parents=True, exist_ok=True)
+    config = data / "orthanc.json"
+    config.write_text(json.dumps(review_pacs_config(state, ports), indent=2) + "\n")
+    return Launch([str(orthanc_binary()), str(config)], cwd=data)
+
+
 def launch_fhir(state: State, ports: dict[str, int]) -> Launch:
     return Launch(
         [shutil.which("node") or "node", "server.mjs", "--port", str(ports["fhir"])], cwd=FHIR_DIR
@@ -811,6 +882,14 @@ PARTS = {
         "Orthanc",
         "http://{host}:{orthanc_http} (DICOM {host}:{orthanc_dicom})",
     ),
+    "review_pacs": Part(
+        "review_pacs",
+        launch_review_pacs,
+        review_pacs_ready,
+        ["review_pacs_http", "review_pacs_dicom"],
+        "Orthanc",
+        "http://{host}:{review_pacs_http} (viewers: /web-viewer/, /wsi/)",
+    ),
     "fhir": Part("fhir", launch_fhir, fhir_ready, ["fhir"], "server.mjs", "http://{host}:{fhir}"),
     "smtp": Part(
         "smtp", launch_smtp, smtp_ready, ["smtp"], "smtp_server.py", "smtp://{host}:{smtp}"
@@ -847,22 +926,22 @@ def systemd_running() -> bool:
 
 
 def install_orthanc() -> None:
-    if orthanc_binary() and ORTHANC_PLUGIN.exists():
+    if orthanc_binary() and all(p.exists() for p in REVIEW_PLUGINS):
         return
     if os.geteuid() != 0:
         raise InfraError(
             "Orthanc is missing; run `install` as root "
-            "(it runs apt-get install orthanc orthanc-dicomweb)"
+            f"(it runs apt-get install {' '.join(ORTHANC_PACKAGES)})"
         )
     print("installing Orthanc (apt) ...", flush=True)
-    apt = ["apt-get", "install", "-y", "--no-install-recommends", "orthanc", "orthanc-dicomweb"]
+    apt = ["apt-get", "install", "-y", "--no-install-recommends", *ORTHANC_PACKAGES]
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     if run(apt, env=env).returncode != 0:
         # A fresh machine or image may have no package lists yet.
         run(["apt-get", "update"], env=env)
         if run(apt, env=env).returncode != 0:
             raise InfraError(
-                "apt-get install orthanc orthanc-dicomweb failed (see the output above)"
+                f"apt-get install {' '.join(ORTHANC_PACKAGES)} failed (see the output above)"
             )
     if systemd_running():
         # The package enables a system-wide Orthanc on 8042/4242 (all
@@ -904,7 +983,7 @@ def install_fhir() -> None:
 
 def install(parts: list[str]) -> None:
     install_python_binaries(parts)
-    if "pacs" in parts:
+    if "pacs" in parts or "review_pacs" in parts:
         install_orthanc()
     if "fhir" in parts:
         install_fhir()

@@ -128,6 +128,8 @@ def service_env(paths: Paths, endpoints: dict[str, str], ports: dict[str, int]) 
         "RECORDS_FETCH_S3_SECRET_ACCESS_KEY": endpoints["s3_secret_access_key"],
         "RECORDS_FETCH_SPOOL_DIR": str(paths.root / "records-spool"),
         "RECORDS_FETCH_RECORDS_DIR": str(paths.root / "records"),
+        # Complete cases' images are imported into the review PACS (reviewers' viewer).
+        "RECORDS_FETCH_REVIEW_PACS_URL": endpoints.get("review_pacs_url", ""),
         "REPORTING_KEY_DIR": str(paths.root / "keys"),
         # A retrieval killed mid-way is taken up again after one lease (renewed while alive).
         "RECORDS_FETCH_LEASE_SECONDS": os.environ.get("RECORDS_FETCH_LEASE_SECONDS", "10"),

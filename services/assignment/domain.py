@@ -19,6 +19,7 @@ those already fired, so a restart recomputes exactly what is still due.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
@@ -31,6 +32,7 @@ from shared.events import (
     CaseReassigned,
     CaseUnassignable,
     Event,
+    ImageLink,
     RoutingContext,
     SlaBreached,
     SlaWarning,
@@ -322,6 +324,8 @@ class Assignment(BaseModel):
     reported_at: datetime | None = None
     turnaround_hours: float | None = None
     traceparent: str = ""
+    # The case's studies in the review PACS viewer (records.complete's manifest).
+    images: list[ImageLink] = []
 
 
 def slot_id_for(case_id: str, subspecialty: str) -> str:
@@ -394,6 +398,7 @@ def _offer(
             reviewer_npi=d.reviewer.npi,
             # choose_reviewer only picks a reviewer licensed where the patient is.
             reviewer_licence_jurisdiction=a.routing.jurisdiction,
+            images=a.images,
         )
     ]
 
@@ -406,9 +411,11 @@ def open_assignment(
     now: datetime,
     policy: SlaPolicy,
     pool: Pool,
+    images: Sequence[ImageLink] = (),
 ) -> tuple[Assignment, list[Event]]:
     """A new assignment for one subspecialty of a case whose records are complete:
-    the review clock starts now."""
+    the review clock starts now. `images`: the case's studies in the review PACS
+    viewer, which the offer (case.assigned) carries to the reviewer."""
     a = Assignment(
         slot_id=slot_id_for(case_id, subspecialty),
         case_id=case_id,
@@ -417,6 +424,7 @@ def open_assignment(
         routing=routing,
         state="unassignable",
         clock=start_clock(routing, now, policy),
+        images=list(images),
     )
     events = _offer(a, now, policy, pool)
     return settle(a, policy), events

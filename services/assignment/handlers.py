@@ -95,7 +95,7 @@ async def assign_case(
             outbox += resumed
             continue
         a, events = domain.open_assignment(
-            event.case_id, event.tenant_id, routing, subspecialty, now, policy, pool
+            event.case_id, event.tenant_id, routing, subspecialty, now, policy, pool, event.images
         )
         a.traceparent = current_traceparent()
         entries = _wrap(events, a.traceparent)
@@ -156,8 +156,10 @@ async def follow_route(
             _, entries = await mutate(store, slot, event_id, _reopening(routing, now, policy, pool))
             outbox += entries
             continue
+        # A subspecialty the images brought in: the same studies as the case's others.
+        images = next((s.images for s in slots.values() if s.images), [])
         a, events = domain.open_assignment(
-            case_id, routing_tenant(slots), routing, sub, now, policy, pool
+            case_id, routing_tenant(slots), routing, sub, now, policy, pool, images
         )
         a.traceparent = current_traceparent()
         entries = _wrap(events, a.traceparent)

@@ -22,6 +22,7 @@ from services.records_fetch import archive as archives
 from services.records_fetch import handlers
 from services.records_fetch.domain import ProviderRegistry, RetryPolicy
 from services.records_fetch.retrieval import Retrieval
+from services.records_fetch.review_pacs import ReviewPacs
 from services.records_fetch.settings import RecordsFetchSettings
 from services.records_fetch.store import FetchStore
 from shared import providers
@@ -43,6 +44,19 @@ class OverrideIn(BaseModel):
 
 def load_registry(settings: RecordsFetchSettings) -> ProviderRegistry:
     return providers.load_registry(settings.providers_file)
+
+
+def review_pacs(settings: RecordsFetchSettings) -> ReviewPacs | None:
+    """The review PACS client (its own connection pool: a STOW of a slide can be long)."""
+    if not settings.review_pacs_url:
+        return None
+    base = settings.review_pacs_url.rstrip("/")
+    return ReviewPacs(
+        httpx.AsyncClient(timeout=httpx.Timeout(30.0, write=600.0), follow_redirects=False),
+        base,
+        (settings.review_viewer_url or base).rstrip("/"),
+        settings.review_issuer,
+    )
 
 
 def create_service(
@@ -75,7 +89,7 @@ def create_service(
             await asyncio.to_thread(s3.ensure_bucket, create=settings.dev_mode)
 
         service.on_startup(bucket_ready)
-    ctx = Retrieval(store, client, load_registry(settings), archive)
+    ctx = Retrieval(store, client, load_registry(settings), archive, review_pacs(settings))
     policy = RetryPolicy(
         base_seconds=settings.retry_base_seconds,
         max_delay_seconds=settings.retry_max_delay_seconds,
@@ -139,6 +153,8 @@ def _retrieval(
             )
         finally:
             await ctx.client.aclose()
+            if ctx.review is not None:
+                await ctx.review.client.aclose()
 
     _routes(service, store, wake)
 

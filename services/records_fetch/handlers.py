@@ -13,18 +13,21 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from services.records_fetch import domain, retrieval
 from services.records_fetch.retrieval import Retrieval
+from services.records_fetch.review_pacs import IMPORT_FAILURES, ReviewImportFailed
 from services.records_fetch.store import CLAIMABLE, FetchStore
 from shared.auth import Principal
 from shared.envelope import EventMeta, OutboxEntry, outbox_entry
 from shared.errors import Conflict, NotFound
 from shared.events import (
     CaseAccepted,
+    ImageLink,
     RecordsComplete,
     RecordsIncomplete,
     RecordsRequested,
@@ -32,6 +35,8 @@ from shared.events import (
 )
 from shared.store import Doc
 from shared.telemetry import attach_traceparent, current_traceparent, detach, quiet
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -151,13 +156,23 @@ async def conclude(
         ctx.store, doc, attempt.unreachable, attempt.instances, attempt.identifier_refused
     )
     retrieved, progress = attempt.take_pending()  # the providers' results, in this one write
+    now = ctx.store.clock.now()
+    if manifest.complete and ctx.review is not None:
+        try:
+            instances = await ctx.store.instance_states(doc["_id"])
+            images = await ctx.review.import_case(ctx.store, ctx.archive, doc, instances, now)
+        except ReviewImportFailed as exc:
+            await _import_later(ctx, policy, doc, manifest, retrieved, progress, str(exc))
+            return
+    else:
+        images = []
     fields: Doc = {
         **retrieved,
         "manifest": manifest.model_dump(mode="json"),
         "lease_until": ctx.store.clock.now(),
     }
     if manifest.complete:
-        event: Any = _complete_event(doc, manifest, ctx.store.clock.now())
+        event: Any = _complete_event(doc, manifest, ctx.store.clock.now(), images=images)
         fields |= {"state": "complete", "due_at": None, "completed_at": event.completed_at}
     else:
         event, next_at = _incomplete_event(doc, manifest, policy, ctx.store.clock.now())
@@ -171,8 +186,40 @@ async def conclude(
     await ctx.store.finish_if(doc["_id"], CLAIMABLE, fields, [*progress, entry])
 
 
+async def _import_later(
+    ctx: Retrieval,
+    policy: domain.RetryPolicy,
+    doc: Doc,
+    manifest: domain.CompletenessManifest,
+    retrieved: Doc,
+    progress: list[OutboxEntry],
+    why: str,
+) -> None:
+    """The records are complete but the review PACS did not take them: try again
+    with backoff (it is our own system: no human decision, no limit; an alert
+    watches records_fetch_review_import_failures_total)."""
+    n = int(doc.get("import_attempt", 0)) + 1
+    now = ctx.store.clock.now()
+    log.warning("import into the review PACS failed (attempt %d): %s", n, why)
+    IMPORT_FAILURES.inc()
+    fields: Doc = {
+        **retrieved,
+        "manifest": manifest.model_dump(mode="json"),
+        "state": "importing",
+        "import_attempt": n,
+        "import_error": why,
+        "due_at": now + policy.delay(n),
+        "lease_until": now,
+    }
+    await ctx.store.finish_if(doc["_id"], CLAIMABLE, fields, progress)
+
+
 def _complete_event(
-    doc: Doc, manifest: domain.CompletenessManifest, now: datetime, override_reason: str = ""
+    doc: Doc,
+    manifest: domain.CompletenessManifest,
+    now: datetime,
+    override_reason: str = "",
+    images: list[ImageLink] | None = None,
 ) -> RecordsComplete:
     return RecordsComplete(
         case_id=doc["_id"],
@@ -181,6 +228,7 @@ def _complete_event(
         manifest=manifest.items,
         completed_at=now,
         override_reason=override_reason,
+        images=images or [],
     )
 
 
@@ -260,7 +308,11 @@ def progress_view(doc: Doc) -> dict[str, Any]:
         "case_id": doc["_id"],
         "state": doc["state"],
         "attempt": doc.get("attempt", 0),
-        "next_retry_at": doc.get("due_at") if doc["state"] == "incomplete" else None,
+        "next_retry_at": (
+            doc.get("due_at") if doc["state"] in ("incomplete", "importing") else None
+        ),
+        # Complete, but the review PACS has not taken the images yet (retried).
+        "import_error": doc.get("import_error", "") if doc["state"] == "importing" else "",
         "instances": doc.get("progress", {}),
         "providers": [
             {k: p.get(k) for k in ("provider_id", "kinds", "state", "reason")}

@@ -20,6 +20,7 @@ from services.records_fetch import dicom, domain, multipart, providers
 from services.records_fetch.archive import Archive, IncomingFile
 from services.records_fetch.domain import InstanceCheck, InstanceState
 from services.records_fetch.identifiers import FOREIGN_REFUSED, RefusedIdentifier
+from services.records_fetch.review_pacs import ReviewPacs
 from services.records_fetch.store import FetchStore
 from shared.aio import gather_all
 from shared.clock import SYSTEM_CLOCK, Clock
@@ -39,6 +40,8 @@ class Retrieval:
     client: httpx.AsyncClient
     registry: domain.ProviderRegistry
     archive: Archive
+    # The review organisation's PACS the complete case's images go to (None: none).
+    review: ReviewPacs | None = None
 
 
 @dataclass

@@ -35,6 +35,14 @@ class RecordsFetchSettings(ServiceSettings):
     s3_access_key_id: str = ""
     s3_secret_access_key: SecretStr = SecretStr("")
     spool_dir: Path = REPO_ROOT / ".run" / "records-spool"
+    # The review organisation's PACS: a complete case's images are imported there
+    # (STOW-RS, reconciled as IHE IRWF.b does) and the reviewer's assignment links
+    # to its viewer. review_pacs_url is its REST root (DICOMweb under /dicom-web);
+    # review_viewer_url the root the reviewer's browser reaches (default: the same);
+    # review_issuer the review organisation's Issuer of Patient ID. Empty: no import.
+    review_pacs_url: str = ""
+    review_viewer_url: str = ""
+    review_issuer: str = "SECOND-OPINION-REVIEW"
     # Re-requests of missing items: base * 2^(attempt-1), capped, then a human decides.
     retry_base_seconds: float = 30.0
     retry_max_delay_seconds: float = 3600.0
@@ -59,3 +67,8 @@ class RecordsFetchSettings(ServiceSettings):
             )
         if self.archive == "s3" and self.s3_endpoint.startswith("http://"):
             raise InsecureSettings("RECORDS_FETCH_S3_ENDPOINT over http:// outside DEV_MODE")
+        for name in ("review_pacs_url", "review_viewer_url"):
+            if getattr(self, name).startswith("http://"):
+                raise InsecureSettings(
+                    f"RECORDS_FETCH_{name.upper()} over http:// outside DEV_MODE"
+                )

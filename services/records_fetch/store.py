@@ -30,7 +30,8 @@ from shared.store import (
     with_outbox,
 )
 
-CLAIMABLE = ["requested", "retrieving", "incomplete"]
+# importing: the records are complete; the review PACS has yet to take the images.
+CLAIMABLE = ["requested", "retrieving", "incomplete", "importing"]
 
 
 def instance_id(case_id: str, sop_uid: str) -> str:

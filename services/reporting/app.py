@@ -32,6 +32,7 @@ from shared.events import (
     CaseAccepted,
     CaseAssigned,
     CaseReassigned,
+    ImageLink,
     RecordsComplete,
     partner_topic,
 )
@@ -46,6 +47,8 @@ class OpenAssignment(BaseModel):
     assignment_id: str
     subspecialty: str
     due_at: datetime
+    # The case's studies, each a link to the review PACS viewer.
+    images: list[ImageLink] = []
 
 
 class Submitted(BaseModel):
@@ -123,6 +126,7 @@ def _reviewer_routes(service: Service, ctx: Reporting) -> None:
                 assignment_id=c.assignment_id,
                 subspecialty=c.subspecialty,
                 due_at=c.due_at,
+                images=c.images,
             )
             for c in copies
         ]

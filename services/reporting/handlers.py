@@ -123,6 +123,7 @@ async def record_assignment(ctx: Reporting, event: CaseAssigned, meta: EventMeta
         due_at=event.due_at,
         received_at=ctx.clock.now(),
         traceparent=current_traceparent(),
+        images=event.images,
     )
     await ctx.store.record_assignment(copy, meta.event_id)
 

@@ -30,7 +30,13 @@ from pymongo.asynchronous.collection import AsyncCollection
 from services.reporting.domain import CaseDetails, OpinionDraft
 from services.reporting.signing import Signature
 from shared.envelope import OutboxEntry
-from shared.events import CaseSubmittedFirstOpinion, CaseSubmittedPatient, Coding, ManifestItem
+from shared.events import (
+    CaseSubmittedFirstOpinion,
+    CaseSubmittedPatient,
+    Coding,
+    ImageLink,
+    ManifestItem,
+)
 from shared.store import WITHOUT_OUTBOX, Doc, apply_once, insert_with_outbox, update_if
 
 
@@ -65,6 +71,8 @@ class AssignmentCopy(Stored):
     report_id: str = ""
     withdrawn: bool = False
     draft: OpinionDraft | None = None
+    # Where the reviewer opens the case's studies (the review PACS viewer).
+    images: list[ImageLink] = []
 
 
 class CaseRecord(Stored):
@@ -146,6 +154,7 @@ _FROM_EVENT = {
     "due_at",
     "received_at",
     "traceparent",
+    "images",
 }
 
 

@@ -163,7 +163,9 @@ async def test_multi_specialist_decline_pause_report_and_metrics(
 
     parts = await inproc_assignments(svc, case_id)
     by_sub = {a["subspecialty"]: a for a in parts}
-    assert by_sub["pathology"]["reviewer_id"] == "rev-path-1"
+    # Two idle pathologists are licensed in US-CA (rev-path-1, rev-hemepath-1): the
+    # tie goes to the lower reviewer id (domain.choose_reviewer).
+    assert by_sub["pathology"]["reviewer_id"] == "rev-hemepath-1"
     neuro = by_sub["neuroradiology"]
     assert neuro["reviewer_id"] == "rev-neuro-1"
     (alone,) = await inproc_assignments(svc, lonely)
@@ -232,7 +234,7 @@ async def test_multi_specialist_decline_pause_report_and_metrics(
         case_id=case_id,
         tenant_id="demo-health",
         report_id="r-1",
-        reviewer_id="rev-path-1",
+        reviewer_id=path["reviewer_id"],
         assignment_id=path["assignment_id"],
         concordance="confirmed",
     )
