@@ -47,3 +47,19 @@ def test_a_reviewer_licensed_in_time_clears_it() -> None:
         f"assignment_specialty_eligible_reviewers{{{labels}}}": "0x10 1x30",
     }
     assert alerts_fired(series, 30, ALERT, KEYS) == set()
+
+
+IMPORT = ("ReviewPacsImportFailing",)
+
+
+def test_a_review_pacs_refusing_imports_for_twenty_minutes_fires() -> None:
+    failing = {'records_fetch_review_import_failures_total{namespace="router"}': "0+2x60"}
+    assert alerts_fired(failing, 15, IMPORT, ("namespace", "severity")) == set()
+    assert alerts_fired(failing, 35, IMPORT, ("namespace", "severity")) == {
+        ("ReviewPacsImportFailing", "router", "critical")
+    }
+
+
+def test_one_failed_import_that_the_retry_cured_does_not() -> None:
+    blip = {'records_fetch_review_import_failures_total{namespace="router"}': "0x5 1x55"}
+    assert alerts_fired(blip, 40, IMPORT, ("namespace", "severity")) == set()
