@@ -11,7 +11,10 @@ server for records_fetch's records):
   /dicom-web/servers/source/retrieve`: the server peer);
 * records_fetch: a case opened and one attempt run (`handlers.run_due`: QIDO,
   series-level WADO-RS streamed into the archive, checks, records in Mongo,
-  the manifest), in a fresh process each time, whose peak RSS is reported.
+  the manifest), in a fresh process each time, whose peak RSS is reported;
+  then, in the same process, the study imported into the second Orthanc as the
+  review PACS (`review_pacs.py`: IRWF.b reconciliation, STOW-RS streamed from
+  the archive), timed on its own, with the peak RSS after it.
 
 Then the crash figure: records_fetch SIGKILLed half-way through the largest CT
 and run again on the same case; the second run must fetch only what the first
@@ -51,6 +54,9 @@ SPECS = {
     "ct1000": lambda: studies.ct(1000),
     "mr4": lambda: studies.mr_brain(4, 40),
     "j2k": lambda: studies.ct(100, compressed=True),
+    # A whole-slide image of about 1 GB: 46,080 x 46,080 at level 0 (0.76 GB in one
+    # instance), 3 levels, 256x256 JPEG tiles.
+    "wsi1g": lambda: studies.wsi(46_080, 46_080, levels=3),
 }
 
 
@@ -108,14 +114,33 @@ async def child(args: argparse.Namespace) -> dict[str, Any]:
         assert await handlers.run_due(ctx, policy, lease_seconds=600)
         seconds = time.perf_counter() - start
         states = await store.instance_states(args.case)
+        rss_retrieval = peak_rss_mib()
+        imported = await import_into_review(args, store, ctx, states) if args.review else {}
     await mongo.close()
     return {
+        **imported,
+        "rss_retrieval_mib": rss_retrieval,
         "seconds": seconds,
         "received": sum(1 for d in states.values() if d["state"] == "received"),
         "corrupt": sum(1 for d in states.values() if d["state"] == "corrupt"),
         "bytes": sum(d.get("size", 0) for d in states.values()),
         "peak_rss_mib": peak_rss_mib(),
     }
+
+
+async def import_into_review(
+    args: argparse.Namespace, store: Any, ctx: Any, states: dict[str, Any]
+) -> dict[str, Any]:
+    """The retrieved study imported into the review PACS (review_pacs.py: reconciled,
+    STOW-RS, streamed from the archive), timed on its own."""
+    from services.records_fetch.review_pacs import ReviewPacs
+
+    doc = await store.get(args.case)
+    async with httpx.AsyncClient(timeout=httpx.Timeout(60.0, write=600.0)) as client:
+        review = ReviewPacs(client, args.review, args.review, "BENCH-REVIEW")
+        start = time.perf_counter()
+        images = await review.import_case(store, ctx.archive, doc, states, store.clock.now())
+        return {"import_seconds": time.perf_counter() - start, "imported_studies": len(images)}
 
 
 def child_archive(args: argparse.Namespace) -> Any:
@@ -139,7 +164,9 @@ def peak_rss_mib() -> float:
     return int(line.split()[1]) / 1024
 
 
-def child_argv(env: dict[str, Any], patient: str, case: str, db: str, archive: Path) -> list[str]:
+def child_argv(
+    env: dict[str, Any], patient: str, case: str, db: str, archive: Path, review: str = ""
+) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -157,12 +184,15 @@ def child_argv(env: dict[str, Any], patient: str, case: str, db: str, archive: P
         db,
         "--archive",
         str(archive),
+        *(["--review", review] if review else []),
     ]
 
 
-def ours(env: dict[str, Any], patient: str, work: Path) -> dict[str, Any]:
+def ours(env: dict[str, Any], patient: str, work: Path, review: str = "") -> dict[str, Any]:
     tag = uuid.uuid4().hex[:8]
-    argv = child_argv(env, patient, f"case-{tag}", f"bench_imaging_{tag}", work / f"a-{tag}")
+    argv = child_argv(
+        env, patient, f"case-{tag}", f"bench_imaging_{tag}", work / f"a-{tag}", review
+    )
     out = subprocess.run(argv, cwd=ROOT, check=True, capture_output=True, text=True).stdout
     shutil.rmtree(work / f"a-{tag}", ignore_errors=True)
     return dict(json.loads(out.strip().splitlines()[-1]))
@@ -321,21 +351,34 @@ def run(args: argparse.Namespace) -> None:
             spec = SPECS[name]()
             patient = f"BENCH-{uuid.uuid4().hex[:8]}"
             t = time.perf_counter()
-            count, _ = studies.upload(env["orthanc_url"], studies.instances(spec, patient))
+            if isinstance(spec, studies.SlideSpec):  # written to disk, uploaded streamed
+                paths = studies.write_slide(spec, patient, work / "slide")
+                count, _ = studies.upload_files(env["orthanc_url"], paths)
+                shutil.rmtree(work / "slide")
+            else:
+                count, _ = studies.upload(env["orthanc_url"], studies.instances(spec, patient))
             uid = studies.study_uid_of(env["orthanc_url"], patient)
             print(f"\n{spec.name}: {count} instances stored ({time.perf_counter() - t:.0f} s)")
             rounds = [curl(env, uid) for _ in range(args.rounds)]
             c_sec, size = min(rounds)
             rate = mbps(size, c_sec)
             print(f"  curl study-level WADO-RS    {rate:8.1f} MB/s  ({size / 1e6:.0f} MB)")
-            mine = [ours(env, patient, work) for _ in range(args.rounds)]
+            mine = [ours(env, patient, work, peer) for _ in range(args.rounds)]
             best = min(mine, key=lambda r: r["seconds"])
             assert best["received"] == count, best
             ratio = c_sec / best["seconds"]
             print(
                 f"  records_fetch (+checks)     {mbps(size, best['seconds']):8.1f} MB/s"
-                f"  = {ratio:.2f} of curl; peak RSS {max(r['peak_rss_mib'] for r in mine):.0f} MiB"
+                f"  = {ratio:.2f} of curl; peak RSS "
+                f"{max(r['rss_retrieval_mib'] for r in mine):.0f} MiB"
             )
+            if peer:
+                fastest = min(r["import_seconds"] for r in mine)
+                print(
+                    f"  records_fetch review import {mbps(size, fastest):8.1f} MB/s"
+                    f"  (IRWF.b, STOW-RS); peak RSS with it "
+                    f"{max(r['peak_rss_mib'] for r in mine):.0f} MiB"
+                )
             if not args.no_dicomweb_client:
                 d_sec, n = dicomweb_client(env, uid)
                 assert n == count
@@ -373,6 +416,7 @@ def main() -> None:
         "--s3-endpoint",
         "--s3-bucket",
         "--s3-prefix",
+        "--review",
     ):
         parser.add_argument(opt, help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -739,62 +739,23 @@ def launch_mongo(state: State, ports: dict[str, int]) -> Launch:
     return Launch(argv, cwd=data)
 
 
-def orthanc_config(state: State, ports: dict[str, int]) -> dict:
-    storage = state.data("pacs") / "storage"
+def _orthanc(name: str, data: Path, http: int, dicom: int, aet: str) -> dict:
+    """What both Orthancs share: storage under `data`, loopback-only HTTP, no DICOM
+    peer but those a caller adds, no Lua."""
+    storage = data / "storage"
     return {
-        "Name": "second-opinion-local",
+        "Name": name,
         "StorageDirectory": str(storage),
         "IndexDirectory": str(storage),
-        "HttpPort": ports["orthanc_http"],
-        "DicomPort": ports["orthanc_dicom"],
-        "DicomAet": "ORTHANC",
+        "HttpPort": http,
+        "DicomPort": dicom,
+        "DicomAet": aet,
         # Orthanc 1.10 has no bind address and listens on all interfaces.
         # RemoteAccessAllowed=false refuses HTTP from anything but loopback,
         # which is what makes running without authentication acceptable.
         "RemoteAccessAllowed": False,
         "AuthenticationEnabled": False,
-        # DICOM: refuse unknown peers; only the registered loopback AE may
-        # talk to it (its Port is only used if Orthanc sends to it).
-        "DicomAlwaysAllowEcho": False,
-        "DicomAlwaysAllowStore": False,
-        "DicomAlwaysAllowFind": False,
-        "DicomAlwaysAllowFindWorklist": False,
-        "DicomAlwaysAllowGet": False,
-        "DicomAlwaysAllowMove": False,
-        "DicomCheckModalityHost": True,
-        "DicomModalities": {
-            "local": {"AET": ORTHANC_LOCAL_SCU_AET, "Host": LOOPBACK, "Port": 11112}
-        },
-        "ExecuteLuaEnabled": False,
-        "Plugins": [str(ORTHANC_PLUGIN)],
-        "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": True},
-    }
-
-
-def launch_pacs(state: State, ports: dict[str, int]) -> Launch:
-    data = state.data("pacs")
-    (data / "storage").mkdir(parents=True, exist_ok=True)
-    config = data / "orthanc.json"
-    # Regenerated on every start: ports may differ between runs.
-    config.write_text(json.dumps(orthanc_config(state, ports), indent=2) + "\n")
-    return Launch([str(orthanc_binary()), str(config)], cwd=data)
-
-
-def review_pacs_config(state: State, ports: dict[str, int]) -> dict:
-    """The review organisation's PACS: STOW-RS in from records_fetch, viewers out to
-    reviewers. Loopback only (RemoteAccessAllowed false), like the provider's; in
-    production it sits behind the review organisation's sign-in (docs/records_fetch.md)."""
-    data = state.data("review_pacs")
-    return {
-        "Name": "second-opinion-review",
-        "StorageDirectory": str(data / "storage"),
-        "IndexDirectory": str(data / "storage"),
-        "HttpPort": ports["review_pacs_http"],
-        "DicomPort": ports["review_pacs_dicom"],
-        "DicomAet": "REVIEW",
-        "RemoteAccessAllowed": False,
-        "AuthenticationEnabled": False,
-        # No DICOM peers at all: images come in by STOW-RS only.
+        # DICOM: refuse unknown peers; only registered AEs may talk to it.
         "DicomAlwaysAllowEcho": False,
         "DicomAlwaysAllowStore": False,
         "DicomAlwaysAllowFind": False,
@@ -804,18 +765,59 @@ def review_pacs_config(state: State, ports: dict[str, int]) -> dict:
         "DicomCheckModalityHost": True,
         "DicomModalities": {},
         "ExecuteLuaEnabled": False,
-        "Plugins": [str(p) for p in REVIEW_PLUGINS],
         "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": True},
-        "WebViewer": {"CachePath": str(data / "webviewer-cache"), "CacheSize": 500},
     }
 
 
-def launch_review_pacs(state: State, ports: dict[str, int]) -> Launch:
+def orthanc_config(state: State, ports: dict[str, int]) -> dict:
+    """The provider's PACS (what records_fetch retrieves from)."""
+    config = _orthanc(
+        "second-opinion-local",
+        state.data("pacs"),
+        ports["orthanc_http"],
+        ports["orthanc_dicom"],
+        "ORTHANC",
+    )
+    # The one loopback AE that may C-STORE/C-FIND (its Port is only used if
+    # Orthanc sends to it).
+    config["DicomModalities"] = {
+        "local": {"AET": ORTHANC_LOCAL_SCU_AET, "Host": LOOPBACK, "Port": 11112}
+    }
+    config["Plugins"] = [str(ORTHANC_PLUGIN)]
+    return config
+
+
+def review_pacs_config(state: State, ports: dict[str, int]) -> dict:
+    """The review organisation's PACS: STOW-RS in from records_fetch, viewers out to
+    reviewers, no DICOM peers at all. Loopback only, like the provider's; in
+    production it sits behind the review organisation's sign-in (docs/records_fetch.md)."""
     data = state.data("review_pacs")
+    config = _orthanc(
+        "second-opinion-review",
+        data,
+        ports["review_pacs_http"],
+        ports["review_pacs_dicom"],
+        "REVIEW",
+    )
+    config["Plugins"] = [str(p) for p in REVIEW_PLUGINS]
+    config["WebViewer"] = {"CachePath": str(data / "webviewer-cache"), "CacheSize": 500}
+    return config
+
+
+def _launch_orthanc(data: Path, config: dict) -> Launch:
     (data / "storage").mkdir(parents=True, exist_ok=True)
-    config = data / "orthanc.json"
-    config.write_text(json.dumps(review_pacs_config(state, ports), indent=2) + "\n")
-    return Launch([str(orthanc_binary()), str(config)], cwd=data)
+    path = data / "orthanc.json"
+    # Regenerated on every start: ports may differ between runs.
+    path.write_text(json.dumps(config, indent=2) + "\n")
+    return Launch([str(orthanc_binary()), str(path)], cwd=data)
+
+
+def launch_pacs(state: State, ports: dict[str, int]) -> Launch:
+    return _launch_orthanc(state.data("pacs"), orthanc_config(state, ports))
+
+
+def launch_review_pacs(state: State, ports: dict[str, int]) -> Launch:
+    return _launch_orthanc(state.data("review_pacs"), review_pacs_config(state, ports))
 
 
 def launch_fhir(state: State, ports: dict[str, int]) -> Launch:
