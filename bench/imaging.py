@@ -84,6 +84,7 @@ async def child(args: argparse.Namespace) -> dict[str, Any]:
     )
     async with httpx.AsyncClient(timeout=60, follow_redirects=False) as client:
         ctx = Retrieval(store, client, registry, child_archive(args))
+        slide = args.slide == "1"  # a whole-slide study: asked for as pathology
         if not args.resume:
             event = CaseAccepted.model_validate(
                 {
@@ -91,15 +92,15 @@ async def child(args: argparse.Namespace) -> dict[str, Any]:
                     "tenant_id": TENANT,
                     "external_id": "bench",
                     "routing": {
-                        "subspecialties": ["thoracic_imaging"],
+                        "subspecialties": ["pathology" if slide else "thoracic_imaging"],
                         "jurisdiction": "US-CA",
-                        "service_tier": "imaging_reread",
+                        "service_tier": "pathology_rereview" if slide else "imaging_reread",
                     },
                     "records": [
                         {
                             "provider_id": "pacs",
                             "patient_id": args.patient,
-                            "kinds": ["imaging"],
+                            "kinds": ["pathology" if slide else "imaging"],
                             "authorized": True,
                         }
                     ],
@@ -165,7 +166,13 @@ def peak_rss_mib() -> float:
 
 
 def child_argv(
-    env: dict[str, Any], patient: str, case: str, db: str, archive: Path, review: str = ""
+    env: dict[str, Any],
+    patient: str,
+    case: str,
+    db: str,
+    archive: Path,
+    review: str = "",
+    slide: bool = False,
 ) -> list[str]:
     return [
         sys.executable,
@@ -185,13 +192,16 @@ def child_argv(
         "--archive",
         str(archive),
         *(["--review", review] if review else []),
+        *(["--slide", "1"] if slide else []),
     ]
 
 
-def ours(env: dict[str, Any], patient: str, work: Path, review: str = "") -> dict[str, Any]:
+def ours(
+    env: dict[str, Any], patient: str, work: Path, review: str = "", slide: bool = False
+) -> dict[str, Any]:
     tag = uuid.uuid4().hex[:8]
     argv = child_argv(
-        env, patient, f"case-{tag}", f"bench_imaging_{tag}", work / f"a-{tag}", review
+        env, patient, f"case-{tag}", f"bench_imaging_{tag}", work / f"a-{tag}", review, slide
     )
     out = subprocess.run(argv, cwd=ROOT, check=True, capture_output=True, text=True).stdout
     shutil.rmtree(work / f"a-{tag}", ignore_errors=True)
@@ -363,7 +373,8 @@ def run(args: argparse.Namespace) -> None:
             c_sec, size = min(rounds)
             rate = mbps(size, c_sec)
             print(f"  curl study-level WADO-RS    {rate:8.1f} MB/s  ({size / 1e6:.0f} MB)")
-            mine = [ours(env, patient, work, peer) for _ in range(args.rounds)]
+            slide = isinstance(spec, studies.SlideSpec)
+            mine = [ours(env, patient, work, peer, slide) for _ in range(args.rounds)]
             best = min(mine, key=lambda r: r["seconds"])
             assert best["received"] == count, best
             ratio = c_sec / best["seconds"]
@@ -417,6 +428,7 @@ def main() -> None:
         "--s3-bucket",
         "--s3-prefix",
         "--review",
+        "--slide",
     ):
         parser.add_argument(opt, help=argparse.SUPPRESS)
     args = parser.parse_args()
