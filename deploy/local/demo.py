@@ -29,6 +29,7 @@ from standardwebhooks import Webhook
 from deploy.local import seed, stack
 
 TENANT = "demo-health"
+HERE = Path(__file__).resolve().parent
 
 
 def dev_key(key_id: str) -> str:
@@ -175,15 +176,9 @@ async def publish_case(bootstrap: str, tenant: str, case: dict[str, Any]) -> Non
         await producer.stop()
 
 
-REVIEWERS = [
-    "rev-neuro-1",
-    "rev-neuro-2",
-    "rev-body-1",
-    "rev-msk-1",
-    "rev-path-1",
-    "rev-onc-1",
-    "rev-gen-1",
-]
+# Every reviewer of the demo roster (each has a development key in
+# dev-credentials.json): a case assigned to any of them is played.
+REVIEWERS = [r["reviewer_id"] for r in json.loads((HERE / "roster.json").read_text())]
 
 
 def play_reviewers(
