@@ -74,6 +74,8 @@ class Driver:
         self.client = httpx.AsyncClient(
             timeout=60, limits=httpx.Limits(max_connections=32, max_keepalive_connections=32)
         )
+        # Assignments answered (every reviewer of a case reports, as in a real
+        # multi-reviewer case; one opinion per case left the others open for ever).
         self._reviewed: set[str] = set()
 
     async def close(self) -> None:
@@ -138,7 +140,7 @@ class Driver:
             tasks.append(asyncio.create_task(self.submit_one(run, case, gate)))
         await asyncio.gather(*tasks)
 
-    async def _review(self, run: Run, reviewer: str, case_id: str) -> None:
+    async def _review(self, run: Run, reviewer: str, case_id: str, assignment_id: str) -> None:
         try:
             resp = await self.client.post(
                 f"{self.urls['reporting']}/v1/cases/{case_id}/opinion",
@@ -146,15 +148,15 @@ class Driver:
                 headers=auth(reviewer),
             )
         except httpx.HTTPError:
-            self._reviewed.discard(case_id)  # try again on the next pass
+            self._reviewed.discard(assignment_id)  # try again on the next pass
             return
         if resp.status_code in (201, 409):
             run.reported.setdefault(case_id, time.time())
         else:
-            self._reviewed.discard(case_id)
+            self._reviewed.discard(assignment_id)
 
     async def play_reviewers(self, run: Run, stop: asyncio.Event) -> None:
-        """Each reviewer opens their list and submits an opinion on every new case.
+        """Each reviewer opens their list and submits an opinion on every new assignment.
         A failed request must not end the loop: the cases would wait forever.
         Lists are read twice a second: often enough for the figures (the report
         hop starts at the opinion's submission), rarely enough that the harness
@@ -169,12 +171,12 @@ class Driver:
                 except httpx.HTTPError:
                     continue
                 fresh = [
-                    a["case_id"]
+                    (a["case_id"], a["assignment_id"])
                     for a in (resp.json() if resp.status_code == 200 else [])
-                    if a["case_id"] not in self._reviewed
+                    if a["assignment_id"] not in self._reviewed
                 ]
-                self._reviewed.update(fresh)
-                await asyncio.gather(*(self._review(run, reviewer, c) for c in fresh))
+                self._reviewed.update(a for _, a in fresh)
+                await asyncio.gather(*(self._review(run, reviewer, c, a) for c, a in fresh))
             await asyncio.sleep(REVIEWER_POLL_SECONDS)
 
     async def wait_delivered(self, run: Run, within: float) -> bool:

@@ -347,10 +347,11 @@ def _dashboard(w: Wiring) -> None:
         store, timedelta(days=settings.turnaround_window_days), settings.reported_refresh_seconds
     )
 
-    async def snapshot(*, fresh: bool = True) -> Dashboard:
+    async def snapshot(*, fresh: bool = True, open_: list[Assignment] | None = None) -> Dashboard:
         now = w.clock.now()
         with quiet():
-            open_ = await store.open_assignments()
+            if open_ is None:
+                open_ = await store.open_assignments()
             reported = await reported_cache.get(now, fresh=fresh)
             roster, load = await store.roster(), await store.active_load()
         COLLECTOR.snapshot = summarize(open_, reported, roster, load, policy, now)
@@ -377,8 +378,11 @@ def _dashboard(w: Wiring) -> None:
                             store, policy, w.clock.now(), reoffer_batch=settings.reoffer_batch
                         )
                     )
-                await snapshot(fresh=False)
-                await w.ops.board(Filters())  # the operations gauges
+                # One read of the open assignments for both (the pass's largest read).
+                with quiet():
+                    open_ = await store.open_assignments()
+                await snapshot(fresh=False, open_=open_)
+                await w.ops.board(Filters(), open_)  # the operations gauges
             except Exception as exc:  # database or broker down: next pass retries
                 log.warning("timer pass failed: %s", type(exc).__name__)
             TICKS.inc()

@@ -147,11 +147,13 @@ class OpsView:
             reason=a.reason,
         )
 
-    async def board(self, filters: Filters) -> Board:
+    async def board(self, filters: Filters, open_: list[Assignment] | None = None) -> Board:
+        """The board; `open_`: the open assignments when the caller has just read them."""
         now = self.service.clock.now()
         with quiet():
             cases = await self.ops.open_cases()
-            open_ = await self.store.open_assignments()
+            if open_ is None:
+                open_ = await self.store.open_assignments()
             roster, load = await self.store.roster(), await self.store.active_load()
         by_case: dict[str, list[LiveSlot]] = defaultdict(list)
         for a in open_:
