@@ -548,8 +548,8 @@ def smtp_ready(state: State, ports: dict[str, int]) -> bool:
         return False
 
 
-def pacs_ready(_state: State, ports: dict[str, int]) -> bool:
-    base = f"http://{LOOPBACK}:{ports['orthanc_http']}"
+def _orthanc_ready(port: int, plugins_wanted: set[str], what: str) -> bool:
+    base = f"http://{LOOPBACK}:{port}"
     if http_status(f"{base}/system") != 200:
         return False
     # Orthanc starts without a plugin it cannot load; catch that here.
@@ -557,23 +557,19 @@ def pacs_ready(_state: State, ports: dict[str, int]) -> bool:
         plugins = http_json(f"{base}/plugins")
     except (OSError, ValueError):
         return False
-    if "dicom-web" not in plugins:
-        raise InfraError("Orthanc is up but the DICOMweb plugin is not loaded")
+    lacking = sorted(plugins_wanted - set(plugins))
+    if lacking:
+        raise InfraError(f"{what} is up without its plugins {', '.join(lacking)}")
     return True
+
+
+def pacs_ready(_state: State, ports: dict[str, int]) -> bool:
+    return _orthanc_ready(ports["orthanc_http"], {"dicom-web"}, "Orthanc (the provider's PACS)")
 
 
 def review_pacs_ready(_state: State, ports: dict[str, int]) -> bool:
-    base = f"http://{LOOPBACK}:{ports['review_pacs_http']}"
-    if http_status(f"{base}/system") != 200:
-        return False
-    try:
-        plugins = http_json(f"{base}/plugins")
-    except (OSError, ValueError):
-        return False
-    lacking = sorted({"dicom-web", "web-viewer", "wsi"} - set(plugins))
-    if lacking:
-        raise InfraError(f"the review PACS is up without its plugins {', '.join(lacking)}")
-    return True
+    wanted = {"dicom-web", "web-viewer", "wsi"}
+    return _orthanc_ready(ports["review_pacs_http"], wanted, "the review PACS")
 
 
 def fhir_ready(_state: State, ports: dict[str, int]) -> bool:
