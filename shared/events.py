@@ -411,7 +411,7 @@ class CaseAssigned(Event):
         default="", max_length=10, pattern=r"^(|\d{10})$", description="10-digit NPI"
     )
     reviewer_licence_jurisdiction: Text32 = ""
-    # The case's studies in the review PACS viewer (from records.complete's manifest).
+    # The case's studies in the review PACS viewer (from records.complete's images).
     images: Annotated[list[ImageLink], clip_items(20), MaxLen(20)] = []
 
 

@@ -324,7 +324,7 @@ class Assignment(BaseModel):
     reported_at: datetime | None = None
     turnaround_hours: float | None = None
     traceparent: str = ""
-    # The case's studies in the review PACS viewer (records.complete's manifest).
+    # The case's studies in the review PACS viewer (records.complete's images).
     images: list[ImageLink] = []
 
 

@@ -162,20 +162,20 @@ async def conclude(
             instances = await ctx.store.instance_states(doc["_id"])
             images = await ctx.review.import_case(ctx.store, ctx.archive, doc, instances, now)
         except ReviewImportFailed as exc:
-            await _import_later(ctx, policy, doc, manifest, retrieved, progress, str(exc))
+            await _import_later(ctx, policy, doc, manifest, retrieved, progress, str(exc), now)
             return
     else:
         images = []
     fields: Doc = {
         **retrieved,
         "manifest": manifest.model_dump(mode="json"),
-        "lease_until": ctx.store.clock.now(),
+        "lease_until": now,
     }
     if manifest.complete:
-        event: Any = _complete_event(doc, manifest, ctx.store.clock.now(), images=images)
+        event: Any = _complete_event(doc, manifest, now, images=images)
         fields |= {"state": "complete", "due_at": None, "completed_at": event.completed_at}
     else:
-        event, next_at = _incomplete_event(doc, manifest, policy, ctx.store.clock.now())
+        event, next_at = _incomplete_event(doc, manifest, policy, now)
         fields |= {
             "state": "incomplete" if next_at else "awaiting_override",
             "attempt": event.attempt,
@@ -194,12 +194,12 @@ async def _import_later(
     retrieved: Doc,
     progress: list[OutboxEntry],
     why: str,
+    now: datetime,
 ) -> None:
     """The records are complete but the review PACS did not take them: try again
     with backoff (it is our own system: no human decision, no limit; an alert
     watches records_fetch_review_import_failures_total)."""
     n = int(doc.get("import_attempt", 0)) + 1
-    now = ctx.store.clock.now()
     log.warning("import into the review PACS failed (attempt %d): %s", n, why)
     IMPORT_FAILURES.inc()
     fields: Doc = {

@@ -38,7 +38,13 @@ from prometheus_client import Counter
 from services.records_fetch import domain
 from services.records_fetch.archive import Archive
 from services.records_fetch.domain import InstanceState
-from services.records_fetch.reconcile import Reconciled, ReviewIdentity, identity_for, reconciled
+from services.records_fetch.reconcile import (
+    Reconciled,
+    ReconcileError,
+    ReviewIdentity,
+    identity_for,
+    reconciled,
+)
 from services.records_fetch.store import FetchStore
 from shared.events import ImageLink
 from shared.store import Doc
@@ -100,7 +106,11 @@ class ReviewPacs:
         prepared: list[tuple[Doc, Reconciled]] = []
         for inst in batch:
             mine = dataclasses.replace(who, source=str(inst.get("provider_id", "")))
-            prepared.append((inst, await asyncio.to_thread(_prepare, archive, inst, mine, now)))
+            try:
+                rec = await asyncio.to_thread(_prepare, archive, inst, mine, now)
+            except ReconcileError as exc:  # retried and shown like an outage, not a crash
+                raise ReviewImportFailed(f"instance {inst.get('sop_uid', '?')}: {exc}") from None
+            prepared.append((inst, rec))
         opening = b"--%s\r\nContent-Type: application/dicom\r\n\r\n" % boundary.encode()
         closing = b"--%s--\r\n" % boundary.encode()
         length = sum(len(opening) + r.size + 2 for _, r in prepared) + len(closing)
@@ -177,8 +187,11 @@ def _batches(todo: list[Doc]) -> Iterator[list[Doc]]:
 
 def _prepare(archive: Archive, inst: Doc, who: ReviewIdentity, now: datetime) -> Reconciled:
     sha = inst["sha256"]
+    # The size recorded when the file was archived (content-addressed: it cannot have
+    # changed); asking the archive is a HEAD per instance on S3.
+    size = int(inst.get("size") or archive.size(sha))
     with archive.open(sha) as reader:
-        return reconciled(reader, archive.size(sha), who, now)
+        return reconciled(reader, size, who, now)
 
 
 async def _body(
@@ -217,7 +230,8 @@ def _stored(resp: httpx.Response, sent: list[str]) -> list[str]:
             f"review PACS stored {len(stored)} of {len(sent)} instances "
             f"(HTTP {resp.status_code}, failure reasons {', '.join(reasons) or 'not given'})"
         )
-    return [s for s in stored if s in set(sent)]
+    wanted = set(sent)
+    return [s for s in stored if s in wanted]
 
 
 def _items(obj: Any, tag: str) -> list[dict[str, Any]]:

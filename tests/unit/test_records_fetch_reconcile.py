@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 from datetime import UTC, datetime
+from pathlib import Path
 
 import httpx
 import pydicom
@@ -17,6 +18,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
 from services.records_fetch import reconcile, review_pacs
+from services.records_fetch.archive import LocalArchive
 from services.records_fetch.reconcile import ReconcileError, ReviewIdentity
 
 NOW = datetime(2026, 12, 4, 9, 30, tzinfo=UTC)
@@ -210,3 +212,32 @@ def test_a_study_opens_on_its_slide_series_else_its_largest() -> None:
         {"study_uid": "2", "series_uid": "slide", "sop_class": review_pacs.domain.WSI_SOP_CLASS},
     ]
     assert review_pacs._viewer_series(received) == {"1": ("axial", False), "2": ("slide", True)}
+
+
+async def test_an_archived_file_that_cannot_be_reconciled_is_a_retried_import_error(
+    tmp_path: Path,
+) -> None:
+    """A damaged archive file ends the import with an error naming the instance (the
+    case waits in `importing` and is retried, as for an outage), not an exception
+    that kills the attempt; nothing is sent to the PACS."""
+    archive = LocalArchive(tmp_path / "archive")
+    incoming = archive.incoming()
+    incoming.write(b"not a dicom file" * 10)
+    sha, _ = archive.commit(incoming)
+    sent: list[httpx.Request] = []
+
+    def pacs(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(200)
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(pacs))
+    review = review_pacs.ReviewPacs(client, "http://review", "http://review", "ORG")
+    inst = {"sop_uid": "1.2.3", "study_uid": "1", "series_uid": "a", "sha256": sha, "size": 160}
+    batch = [{**inst, "state": "received", "provider_id": "pacs"}]
+    who = reconcile.identity_for("case-0123456789abcdef0123", "ORG", "")
+    with pytest.raises(
+        review_pacs.ReviewImportFailed, match=r"instance 1\.2\.3: .*not a readable DICOM"
+    ):
+        await review._stow(archive, batch, who, NOW)
+    assert sent == []
+    await client.aclose()
