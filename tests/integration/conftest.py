@@ -10,9 +10,16 @@ import pytest
 import pytest_asyncio
 from pymongo.asynchronous.database import AsyncDatabase
 
+from deploy.local import seed
 from shared.store import Doc, connect
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def clinic_pid(infra: dict[str, Any]) -> str:
+    """A patient at the real FHIR peer with clinical records (one per module)."""
+    return seed.seed_fhir(infra["fhir_url"], "Test", "Pat", "1970-01-01")
 
 
 @pytest_asyncio.fixture(loop_scope="session")

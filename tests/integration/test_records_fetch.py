@@ -249,11 +249,6 @@ def seeded_patient(
     return pid
 
 
-@pytest.fixture(scope="module")
-def clinic_pid(infra: dict[str, Any]) -> str:
-    return seed.seed_fhir(infra["fhir_url"], "Test", "Pat", "1970-01-01")
-
-
 async def attempt(ctx: Retrieval, event: CaseAccepted) -> Doc:
     """Run one due retrieval attempt of the case and return its document."""
     assert await handlers.run_due(ctx, FAST, lease_seconds=60)

@@ -27,7 +27,6 @@ from PIL import Image
 from pymongo.asynchronous.database import AsyncDatabase
 
 from bench import studies
-from deploy.local import seed
 from services.records_fetch import handlers
 from services.records_fetch.review_pacs import ReviewPacs
 from shared.store import Doc
@@ -52,11 +51,6 @@ WADO_ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 async def client() -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(timeout=30, follow_redirects=False) as c:
         yield c
-
-
-@pytest.fixture(scope="module")
-def clinic_pid(infra: dict[str, Any]) -> str:
-    return seed.seed_fhir(infra["fhir_url"], "Test", "Pat", "1970-01-01")
 
 
 class Counting(httpx.AsyncBaseTransport):
