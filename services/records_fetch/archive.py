@@ -28,12 +28,13 @@ Instance records are written only after their file is published.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
@@ -47,41 +48,46 @@ BATCH_CONCURRENCY = 8
 
 class IncomingFile:
     """One file being streamed in: written (and hashed) chunk by chunk, under a
-    temporary name in the spool directory."""
+    temporary name in the spool directory.
 
-    def __init__(self, spool: Path, *, hash_as_written: bool = True, durable: bool = True) -> None:
+    Written either by its caller (`write`) or by a `SpoolWriter`'s thread; in the
+    second case every method that reads or ends the file first waits until what
+    was handed to the writer is on the page cache (`settle`)."""
+
+    def __init__(self, spool: Path, *, durable: bool = True) -> None:
         spool.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(dir=spool, suffix=".part")
         self.path = Path(name)
         self._file: BinaryIO = os.fdopen(fd, "wb")
-        # Hashing as the bytes arrive costs the event loop as much as the parse; a
-        # series' parts are hashed instead by their check's worker thread (`rehash`).
-        self._hash: hashlib._Hash | None = hashlib.sha256() if hash_as_written else None
-        self._digest = ""
+        self._hash = hashlib.sha256()
         # A spool file that is uploaded elsewhere need not reach this disk durably.
         self._durable = durable
         self.size = 0
+        # Set by a SpoolWriter: done once the writer has written and flushed it all.
+        self.written: Future[None] | None = None
+        self._failed: BaseException | None = None  # a SpoolWriter's write of it failed
 
     def write(self, data: bytes) -> None:
-        self._file.write(data)
-        if self._hash is not None:
-            self._hash.update(data)
+        self._put(data)
         self.size += len(data)
 
-    def rehash(self) -> str:
-        """Hash what is on disk (after `flush`), in the caller's thread."""
-        h = hashlib.sha256()
-        with open(self.path, "rb") as f:
-            while block := f.read(1 << 20):
-                h.update(block)
-        self._digest = h.hexdigest()
-        return self._digest
+    def _put(self, data: bytes | bytearray) -> None:
+        self._file.write(data)
+        self._hash.update(data)
+
+    def settle(self) -> None:
+        """Wait until a SpoolWriter has written everything handed to it (re-raises
+        its failure); immediate for a file written by its caller."""
+        if self.written is not None:
+            self.written.result()
 
     def flush(self) -> None:
         """Hand what was written to the OS (readable by the checks; not yet durable)."""
+        self.settle()
         self._file.flush()
 
     def fsync(self) -> None:
+        self.settle()
         if not self._file.closed:
             self._file.flush()
             if self._durable:
@@ -90,8 +96,7 @@ class IncomingFile:
 
     @property
     def sha256(self) -> str:
-        if self._hash is None:
-            return self._digest or self.rehash()
+        self.settle()
         return self._hash.hexdigest()
 
     def close(self) -> str:
@@ -102,9 +107,78 @@ class IncomingFile:
         return self.sha256
 
     def discard(self) -> None:
+        if self.written is not None:
+            wait([self.written])  # its failure, if any, is moot: the file goes
         if not self._file.closed:
             self._file.close()
         self.path.unlink(missing_ok=True)
+
+
+class SpoolWriter:
+    """The writing of one stream's parts (a series-level WADO-RS answer) in a
+    thread of its own, so that the event loop only parses: the copy into the page
+    cache and the sha256 (both release the GIL) run beside the parse and the
+    checks, and each part is hashed as it is written, never read back for it.
+
+    Chunks are gathered into writes of WRITE_BYTES; at most PENDING_BYTES are
+    handed over and not yet written (`drained` waits), so memory stays bounded by
+    that, whatever the size of the study or of one instance."""
+
+    WRITE_BYTES = 1 << 20
+    PENDING_BYTES = 16 << 20
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="spool-writer")
+        self._buffer = bytearray()
+        self._pending: list[tuple[Future[None], int]] = []
+        self._pending_bytes = 0
+
+    def write(self, incoming: IncomingFile, data: bytes) -> None:
+        incoming.size += len(data)
+        self._buffer += data
+        if len(self._buffer) >= self.WRITE_BYTES:
+            self._hand_over(incoming, flush=False)
+
+    def end(self, incoming: IncomingFile) -> None:
+        """The part is complete: its last bytes are written and flushed, after which
+        `incoming.written` is done (readable by a check thread)."""
+        incoming.written = self._hand_over(incoming, flush=True)
+
+    async def drained(self) -> None:
+        """Back-pressure: wait (off the event loop) while too much is still unwritten."""
+        self._pending = [(f, n) for f, n in self._pending if not f.done()]
+        self._pending_bytes = sum(n for _, n in self._pending)
+        while self._pending_bytes > self.PENDING_BYTES:
+            oldest, n = self._pending.pop(0)
+            await asyncio.wrap_future(oldest)
+            self._pending_bytes -= n
+
+    def close(self) -> None:
+        """Finish what was handed over (the pool's thread ends with it)."""
+        self._pool.shutdown(wait=True)
+
+    def _hand_over(self, incoming: IncomingFile, *, flush: bool) -> Future[None]:
+        data, self._buffer = self._buffer, bytearray()
+        job = self._pool.submit(_write_part, incoming, data, flush)
+        self._pending.append((job, len(data)))
+        self._pending_bytes += len(data)
+        return job
+
+
+def _write_part(incoming: IncomingFile, data: bytearray, flush: bool) -> None:
+    """A SpoolWriter thread's job: one write (and its hashing); the part's last one
+    flushes it to the OS. Once a write of the part failed, every later job of it
+    fails the same way, so the part's last job (`incoming.written`) carries it."""
+    if incoming._failed is not None:
+        raise incoming._failed
+    try:
+        if data:
+            incoming._put(data)
+        if flush:
+            incoming._file.flush()
+    except BaseException as exc:
+        incoming._failed = exc
+        raise
 
 
 class Reader(Protocol):
@@ -116,7 +190,7 @@ class Reader(Protocol):
 class Archive(Protocol):
     """The content-addressed store every reader and writer of archived files uses."""
 
-    def incoming(self, *, hash_as_written: bool = True) -> IncomingFile:
+    def incoming(self) -> IncomingFile:
         """A new spool file to stream into."""
         ...
 
@@ -163,8 +237,8 @@ class LocalArchive:
     def path_for(self, sha256: str) -> Path:
         return self.root / content_key(sha256)
 
-    def incoming(self, *, hash_as_written: bool = True) -> IncomingFile:
-        return IncomingFile(self.root / "tmp", hash_as_written=hash_as_written)
+    def incoming(self) -> IncomingFile:
+        return IncomingFile(self.root / "tmp")
 
     def location(self, sha256: str) -> str:
         return str(self.path_for(sha256))
@@ -260,8 +334,8 @@ class S3Archive:
             if code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
                 raise
 
-    def incoming(self, *, hash_as_written: bool = True) -> IncomingFile:
-        return IncomingFile(self.spool, hash_as_written=hash_as_written, durable=False)
+    def incoming(self) -> IncomingFile:
+        return IncomingFile(self.spool, durable=False)
 
     def commit(self, incoming: IncomingFile) -> tuple[str, str]:
         sha = incoming.close()

@@ -125,17 +125,23 @@ class MultipartReader:
         self._state = _State.BODY
         return True
 
+    def _take(self, n: int) -> bytes:
+        """The buffer's first n bytes, copied once (a slice of a bytearray would be
+        copied twice)."""
+        with memoryview(self._buf) as view:
+            return bytes(view[:n])
+
     def _body(self, events: list[Event]) -> bool:
         at = self._buf.find(self._delimiter)
         if at < 0:
             # Keep back what could be the start of a delimiter split across chunks.
             safe = len(self._buf) - len(self._delimiter) + 1
             if safe > 0:
-                events.append(PartData(bytes(self._buf[:safe])))
+                events.append(PartData(self._take(safe)))
                 del self._buf[:safe]
             return False
         if at:
-            events.append(PartData(bytes(self._buf[:at])))
+            events.append(PartData(self._take(at)))
         del self._buf[: at + len(self._delimiter)]
         events.append(PartEnd())
         self._state = _State.AFTER_DELIMITER

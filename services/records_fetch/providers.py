@@ -7,6 +7,7 @@ client is built with follow_redirects=False); failures of the peer are
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -14,7 +15,7 @@ from typing import Any, Generic, TypeVar
 import httpx
 
 from services.records_fetch import identifiers, multipart
-from services.records_fetch.archive import Archive, IncomingFile
+from services.records_fetch.archive import Archive, IncomingFile, SpoolWriter
 from services.records_fetch.domain import FHIR_TYPES, within_base
 from services.records_fetch.identifiers import FOREIGN_REFUSED
 from shared.errors import ProviderUnavailable, UnregisteredEndpoint
@@ -251,9 +252,11 @@ async def stream_series(
     client: httpx.AsyncClient, base: str, study_uid: str, series_uid: str, archive: Archive
 ) -> AsyncIterator[IncomingFile]:
     """WADO-RS one whole series, parsed as it arrives: each part is streamed into its
-    own intake file and yielded once its closing delimiter has been read (complete,
-    flushed, not yet fsynced or committed). Memory is bounded by the reader's
-    buffer (one network chunk), whatever the series' size.
+    own intake file and yielded once its closing delimiter has been read (its bytes
+    handed to the stream's SpoolWriter, which writes and hashes them in its own
+    thread: `incoming.settle()` waits for that; not yet fsynced or committed).
+    Memory is bounded by the reader's buffer and the writer's pending bytes,
+    whatever the series' size.
 
     Raises SeriesRefused when the PACS answers 4xx (no series-level retrieval),
     MultipartError when the body is malformed or cut (the parts already yielded
@@ -261,6 +264,7 @@ async def stream_series(
     uids = [identifiers.dicom_uid(u) for u in (study_uid, series_uid)]
     url = "{}/studies/{}/series/{}".format(base, *uids)
     incoming: IncomingFile | None = None
+    writer = SpoolWriter()
     try:
         async with client.stream("GET", url, headers={"Accept": WADO_ACCEPT}) as resp:
             _check_status(resp)
@@ -272,19 +276,22 @@ async def stream_series(
             async for chunk in resp.aiter_bytes():
                 for event in reader.feed(chunk):
                     if isinstance(event, multipart.PartStart):
-                        incoming = archive.incoming(hash_as_written=False)
+                        incoming = archive.incoming()
                     elif isinstance(event, multipart.PartData) and incoming is not None:
-                        incoming.write(event.data)  # into the page cache: microseconds
+                        writer.write(incoming, event.data)
                     elif isinstance(event, multipart.PartEnd) and incoming is not None:
-                        incoming.flush()
+                        writer.end(incoming)
                         done, incoming = incoming, None
                         yield done
+                await writer.drained()
             reader.close()
     except httpx.TransportError as exc:
         raise _unavailable(exc) from None
     finally:
         if incoming is not None:  # a part cut off: never committed
+            writer.end(incoming)
             incoming.discard()
+        await asyncio.to_thread(writer.close)
 
 
 async def _stream_first_part(resp: httpx.Response, incoming: IncomingFile) -> None:

@@ -410,11 +410,12 @@ CHECKS_IN_FLIGHT = 16
 DECODE_EVERY = 8
 
 
-def _hash_and_inspect(
+def _inspect_part(
     incoming: IncomingFile, study_uid: str, series_uid: str, patient_id: str, decode: bool
 ) -> tuple[str, InstanceCheck]:
-    """A worker thread's share of one streamed part: its sha256 and its checks."""
-    incoming.rehash()
+    """A worker thread's share of one streamed part: its checks, once the stream's
+    writer has written it (and hashed it, as it wrote)."""
+    incoming.settle()
     return dicom.inspect_series_part(
         incoming.path, study_uid, series_uid, patient_id, decode=decode
     )
@@ -475,7 +476,7 @@ async def retrieve_series(
             n += 1
             check = asyncio.ensure_future(
                 asyncio.to_thread(
-                    _hash_and_inspect, incoming, study_uid, series_uid, rec.patient_id, decode
+                    _inspect_part, incoming, study_uid, series_uid, rec.patient_id, decode
                 )
             )
             batch.append(_Part(incoming, check))
