@@ -142,15 +142,18 @@ class Driver:
 
     async def _review(self, run: Run, reviewer: str, case_id: str, assignment_id: str) -> None:
         try:
+            # Addressed by assignment: one reviewer can hold two of a case (a
+            # haematopathologist is also a pathologist), which the case-addressed
+            # route refuses with 409 (that 409 read as "done" left them open).
             resp = await self.client.post(
-                f"{self.urls['reporting']}/v1/cases/{case_id}/opinion",
+                f"{self.urls['reporting']}/v1/assignments/{assignment_id}/opinion",
                 json=opinion(),
                 headers=auth(reviewer),
             )
         except httpx.HTTPError:
             self._reviewed.discard(assignment_id)  # try again on the next pass
             return
-        if resp.status_code in (201, 409):
+        if resp.status_code in (201, 409):  # 409: this assignment was reported already
             run.reported.setdefault(case_id, time.time())
         else:
             self._reviewed.discard(assignment_id)

@@ -196,8 +196,8 @@ def play_reviewers(
                 viewers.setdefault(a["case_id"], a["images"][0]["viewer_url"])
             if a["case_id"] in done:
                 continue
-            r = client.post(
-                f"{reporting_url}/v1/cases/{a['case_id']}/opinion",
+            r = client.post(  # by assignment: a reviewer may hold two on one case
+                f"{reporting_url}/v1/assignments/{a['assignment_id']}/opinion",
                 json=opinion(),
                 headers=auth(reviewer),
             )

@@ -21,6 +21,14 @@ from secantus import SecantusDBServer
 
 # SecantusDB's own default, kept explicit: infra.MONGO_OPTIONS is derived from it.
 IDLE_CLOSE_SECONDS = 300.0
+# How often expired TTL-indexed documents are deleted. SecantusDB's sweep reads and
+# decodes every document of every TTL-indexed collection, holding the store's lock
+# (MongoDB's TTL monitor walks the index instead). The only TTL index here is the
+# audit trail's retention, counted in years, while the audit collections grow with
+# every API call: swept every second, as this stack first did, the sweep was a
+# third of the server's CPU three minutes into a soak and grew with the data
+# (docs/performance.md). Hourly enforces a retention of years to within the hour.
+TTL_SWEEP_SECONDS = 3600.0
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -35,6 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # SecantusDB closes a connection idle this long; clients must drop theirs sooner
     # (infra.MONGO_OPTIONS maxIdleTimeMS), or they reuse one the server has closed.
     parser.add_argument("--client-idle-timeout", type=float, default=IDLE_CLOSE_SECONDS)
+    parser.add_argument("--ttl-sweep-seconds", type=float, default=TTL_SWEEP_SECONDS)
     parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
 
@@ -49,8 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         host=args.host,
         port=args.port,
         storage_path=args.storage_path,
-        # Expire TTL-indexed documents within about a second, like tests expect.
-        ttl_sweep_seconds=1,
+        ttl_sweep_seconds=args.ttl_sweep_seconds,
         # configureFailPoint lets any client that reaches the port break
         # every connection: keep it off, as mongod does.
         enable_test_commands=False,

@@ -84,9 +84,13 @@ async def assign_case(
     # The routing re-checked with the images (case.rerouted) if it came first.
     routing, outbox = await store.route(event.case_id) or event.routing, []
     slots = {s: domain.slot_id_for(event.case_id, s) for s in domain.needed_subspecialties(routing)}
-    # Roster, reviewers' load and the case's existing slots: one round trip's wait.
-    roster, load, existing = await asyncio.gather(
-        store.roster(), store.active_load(), _existing(store, list(slots.values()))
+    existing = await _existing(store, list(slots.values()))
+    # The roster and the reviewers' load only when a slot is to be opened: a
+    # redelivered records.complete (every slot open already) must not cost the
+    # load's read, which grows with the work in flight.
+    missing = set(slots.values()) - existing
+    roster, load = (
+        await asyncio.gather(store.roster(), store.active_load()) if missing else ([], {})
     )
     pool = Pool(roster, load)
     for subspecialty, slot in slots.items():
@@ -245,9 +249,18 @@ async def close_assignment(
             for a in await store.find({"case_id": event.case_id})
             if a.reviewer_id == event.reviewer_id
         ]
+    freed: set[str] = set()  # slots this delivery closed (none for a redelivery)
+
+    def closing(a: Assignment) -> tuple[Assignment, list[Event]]:
+        if a.state in domain.ACTIVE_STATES:
+            freed.add(a.slot_id)
+        return domain.close(a, now, policy), []
+
     for s in slots:
-        await mutate(store, s, meta.event_id, lambda a: (domain.close(a, now, policy), []))
-    return await reoffer_waiting(store, policy, now, reoffer_batch)
+        await mutate(store, s, meta.event_id, closing)
+    # Only capacity this delivery freed goes to the waiting ones: a redelivered
+    # report.submitted must not cost a re-offer pass (the roster and the load).
+    return await reoffer_waiting(store, policy, now, reoffer_batch) if freed else []
 
 
 async def reoffer_waiting(
@@ -264,6 +277,8 @@ async def reoffer_waiting(
     moves one to the back of the queue, so cases no reviewer can take do not hold
     the places of cases that only waited for capacity, and every waiting case is
     tried within a few passes."""
+    if not await store.any_waiting():  # the common case: nothing waits, nothing to read
+        return []
     roster, load = await asyncio.gather(store.roster(), store.active_load())
     room = domain.open_subspecialties(Pool(roster, load))
     if subspecialties is not None:

@@ -153,6 +153,10 @@ class AssignmentStore:
         docs = await self.assignments.find(query, WITHOUT_OUTBOX).to_list(limit)
         return [Assignment.model_validate(d) for d in docs]
 
+    async def any_waiting(self) -> bool:
+        """Whether any assignment waits for a reviewer (`unassignable`)."""
+        return await self.assignments.find_one({"state": "unassignable"}, {"_id": 1}) is not None
+
     async def least_recently_tried(self, subspecialties: list[str], limit: int) -> list[Assignment]:
         """Unassignable assignments of these subspecialties, those whose last try is
         oldest first (a retry that fails moves one to the back), so a bounded batch

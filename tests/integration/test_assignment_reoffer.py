@@ -217,3 +217,57 @@ async def test_capacity_freed_by_a_decline_or_an_expired_offer_goes_to_a_waiting
         "first": "unassignable",
         "second": "offered",
     }
+
+
+async def test_a_redelivered_event_costs_no_read_of_the_reviewers_load(
+    db: AsyncDatabase[Doc], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The load read (every active assignment) grows with the work in flight; a soak
+    that redelivers every event twice paid it on each copy, fell behind on
+    report.submitted, kept reported work counted as active, and the read grew:
+    a redelivery is skipped before it, and a report with nothing waiting
+    re-offers nothing."""
+    store = AssignmentStore(db["reviewers"], db["assignments"])
+    await store.create_indexes()
+    await store.upsert_reviewers([neuroradiologist("rev-a")])
+    reads = 0
+    real_load = store.active_load
+
+    async def counted() -> dict[str, int]:
+        nonlocal reads
+        reads += 1
+        return await real_load()
+
+    monkeypatch.setattr(store, "active_load", counted)
+    complete, complete_meta = records_complete("case-r", "US-CA"), meta()
+    await handlers.assign_case(store, POLICY, START, complete, complete_meta)
+    assert reads == 1  # a slot was opened: the load was needed
+    await handlers.assign_case(store, POLICY, START, complete, complete_meta)  # redelivered
+    assert reads == 1
+    (a,) = await store.find({"case_id": "case-r"})
+    report = ReportSubmitted(
+        case_id="case-r",
+        tenant_id="demo-health",
+        report_id="r-case-r",
+        reviewer_id="rev-a",
+        assignment_id=a.assignment_id,
+        concordance="confirmed",
+    )
+    report_meta = meta()
+    await handlers.close_assignment(store, POLICY, START, report, report_meta)
+    assert (await states(store, ["case-r"])) == {"case-r": "reported"}
+    assert reads == 1  # nothing waits: no re-offer pass
+    # Something waits now (nobody is licensed in Wyoming): a report that frees
+    # capacity re-offers; its redelivery does not.
+    await handlers.assign_case(store, POLICY, START, records_complete("case-w", "US-WY"), meta())
+    await handlers.assign_case(store, POLICY, START, records_complete("case-s", "US-CA"), meta())
+    assert reads == 3
+    (s,) = await store.find({"case_id": "case-s"})
+    report = report.model_copy(
+        update={"case_id": "case-s", "report_id": "r-s", "assignment_id": s.assignment_id}
+    )
+    second = meta()
+    await handlers.close_assignment(store, POLICY, START, report, second)
+    assert reads == 4
+    await handlers.close_assignment(store, POLICY, START, report, second)  # redelivered
+    assert reads == 4
