@@ -97,18 +97,31 @@ def slope_kib_per_1000(points: list[tuple[float, float]]) -> float:
     return sxy / sxx * 1024 * 1000
 
 
-async def drive(driver: Driver, run: Run, n: int, window: int, until: float | None = None) -> None:
+async def drive(
+    driver: Driver,
+    run: Run,
+    n: int,
+    window: int,
+    until: float | None = None,
+    rate: float | None = None,
+) -> None:
     """Submit `n` cases (or as many as fit before the monotonic time `until`), never
-    more than `window` in flight; wait for every webhook."""
+    more than `window` in flight and, with `rate`, case i not before start + i/rate
+    (an offered load below what the stack can take: a saturated stack's latency
+    grows by definition, which says nothing about whether it degrades over time);
+    wait for every webhook."""
     receiver = driver.receiver
     stop = asyncio.Event()
     reviewers = asyncio.create_task(driver.play_reviewers(run, stop))
     gate = asyncio.Semaphore(1)
     run_id = time.strftime("%H%M%S") + "m"
+    t0 = time.monotonic()
     try:
         for i in range(n):
             if until is not None and time.monotonic() >= until:
                 break
+            if rate:
+                await asyncio.sleep(max(0.0, t0 + i / rate - time.monotonic()))
             # The receiver is a threaded HTTP server: poll its count, no event to await.
             while len(run.submitted) - len(receiver.arrived) >= window:  # noqa: ASYNC110
                 await asyncio.sleep(0.05)

@@ -1,6 +1,7 @@
 """Soak: does the local stack keep routing cases, at flat latency, for as long as it runs?
 
     python -m bench.soak --minutes 30 --filler 2 --window 20  # make bench-soak
+    python -m bench.soak --minutes 60 --filler 2 --window 20 --rate 0.6  # below saturation
     python -m bench.soak --minutes 3 --filler 0  # a quick look
 
 Starts its own stack (fresh state directory, free ports, the bench roster; like
@@ -423,7 +424,9 @@ async def soak(
         sampling = asyncio.create_task(progress.run(stop))
         await filler.start()
         t0 = time.monotonic()
-        await drive(driver, run, 10**9, args.window, until=t0 + args.minutes * 60)
+        await drive(
+            driver, run, 10**9, args.window, until=t0 + args.minutes * 60, rate=args.rate or None
+        )
         elapsed = time.monotonic() - t0
         await asyncio.sleep(args.every)  # a last look at the consumers after the drain
         stop.set()
@@ -464,6 +467,9 @@ def main() -> None:
     )
     parser.add_argument("--minutes", type=float, default=30.0, help="how long cases are sent")
     parser.add_argument("--window", type=int, default=20, help="cases in flight at most")
+    parser.add_argument(
+        "--rate", type=float, default=0.0, help="cases per second offered (0: as fast as it goes)"
+    )
     parser.add_argument("--filler", type=int, default=2, help="extra copies of each event")
     parser.add_argument("--every", type=float, default=15.0, help="seconds between samples")
     parser.add_argument(
