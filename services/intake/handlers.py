@@ -449,9 +449,9 @@ async def follow(
     now = clock.now()
     at = meta.occurred_at(default=now)
     for _ in range(FOLLOW_TRIES):
-        case = await store.get(event.case_id)
+        case = await store.get(event.case_id, unless_applied=meta.event_id)
         if case is None:
-            return []  # not a case of this intake: nothing to show
+            return []  # not a case of this intake (nothing to show), or a redelivery
         if case.tenant_id != event.tenant_id:
             raise PermanentError("the event names another tenant than its case")
         required = policy_for(case.tenant_id).required(

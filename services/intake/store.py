@@ -46,8 +46,14 @@ class IntakeStore:
         await self.cases.create_index([("tenant_id", ASCENDING), ("external_id", ASCENDING)])
         await self.rejections.create_index([("tenant_id", ASCENDING), ("at", ASCENDING)])
 
-    async def get(self, case_id: str) -> CaseDocument | None:
-        doc = await self.cases.find_one({"_id": case_id}, WITHOUT_OUTBOX)
+    async def get(self, case_id: str, *, unless_applied: str = "") -> CaseDocument | None:
+        """The case; with `unless_applied`, None also when that event was applied to
+        it already (a redelivery is skipped in the same read, before the case is
+        parsed: after a consumer restart a whole batch comes again)."""
+        query: Doc = {"_id": case_id}
+        if unless_applied:
+            query["applied"] = {"$ne": unless_applied}
+        doc = await self.cases.find_one(query, WITHOUT_OUTBOX)
         return CaseDocument.model_validate(doc) if doc else None
 
     async def insert_case(self, case: CaseDocument, outbox: list[OutboxEntry]) -> bool:

@@ -57,6 +57,9 @@ async def test_stages_in_order_without_gaps_redeliveries_once_and_status_events(
     assert await follow("report.ready", 4) == []  # overtook report.submitted: waits
     assert await follow("report.submitted", 3) == ["case.status", "case.status"]
     assert await follow("report.submitted", 3) == []  # redelivered
+    # ... and skipped in the read, before the case is parsed or the stage applied.
+    assert await store.get(case_id, unless_applied="report.submitted") is None
+    assert await store.get(case_id, unless_applied="not-applied") is not None
     n = notice("report.ready", "dead_letter").model_copy(
         update={"case_id": case_id, "tenant_id": "demo-health"}
     )
