@@ -22,6 +22,19 @@ def chunks(data: bytes, size: int) -> list[bytes]:
     return [data[at : at + size] for at in range(0, len(data), size)]
 
 
+def held_writes(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """Every write of a spool file waits until the returned event is set."""
+    gate = threading.Event()
+    real_put = IncomingFile._put
+
+    def slow_put(self: IncomingFile, data: bytes | bytearray) -> None:
+        gate.wait(10)
+        real_put(self, data)
+
+    monkeypatch.setattr(IncomingFile, "_put", slow_put)
+    return gate
+
+
 def test_parts_are_written_whole_in_order_and_hashed_as_written(tmp_path: Path) -> None:
     archive = archives.LocalArchive(tmp_path)
     datas = [os.urandom(n) for n in (0, 1, 65_536, 3 * SpoolWriter.WRITE_BYTES + 17)]
@@ -46,14 +59,7 @@ def test_parts_are_written_whole_in_order_and_hashed_as_written(tmp_path: Path) 
 def test_unwritten_bytes_are_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A writer that cannot keep up makes the stream wait: `drained` returns only
     once at most PENDING_BYTES are still to be written."""
-    gate = threading.Event()
-    real_put = IncomingFile._put
-
-    def slow_put(self: IncomingFile, data: bytes | bytearray) -> None:
-        gate.wait(10)
-        real_put(self, data)
-
-    monkeypatch.setattr(IncomingFile, "_put", slow_put)
+    gate = held_writes(monkeypatch)
     monkeypatch.setattr(SpoolWriter, "WRITE_BYTES", 1 << 16)
     monkeypatch.setattr(SpoolWriter, "PENDING_BYTES", 1 << 18)
     archive = archives.LocalArchive(tmp_path)
@@ -85,14 +91,7 @@ def test_unwritten_bytes_are_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyP
 def test_a_part_discarded_with_writes_pending_leaves_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    gate = threading.Event()
-    real_put = IncomingFile._put
-
-    def slow_put(self: IncomingFile, data: bytes | bytearray) -> None:
-        gate.wait(10)
-        real_put(self, data)
-
-    monkeypatch.setattr(IncomingFile, "_put", slow_put)
+    gate = held_writes(monkeypatch)
     archive = archives.LocalArchive(tmp_path)
     writer = SpoolWriter()
     incoming = archive.incoming()
