@@ -67,7 +67,7 @@ bench-memory: install
 
 ## Soak: 30 minutes of cases end to end with every topic at 3x their events; per-hop latency, consumer progress, CPU and RSS slopes (docs/performance.md).
 bench-soak: install
-	$(BIN)/python -m bench.soak --minutes 30 --filler 2 --window 20
+	$(BIN)/python -m bench.soak --minutes 60 --filler 2 --window 20 --rate 0.6
 
 stop:
 	$(BIN)/python -m deploy.local.stack down
