@@ -282,8 +282,11 @@ def map_first_opinion(request: Any, res: Resources) -> dict[str, Any]:
     support = [r for r in (res.get(s) for s in request.supportingInfo or []) if r is not None]
     report = next((r for r in support if r.get_resource_type() == "DiagnosticReport"), None)
     plan = next((r for r in support if r.get_resource_type() == "CarePlan"), None)
-    conditions = [res.get(r) for r in request.reasonReference or []]
-    diagnosis = next((_text(c.code) for c in conditions if c is not None and c.code), "")
+    # A reason may resolve to any resource (a bundle's entry can be anything): only
+    # one with a code (Condition, Observation, DiagnosticReport) names a diagnosis.
+    reasons = [res.get(r) for r in request.reasonReference or []]
+    codes = [getattr(c, "code", None) for c in reasons if c is not None]
+    diagnosis = next((_text(code) for code in codes if code), "")
     practitioner, org = _performers(report, res)
     ident = (practitioner.identifier or [None])[0] if practitioner else None
     institution = str(org.name or "") if org else ""

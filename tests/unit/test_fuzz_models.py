@@ -191,6 +191,23 @@ def test_fhir_mutations_map_or_fail_with_invalid_input_without_phi(data: st.Data
         no_phi(exc.detail, exc.errors)
 
 
+def test_an_entry_emptied_under_the_reason_reference_is_invalid_input() -> None:
+    """Found by the fuzz test above: the entry a ServiceRequest's reasonReference
+    names, its resource replaced with `{}`, escaped as an AttributeError (a bare
+    Resource has no `code`) instead of answering with the problems."""
+    bundle = phi_bundle()
+    request = next(
+        e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "ServiceRequest"
+    )
+    reason = request["reasonReference"][0]["reference"]
+    (entry,) = [e for e in bundle["entry"] if e.get("fullUrl", "").endswith(reason)]
+    entry["resource"] = {}
+    try:
+        intake_handlers.validate_fhir(bundle)
+    except InvalidInput as exc:
+        no_phi(exc.detail, exc.errors)
+
+
 # ---------------------------------------------------------------- the opinion
 
 
