@@ -33,6 +33,7 @@ import contextlib
 import hashlib
 import os
 import tempfile
+from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
@@ -130,7 +131,7 @@ class SpoolWriter:
     def __init__(self) -> None:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="spool-writer")
         self._buffer = bytearray()
-        self._pending: list[tuple[Future[None], int]] = []
+        self._pending: deque[tuple[Future[None], int]] = deque()
         self._pending_bytes = 0
 
     def write(self, incoming: IncomingFile, data: bytes) -> None:
@@ -145,12 +146,14 @@ class SpoolWriter:
         incoming.written = self._hand_over(incoming, flush=True)
 
     async def drained(self) -> None:
-        """Back-pressure: wait (off the event loop) while too much is still unwritten."""
-        self._pending = [(f, n) for f, n in self._pending if not f.done()]
-        self._pending_bytes = sum(n for _, n in self._pending)
-        while self._pending_bytes > self.PENDING_BYTES:
-            oldest, n = self._pending.pop(0)
-            await asyncio.wrap_future(oldest)
+        """Back-pressure: wait (off the event loop) while too much is still unwritten.
+        The one thread writes in the order handed over, so what is done is at the
+        front of `_pending`."""
+        pending = self._pending
+        while pending and (pending[0][0].done() or self._pending_bytes > self.PENDING_BYTES):
+            oldest, n = pending.popleft()
+            if not oldest.done():
+                await asyncio.wrap_future(oldest)
             self._pending_bytes -= n
 
     def close(self) -> None:
