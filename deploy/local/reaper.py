@@ -1,4 +1,8 @@
-"""The local broker's retention: delete the batches every consumer group has read.
+"""The local stack's retention: the broker's read batches and the store's change log.
+
+Two things on the local stack grow without bound unless something deletes
+them: the broker's batches (below) and the S3 store's change log
+(deploy/local/filer_log.py, pruned on every pass to ``--log-keep-seconds``).
 
 Tansu 0.6 with its ``s3://`` engine (the local broker, deploy/local/infra.py)
 keeps every batch a producer sent as one object, and answers each fetch by
@@ -52,6 +56,11 @@ from base64 import b64encode
 from dataclasses import dataclass, field
 from pathlib import Path
 
+try:
+    from deploy.local import filer_log
+except ImportError:  # run as a script (infra.py starts it so): its folder is on sys.path
+    import filer_log  # type: ignore[no-redef]
+
 CLUSTER = "tansu_cluster"  # Tansu's default --cluster-id (infra.py does not set one)
 DELETE_CHUNK = 1000  # S3 DeleteObjects takes up to 1,000 keys per request
 S3_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
@@ -70,6 +79,8 @@ class ReaperConfig:
     keep: int = 100
     topics: list[str] | None = None  # only these topics (None: all)
     required_groups: dict[str, list[str]] = field(default_factory=dict)
+    filer_url: str = ""  # the S3 store's filer, whose change log is pruned ("": not pruned)
+    log_keep_seconds: float = filer_log.DEFAULT_KEEP_SECONDS
 
 
 @dataclass
@@ -251,8 +262,14 @@ async def reap_once(config: ReaperConfig) -> ReapReport:
     return await asyncio.to_thread(reap_once_sync, config)
 
 
-def config_from_endpoints(path: Path, keep: int, required: Path | None) -> ReaperConfig:
+def config_from_endpoints(
+    path: Path,
+    keep: int,
+    required: Path | None,
+    log_keep_seconds: float = filer_log.DEFAULT_KEEP_SECONDS,
+) -> ReaperConfig:
     endpoints = json.loads(path.read_text())
+    filer_port = endpoints.get("ports", {}).get("weed_filer")
     groups: dict[str, list[str]] = {}
     if required is not None and required.exists():
         groups = json.loads(required.read_text())
@@ -264,7 +281,15 @@ def config_from_endpoints(path: Path, keep: int, required: Path | None) -> Reape
         secret_key=endpoints["s3_secret_access_key"],
         keep=keep,
         required_groups=groups,
+        filer_url=f"http://127.0.0.1:{filer_port}" if filer_port else "",
+        log_keep_seconds=log_keep_seconds,
     )
+
+
+def prune_change_log(config: ReaperConfig, now: dt.datetime) -> filer_log.PruneReport | None:
+    if not config.filer_url:
+        return None
+    return filer_log.prune(filer_log.Filer(config.filer_url), now, config.log_keep_seconds)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -273,19 +298,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--required-groups", type=Path, help="JSON {topic: [group, ...]}")
     parser.add_argument("--interval", type=float, default=5.0)
     parser.add_argument("--keep", type=int, default=100)
+    parser.add_argument(
+        "--log-keep-seconds",
+        type=float,
+        default=filer_log.DEFAULT_KEEP_SECONDS,
+        help="how long the S3 store's change log is kept",
+    )
     parser.add_argument("--once", action="store_true")
     args = parser.parse_args(argv)
     last_line = ""
     while True:
         started = time.monotonic()
         try:
-            config = config_from_endpoints(args.endpoints, args.keep, args.required_groups)
+            config = config_from_endpoints(
+                args.endpoints, args.keep, args.required_groups, args.log_keep_seconds
+            )
             report = reap_once_sync(config)
             line = report.summary()
+            pruned = prune_change_log(config, dt.datetime.now(dt.UTC))
+            stamp = dt.datetime.now().isoformat(timespec="seconds")
             if report.deleted or line != last_line:
-                stamp = dt.datetime.now().isoformat(timespec="seconds")
                 print(f"{stamp} {line} in {time.monotonic() - started:.2f}s", flush=True)
                 last_line = line
+            if pruned is not None and (pruned.files_deleted or pruned.days_deleted):
+                print(f"{stamp} {pruned.summary()}", flush=True)
         except (OSError, ValueError, ET.ParseError) as exc:
             # S3 away (restarting) or a half-written file: try again next pass.
             print(f"reaper pass failed: {type(exc).__name__}: {exc}", flush=True)
