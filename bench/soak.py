@@ -26,7 +26,9 @@ Sampled every `--every` seconds:
 * every consumer's position from the services themselves (`GET /v1/ops/consumers`:
   next offset, the partition end its fetches saw, stalled or not) and every
   consumer group's committed offset and the partition's stored batches from the
-  broker's bucket (the reaper's reader, deploy/local/reaper.py).
+  broker's bucket (the reaper's reader, deploy/local/reaper.py);
+* the disk each stored part takes (the infra state's `s3` and `mongo` folders,
+  allocated blocks), what a stack left up for weeks must not grow without bound.
 
 The summary: per hop (submitted→accepted→records complete→assigned; report
 submitted→webhook) p50/p99 over the cases submitted in the first and in the last
@@ -131,7 +133,9 @@ class ProgressSampler:
         delivered: Callable[[], int],
         every: float,
         keep: Path,
+        disk: dict[str, Path] | None = None,
     ) -> None:
+        self.disk = disk or {}
         self.urls = urls
         self.s3 = s3
         self.delivered = delivered
@@ -170,6 +174,7 @@ class ProgressSampler:
                 "delivered": self.delivered(),
                 "services": services,
                 "bucket": bucket,
+                "disk_mib": {k: await asyncio.to_thread(disk_mib, d) for k, d in self.disk.items()},
             }
         )
         self.keep.write_text(json.dumps(self.samples))
@@ -181,6 +186,35 @@ class ProgressSampler:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), self.every)
             await self.sample(client)
+
+
+def disk_mib(folder: Path) -> float:
+    """The disk the files under `folder` take (allocated blocks, as `du` counts)."""
+    total = 0
+    for path in folder.rglob("*"):
+        with contextlib.suppress(OSError):  # a file deleted while walking
+            if path.is_file() and not path.is_symlink():
+                total += path.stat().st_blocks * 512
+    return total / 2**20
+
+
+def disk_growth(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per folder: MiB at the start and the end, and MiB per 1,000 cases over the
+    second half (least squares); samples of runs before disk sampling have none."""
+    with_disk = [s for s in samples if s.get("disk_mib")]
+    if not with_disk:
+        return {}
+    n = with_disk[-1]["delivered"]
+    out = {}
+    for name in with_disk[0]["disk_mib"]:
+        half = [(s["delivered"], s["disk_mib"][name]) for s in with_disk if s["delivered"] >= n / 2]
+        out[name] = {
+            "start": with_disk[0]["disk_mib"][name],
+            "end": with_disk[-1]["disk_mib"][name],
+            "max": max(s["disk_mib"][name] for s in with_disk),
+            "mib_per_1000_cases": linear_slope(half) * 1000 if len(half) > 1 else float("nan"),
+        }
+    return out
 
 
 def linear_slope(points: list[tuple[float, float]]) -> float:
@@ -389,6 +423,12 @@ def report(r: dict[str, Any]) -> str:
         "services reporting a partition stalled (router_consumer_stalled, "
         "CONSUMER_STALL_SECONDS): " + (", ".join(flagged) if flagged else "none"),
     ]
+    for name, d in r.get("disk", {}).items():
+        lines.append(
+            f"disk of {name}: {d['start']:.0f} MiB at the start, {d['max']:.0f} at most, "
+            f"{d['end']:.0f} at the end; {d['mib_per_1000_cases']:.1f} MiB per 1,000 cases "
+            "over the second half"
+        )
     return "\n".join(lines)
 
 
@@ -418,7 +458,12 @@ async def soak(
             paths.root / "soak-resources.json",
         )
         progress = ProgressSampler(
-            urls, s3, lambda: len(receiver.arrived), args.every, paths.root / "soak-progress.json"
+            urls,
+            s3,
+            lambda: len(receiver.arrived),
+            args.every,
+            paths.root / "soak-progress.json",
+            {part: paths.infra / part for part in ("s3", "mongo")},
         )
         mem.start()
         sampling = asyncio.create_task(progress.run(stop))
@@ -456,6 +501,7 @@ async def soak(
         "resources": resources(mem.samples),
         "progress": consumer_progress(progress.samples, args.stall_seconds),
         "bucket": bucket_progress(progress.samples),
+        "disk": disk_growth(progress.samples),
         "stall_seconds": args.stall_seconds,
         "samples": {"resources": mem.samples, "progress": progress.samples},
     }
@@ -485,6 +531,7 @@ def main() -> None:
         samples = result["samples"]
         result["progress"] = consumer_progress(samples["progress"], result["stall_seconds"])
         result["bucket"] = bucket_progress(samples["progress"])
+        result["disk"] = disk_growth(samples["progress"])
         result["resources"] = resources(samples["resources"])
         print(report(result))
         return
