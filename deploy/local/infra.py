@@ -18,8 +18,12 @@ Parts (every one listens on 127.0.0.1 only, except Orthanc, see below):
 - ``reaper`` deploy/local/reaper.py: the broker's retention (Tansu 0.6 has
             none): deletes the batches every consumer group has committed
             past, so no partition grows deeper than what is unread (a deep
-            partition stalls Tansu's fetches). Starts and stops with ``kafka``.
-            It honours STATE/required-groups.json ({topic: [group, ...]}).
+            partition stalls Tansu's fetches); and prunes the S3 store's
+            change log to its last ten minutes (deploy/local/filer_log.py: SeaweedFS's
+            filer logs every object change, about 400 MB an hour under the
+            broker, and weed mini never runs its own purge). Starts and stops
+            with ``kafka``. It honours STATE/required-groups.json
+            ({topic: [group, ...]}).
 - ``mongo`` SecantusDB (MongoDB wire protocol), journal synced on commit.
 - ``pacs``  Orthanc (Debian package) with the DICOMweb plugin.
 - ``fhir``  A FHIR R4 peer: deploy/local/fhir/server.mjs (Node, in memory).
@@ -862,7 +866,9 @@ PARTS = {
         reaper_ready,
         [],
         "reaper.py",
-        "deletes batches every group has read, every " + REAPER_INTERVAL_SECONDS + " s",
+        "deletes batches every group has read and the store's old change log, every "
+        + REAPER_INTERVAL_SECONDS
+        + " s",
     ),
     "mongo": Part(
         "mongo",
