@@ -65,7 +65,7 @@ bench: install
 bench-memory: install
 	KAFKA_FETCH_MAX_WAIT_MS=500 $(BIN)/python -m bench.memory --cases 10000
 
-## Soak: 30 minutes of cases end to end with every topic at 3x their events; per-hop latency, consumer progress, CPU and RSS slopes (docs/performance.md).
+## Soak: an hour of cases end to end at 0.6 cases/s, every topic at 3x its events; per-hop latency, consumer progress, CPU and RSS slopes (docs/performance.md).
 bench-soak: install
 	$(BIN)/python -m bench.soak --minutes 60 --filler 2 --window 20 --rate 0.6
 

@@ -50,6 +50,7 @@ Configuration (environment, with defaults)::
     FHIR_PORT           8103
     SMTP_PORT           2525
     LOCAL_S3_ACCESS_KEY / LOCAL_S3_SECRET_KEY   local-only S3 credentials
+    LOCAL_S3_DEBUG_PORT  (unset)            serve weed's Go profiles (pprof) there
     LOCAL_START_TIMEOUT seconds each part may take to become ready (60)
     MONGO_OPLOG_MAX_ENTRIES  20000          SecantusDB oplog cap
     ORTHANC_LOCAL_SCU_AET    LOCALSCU       the one AE title Orthanc accepts
@@ -644,6 +645,9 @@ def s3_env(ports: dict[str, int]) -> dict[str, str]:
     }
 
 
+S3_DEBUG_PORT = os.environ.get("LOCAL_S3_DEBUG_PORT", "")
+
+
 def launch_s3(state: State, ports: dict[str, int]) -> Launch:
     data = state.data("s3")
     data.mkdir(parents=True, exist_ok=True)
@@ -679,6 +683,9 @@ def launch_s3(state: State, ports: dict[str, int]) -> Launch:
         sock.unlink(missing_ok=True)  # left by a killed weed; ours is not running
         if len(str(sock)) < 100:
             flags[f"{component}.localSocket"] = sock
+    if S3_DEBUG_PORT:  # Go's pprof on loopback, to see what weed's memory holds
+        flags["debug"] = "true"
+        flags["debug.port"] = S3_DEBUG_PORT
     argv = [str(venv_bin("weed")), "mini", *(f"-{key}={value}" for key, value in flags.items())]
     return Launch(argv, env=s3_env(ports), cwd=data)
 
