@@ -11,7 +11,8 @@ server for records_fetch's records):
   /dicom-web/servers/source/retrieve`: the server peer);
 * records_fetch: a case opened and one attempt run (`handlers.run_due`: QIDO,
   series-level WADO-RS streamed into the archive, checks, records in Mongo,
-  the manifest), in a fresh process each time, whose peak RSS is reported;
+  the manifest), in a fresh process each time, whose peak RSS is reported
+  (and its check worker's: the checks run in a process of their own);
   then, in the same process, the study imported into the second Orthanc as the
   review PACS (`review_pacs.py`: IRWF.b reconciliation, STOW-RS streamed from
   the archive), timed on its own, with the peak RSS after it.
@@ -68,8 +69,10 @@ async def child(args: argparse.Namespace) -> dict[str, Any]:
     from pymongo import AsyncMongoClient
 
     from services.records_fetch import handlers, retrieval
+    from services.records_fetch.checker import Checker
     from services.records_fetch.domain import ProviderEndpoints, ProviderRegistry, RetryPolicy
     from services.records_fetch.retrieval import Retrieval
+    from services.records_fetch.settings import RecordsFetchSettings
     from services.records_fetch.store import FetchStore
     from shared.envelope import EventMeta
     from shared.events import CaseAccepted
@@ -82,8 +85,10 @@ async def child(args: argparse.Namespace) -> dict[str, Any]:
     registry = ProviderRegistry(
         tenants={TENANT: {"pacs": ProviderEndpoints(dicomweb_url=args.dicomweb)}}
     )
+    checker = Checker(RecordsFetchSettings.model_fields["check_processes"].default)
+    await checker.start()  # as the service does at its start-up
     async with httpx.AsyncClient(timeout=60, follow_redirects=False) as client:
-        ctx = Retrieval(store, client, registry, child_archive(args))
+        ctx = Retrieval(store, client, registry, child_archive(args), checker=checker)
         slide = args.slide == "1"  # a whole-slide study: asked for as pathology
         if not args.resume:
             event = CaseAccepted.model_validate(
@@ -116,11 +121,14 @@ async def child(args: argparse.Namespace) -> dict[str, Any]:
         seconds = time.perf_counter() - start
         states = await store.instance_states(args.case)
         rss_retrieval = peak_rss_mib()
+        rss_checks = workers_peak_rss_mib()
         imported = await import_into_review(args, store, ctx, states) if args.review else {}
+    checker.close()
     await mongo.close()
     return {
         **imported,
         "rss_retrieval_mib": rss_retrieval,
+        "rss_check_worker_mib": rss_checks,
         "seconds": seconds,
         "received": sum(1 for d in states.values() if d["state"] == "received"),
         "corrupt": sum(1 for d in states.values() if d["state"] == "corrupt"),
@@ -157,12 +165,26 @@ def child_archive(args: argparse.Namespace) -> Any:
     return s3
 
 
-def peak_rss_mib() -> float:
-    """This process's own peak RSS (VmHWM; ru_maxrss would include the parent's from
+def peak_rss_mib(pid: str = "self") -> float:
+    """A process's own peak RSS (VmHWM; ru_maxrss would include the parent's from
     before the exec)."""
-    with open("/proc/self/status") as f:
+    with open(f"/proc/{pid}/status") as f:
         line = next(ln for ln in f if ln.startswith("VmHWM:"))
     return int(line.split()[1]) / 1024
+
+
+def descendants(pid: str = "self") -> list[str]:
+    """Every process under this one (the check workers, under their forkserver)."""
+    found: list[str] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            found += [child, *descendants(child)]
+    return found
+
+
+def workers_peak_rss_mib() -> float:
+    """The largest peak RSS of this process's descendants (its check workers)."""
+    return max((peak_rss_mib(p) for p in descendants()), default=0.0)
 
 
 def child_argv(
@@ -382,6 +404,7 @@ def run(args: argparse.Namespace) -> None:
                 f"  records_fetch (+checks)     {mbps(size, best['seconds']):8.1f} MB/s"
                 f"  = {ratio:.2f} of curl; peak RSS "
                 f"{max(r['rss_retrieval_mib'] for r in mine):.0f} MiB"
+                f" (+ its check worker {max(r['rss_check_worker_mib'] for r in mine):.0f} MiB)"
             )
             if peer:
                 fastest = min(r["import_seconds"] for r in mine)

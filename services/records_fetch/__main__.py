@@ -2,4 +2,6 @@
 
 from services.records_fetch.app import create_service
 
-create_service().run()
+# Guarded: the check workers' processes import this module's name too.
+if __name__ == "__main__":
+    create_service().run()

@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field
 
 from services.records_fetch import archive as archives
 from services.records_fetch import handlers
+from services.records_fetch.checker import Checker
 from services.records_fetch.domain import ProviderRegistry, RetryPolicy
 from services.records_fetch.retrieval import Retrieval
 from services.records_fetch.review_pacs import ReviewPacs
@@ -89,7 +90,9 @@ def create_service(
             await asyncio.to_thread(s3.ensure_bucket, create=settings.dev_mode)
 
         service.on_startup(bucket_ready)
-    ctx = Retrieval(store, client, load_registry(settings), archive, review_pacs(settings))
+    checker = Checker(settings.check_processes)
+    service.on_startup(checker.start)
+    ctx = Retrieval(store, client, load_registry(settings), archive, review_pacs(settings), checker)
     policy = RetryPolicy(
         base_seconds=settings.retry_base_seconds,
         max_delay_seconds=settings.retry_max_delay_seconds,
@@ -155,6 +158,7 @@ def _retrieval(
             await ctx.client.aclose()
             if ctx.review is not None:
                 await ctx.review.client.aclose()
+            await asyncio.to_thread(ctx.checker.close)
 
     _routes(service, store, wake)
 

@@ -16,8 +16,9 @@ from typing import Any
 
 import httpx
 
-from services.records_fetch import dicom, domain, multipart, providers
+from services.records_fetch import domain, multipart, providers
 from services.records_fetch.archive import Archive, IncomingFile
+from services.records_fetch.checker import Checker
 from services.records_fetch.domain import InstanceCheck, InstanceState
 from services.records_fetch.identifiers import FOREIGN_REFUSED, RefusedIdentifier
 from services.records_fetch.review_pacs import ReviewPacs
@@ -42,6 +43,8 @@ class Retrieval:
     archive: Archive
     # The review organisation's PACS the complete case's images go to (None: none).
     review: ReviewPacs | None = None
+    # Where the instances' checks run (worker processes; threads with processes=0).
+    checker: Checker = field(default_factory=lambda: Checker(processes=0))
 
 
 @dataclass
@@ -410,15 +413,21 @@ CHECKS_IN_FLIGHT = 16
 DECODE_EVERY = 8
 
 
-def _inspect_part(
-    incoming: IncomingFile, study_uid: str, series_uid: str, patient_id: str, decode: bool
+async def _inspect_part(
+    ctx: Retrieval,
+    incoming: IncomingFile,
+    study_uid: str,
+    series_uid: str,
+    patient_id: str,
+    decode: bool,
 ) -> tuple[str, InstanceCheck]:
-    """A worker thread's share of one streamed part: its checks, once the stream's
-    writer has written it (and hashed it, as it wrote)."""
-    incoming.settle()
-    return dicom.inspect_series_part(
-        incoming.path, study_uid, series_uid, patient_id, decode=decode
-    )
+    """One streamed part's checks, once the stream's writer has written it (and
+    hashed it, as it wrote): in a check worker, which reads it from the spool."""
+    if incoming.written is not None:
+        # shielded: a cancelled check must not cancel the writer's job of the part
+        await asyncio.shield(asyncio.wrap_future(incoming.written))
+    incoming.settle()  # its write's failure, if any, is raised here
+    return await ctx.checker.series_part(incoming.path, study_uid, series_uid, patient_id, decode)
 
 
 @dataclass
@@ -475,9 +484,7 @@ async def retrieve_series(
             decode = n % DECODE_EVERY == 0
             n += 1
             check = asyncio.ensure_future(
-                asyncio.to_thread(
-                    _inspect_part, incoming, study_uid, series_uid, rec.patient_id, decode
-                )
+                _inspect_part(ctx, incoming, study_uid, series_uid, rec.patient_id, decode)
             )
             batch.append(_Part(incoming, check))
             batch_bytes += incoming.size
@@ -640,7 +647,7 @@ async def retrieve_one(
     # fsync, the pydicom parse and the rename: off the event loop. The file is
     # checked under its temporary name, so another patient's never gets an address.
     await asyncio.to_thread(incoming.close)
-    check = await dicom.inspect(incoming.path, inst.sop_uid, rec.patient_id)
+    check = await ctx.checker.instance(incoming.path, inst.sop_uid, rec.patient_id)
     if check.foreign_patient:
         incoming.discard()
         FOREIGN_REFUSED.labels(source="instance").inc()

@@ -3,7 +3,7 @@
 from pathlib import Path
 from typing import Literal
 
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from shared.settings import REPO_ROOT, InsecureSettings, ServiceSettings
@@ -50,6 +50,9 @@ class RecordsFetchSettings(ServiceSettings):
     # Cases retrieved at once by this process (each worker claims its own case by lease).
     # Retrieval waits on the providers and the database, not on this process's CPU.
     retrieval_workers: int = 4
+    # Worker processes that check retrieved instances (pydicom, the codecs): a
+    # crashing decoder ends one of them, not the service (checker.py). 0: threads.
+    check_processes: int = Field(default=1, ge=0, le=16)
     # How often the retrieval loop looks for due cases when not woken by a new one.
     poll_seconds: float = 2.0
     # A worker holds a case this long; a crashed worker's case is taken up after it.

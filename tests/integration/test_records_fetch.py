@@ -35,6 +35,7 @@ from deploy.local import seed
 from services.records_fetch import archive as archives
 from services.records_fetch import handlers
 from services.records_fetch.archive import Archive, LocalArchive
+from services.records_fetch.checker import Checker
 from services.records_fetch.domain import ProviderEndpoints, ProviderRegistry, RetryPolicy
 from services.records_fetch.retrieval import Retrieval
 from services.records_fetch.store import FetchStore
@@ -183,7 +184,12 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
 
 
 def make_ctx(
-    db: AsyncDatabase[Doc], client: httpx.AsyncClient, infra: dict[str, Any], tmp: Path, pacs: str
+    db: AsyncDatabase[Doc],
+    client: httpx.AsyncClient,
+    infra: dict[str, Any],
+    tmp: Path,
+    pacs: str,
+    checker: Checker | None = None,
 ) -> Retrieval:
     registry = ProviderRegistry(
         tenants={
@@ -194,7 +200,10 @@ def make_ctx(
         }
     )
     store = FetchStore(db["fetches"], db["instances"])
-    return Retrieval(store, client, registry, LocalArchive(tmp / "records"))
+    archive = LocalArchive(tmp / "records")
+    if checker is None:  # the checks in threads of this process
+        return Retrieval(store, client, registry, archive)
+    return Retrieval(store, client, registry, archive, checker=checker)
 
 
 def read_all(archive: Archive, sha256: str) -> bytes:
@@ -421,8 +430,11 @@ async def test_corrupt_instance_is_named_then_refetched(
     tmp_path: Path,
     proxy: PacsProxy,
 ) -> None:
+    """The checks in a worker process, as the service runs them."""
     pid = seeded_patient(infra, [("MR_small.dcm", "20261001"), ("CT_small.dcm", "20240101")])
-    ctx = make_ctx(db, client, infra, tmp_path, proxy.url)
+    checker = Checker(processes=1)
+    await checker.start()
+    ctx = make_ctx(db, client, infra, tmp_path, proxy.url, checker)
     event = accepted(pid, clinic_pid)
     await handlers.open_case(ctx.store, event, meta())
     mr_sop = await current_sop(client, infra, pid)
@@ -437,6 +449,7 @@ async def test_corrupt_instance_is_named_then_refetched(
     doc = await attempt(ctx, event)
     assert doc["state"] == "complete"
     assert proxy.wado[mr_sop] == 2 and sum(proxy.wado.values()) == 3  # the prior: once
+    await asyncio.to_thread(checker.close)
 
 
 async def current_sop(client: httpx.AsyncClient, infra: dict[str, Any], pid: str) -> str:
