@@ -51,6 +51,8 @@ Configuration (environment, with defaults)::
     SMTP_PORT           2525
     LOCAL_S3_ACCESS_KEY / LOCAL_S3_SECRET_KEY   local-only S3 credentials
     LOCAL_S3_DEBUG_PORT  (unset)            serve weed's Go profiles (pprof) there
+    LOCAL_S3_MEMORY_LIMIT  448MiB           weed's GOMEMLIMIT (Go's soft heap
+                                            limit; "off" leaves Go's default)
     LOCAL_START_TIMEOUT seconds each part may take to become ready (60)
     MONGO_OPLOG_MAX_ENTRIES  20000          SecantusDB oplog cap
     ORTHANC_LOCAL_SCU_AET    LOCALSCU       the one AE title Orthanc accepts
@@ -646,6 +648,11 @@ def s3_env(ports: dict[str, int]) -> dict[str, str]:
 
 
 S3_DEBUG_PORT = os.environ.get("LOCAL_S3_DEBUG_PORT", "")
+# weed's live heap is about 255 MiB under the soak (pprof, docs/performance.md);
+# with Go's default GC pacing its RSS grows to about twice that and stays there.
+# A soft limit makes the collector run sooner as the heap nears it (Go caps the
+# collector's CPU, so a live heap above the limit slows weed, never stops it).
+S3_MEMORY_LIMIT = os.environ.get("LOCAL_S3_MEMORY_LIMIT", "448MiB")
 
 
 def launch_s3(state: State, ports: dict[str, int]) -> Launch:
@@ -687,7 +694,10 @@ def launch_s3(state: State, ports: dict[str, int]) -> Launch:
         flags["debug"] = "true"
         flags["debug.port"] = S3_DEBUG_PORT
     argv = [str(venv_bin("weed")), "mini", *(f"-{key}={value}" for key, value in flags.items())]
-    return Launch(argv, env=s3_env(ports), cwd=data)
+    env = s3_env(ports)
+    if S3_MEMORY_LIMIT != "off":
+        env["GOMEMLIMIT"] = S3_MEMORY_LIMIT
+    return Launch(argv, env=env, cwd=data)
 
 
 def launch_kafka(state: State, ports: dict[str, int]) -> Launch:

@@ -90,7 +90,7 @@ def create_service(
             await asyncio.to_thread(s3.ensure_bucket, create=settings.dev_mode)
 
         service.on_startup(bucket_ready)
-    checker = Checker(settings.check_processes)
+    checker = Checker(settings.check_processes, settings.check_timeout_seconds)
     service.on_startup(checker.start)
     ctx = Retrieval(store, client, load_registry(settings), archive, review_pacs(settings), checker)
     policy = RetryPolicy(

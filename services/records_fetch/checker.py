@@ -12,13 +12,16 @@ untrusted input to C code. In worker processes it
   CT (docs/performance.md, imaging): the stream with the checks in threads
   165 MB/s, in one worker process 226 MB/s, alone 291 MB/s.
 
-A worker that dies fails every check it had in flight (`BrokenProcessPool`):
-the pool is replaced and each of those checks is run once more on a fresh
-worker; a file whose check kills a worker again is reported corrupt with that
-reason, never retried for ever, and the service goes on with the rest.
+A check runs on one worker at a time (pebble's process pool), so a worker that
+dies takes only that check with it: the check is run once more on a fresh
+worker (a transient death, e.g. the kernel's OOM killer), and a file whose check
+ends a worker again is reported corrupt with that reason, never retried for
+ever. A check that runs longer than `timeout` seconds (a decoder looping on a
+crafted file) has its worker killed and replaced, and the file is reported
+corrupt: a hanging check holds no other case's fetch for longer than that.
 
 `processes=0` runs the checks in threads of this process instead (for tests
-that count threads or run without a process start).
+that count threads or run without a process start; no timeout there).
 """
 
 from __future__ import annotations
@@ -27,12 +30,12 @@ import asyncio
 import logging
 import multiprocessing
 from collections.abc import Callable
-from concurrent.futures import Executor, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import Future
 from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
+from pebble import ProcessExpired, ProcessPool
 from prometheus_client import Counter
 
 from services.records_fetch import dicom
@@ -46,7 +49,18 @@ WORKER_DIED = Counter(
     "records_fetch_check_worker_died_total",
     "Check worker processes that died while checking a retrieved file",
 )
+CHECK_TIMED_OUT = Counter(
+    "records_fetch_check_timed_out_total",
+    "Checks of retrieved files stopped (their worker killed) for running too long",
+)
 DIED_TWICE = "the check's worker process died twice on this file (a crashing decoder?)"
+# A check of a 0.73 GB whole-slide level, its sample of frames decoded, took 1.6 s
+# on the 2-core development machine under load.
+CHECK_TIMEOUT_SECONDS = 120.0
+
+
+def took_too_long(seconds: float) -> str:
+    return f"the check ran longer than {seconds:g} s and was stopped (a hanging decoder?)"
 
 
 def _warm() -> bool:
@@ -58,18 +72,18 @@ def _warm() -> bool:
 class Checker:
     """Runs `dicom` checks off this process (see the module's docstring)."""
 
-    def __init__(self, processes: int = 1) -> None:
+    def __init__(self, processes: int = 1, timeout: float = CHECK_TIMEOUT_SECONDS) -> None:
         self.processes = processes
-        self._pool: ProcessPoolExecutor | None = None
-        self._retrying: asyncio.Lock | None = None
+        self.timeout = timeout
+        self._pool: ProcessPool | None = None
 
-    def _executor(self) -> ProcessPoolExecutor:
+    def _executor(self) -> ProcessPool:
         if self._pool is None:
             # forkserver: a clean process (no copy of this one's threads and sockets)
             # that has imported the checks once; each worker forks from it.
             context = multiprocessing.get_context("forkserver")
             context.set_forkserver_preload([dicom.__name__])
-            self._pool = ProcessPoolExecutor(self.processes, mp_context=context)
+            self._pool = ProcessPool(max_workers=self.processes, context=context)
         return self._pool
 
     async def start(self) -> None:
@@ -79,7 +93,8 @@ class Checker:
 
     def close(self) -> None:
         if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool.stop()
+            self._pool.join(timeout=10)
             self._pool = None
 
     async def series_part(
@@ -89,7 +104,7 @@ class Checker:
         check = partial(
             dicom.inspect_series_part, path, study_uid, series_uid, patient_id, decode=decode
         )
-        return await self.run(check, died=("", InstanceCheck(ok=False, problems=[DIED_TWICE])))
+        return await self.run(check, lambda why: ("", InstanceCheck(ok=False, problems=[why])))
 
     async def instance(
         self, path: Path, expected_sop_uid: str, expected_patient_id: str | None
@@ -98,41 +113,37 @@ class Checker:
         check = partial(
             dicom.inspect_file, path, expected_sop_uid, expected_patient_id, decode=True
         )
-        return await self.run(check, died=InstanceCheck(ok=False, problems=[DIED_TWICE]))
+        return await self.run(check, lambda why: InstanceCheck(ok=False, problems=[why]))
 
-    async def run(self, check: Callable[[], T], died: T) -> T:
-        """`check()` in a worker; `died` if it ended its worker on both tries."""
+    async def run(self, check: Callable[[], T], failed: Callable[[str], T]) -> T:
+        """`check()` in a worker; `failed(reason)` if it ended its worker on both
+        tries or ran past the timeout."""
         try:
             return await self._run(check)
-        except BrokenProcessPool:
+        except ProcessExpired:
             log.warning("a check ended its worker process twice; the file is reported corrupt")
-            return died
+            return failed(DIED_TWICE)
+        except TimeoutError:
+            CHECK_TIMED_OUT.inc()
+            log.warning("a check ran past %g s; its worker was replaced", self.timeout)
+            return failed(took_too_long(self.timeout))
 
     async def _run(self, fn: Callable[[], T]) -> T:
         if not self.processes:
             return await asyncio.to_thread(fn)
-        loop = asyncio.get_running_loop()
-        pool = self._executor()
         try:
-            return await loop.run_in_executor(pool, fn)
-        except BrokenProcessPool:
-            self._replace(pool)
-        # The second tries one at a time: the file that kills a worker then fails
-        # only its own second try, not the innocent checks that died with it.
-        self._retrying = self._retrying or asyncio.Lock()
-        async with self._retrying:
-            pool = self._executor()
-            try:
-                return await loop.run_in_executor(pool, fn)
-            except BrokenProcessPool:
-                self._replace(pool)
-                raise
-
-    def _replace(self, broken: Executor) -> None:
-        """A new pool for the next checks (once per broken pool, however many of
-        its checks failed with it)."""
-        if self._pool is broken:
+            return await self._schedule(fn)
+        except ProcessExpired:
             WORKER_DIED.inc()
-            log.warning("a check worker process died; its checks are run again")
-            self._pool = None
-            broken.shutdown(wait=False, cancel_futures=True)
+            log.warning("a check worker process died; its check is run again")
+        try:
+            return await self._schedule(fn)
+        except ProcessExpired:
+            WORKER_DIED.inc()
+            raise
+
+    async def _schedule(self, fn: Callable[[], T]) -> T:
+        # The pool starts a fresh worker for one that died or was killed; a
+        # cancelled await (the attempt given up) stops the check's worker too.
+        future: Future[T] = self._executor().schedule(fn, timeout=self.timeout)
+        return await asyncio.wrap_future(future)

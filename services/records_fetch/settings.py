@@ -6,6 +6,7 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
+from services.records_fetch.checker import CHECK_TIMEOUT_SECONDS
 from shared.settings import REPO_ROOT, InsecureSettings, ServiceSettings
 
 
@@ -53,6 +54,8 @@ class RecordsFetchSettings(ServiceSettings):
     # Worker processes that check retrieved instances (pydicom, the codecs): a
     # crashing decoder ends one of them, not the service (checker.py). 0: threads.
     check_processes: int = Field(default=1, ge=0, le=16)
+    # A check running longer has its worker killed; the file is reported corrupt.
+    check_timeout_seconds: float = Field(default=CHECK_TIMEOUT_SECONDS, gt=0, le=3600)
     # How often the retrieval loop looks for due cases when not woken by a new one.
     poll_seconds: float = 2.0
     # A worker holds a case this long; a crashed worker's case is taken up after it.

@@ -141,3 +141,17 @@ async def test_fhir_create_and_search_patient(endpoints: dict[str, Any]) -> None
         assert found.status_code == 200, found.text
         entries = found.json().get("entry", [])
         assert [e["resource"]["id"] for e in entries] == [created.json()["id"]]
+
+
+def test_the_s3_store_runs_under_its_soft_memory_limit(
+    infra: dict[str, Any], stack_root: Path
+) -> None:
+    """weed, as infra started it, has Go's soft heap limit (docs/performance.md: its
+    RSS levels off near 390 MiB under the soak instead of climbing past 600)."""
+    limit = os.environ.get("LOCAL_S3_MEMORY_LIMIT", "448MiB")
+    if limit == "off":
+        pytest.skip("LOCAL_S3_MEMORY_LIMIT=off: weed runs on Go's default pacing")
+    pid = int((stack_root / "infra" / "pids" / "s3.pid").read_text().split()[0])
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    assert b"weed" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    assert f"GOMEMLIMIT={limit}".encode() in environ

@@ -16,9 +16,11 @@ import io
 import json
 import re
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
+from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -35,7 +37,7 @@ from deploy.local import seed
 from services.records_fetch import archive as archives
 from services.records_fetch import handlers
 from services.records_fetch.archive import Archive, LocalArchive
-from services.records_fetch.checker import Checker
+from services.records_fetch.checker import Checker, took_too_long
 from services.records_fetch.domain import ProviderEndpoints, ProviderRegistry, RetryPolicy
 from services.records_fetch.retrieval import Retrieval
 from services.records_fetch.store import FetchStore
@@ -450,6 +452,61 @@ async def test_corrupt_instance_is_named_then_refetched(
     assert doc["state"] == "complete"
     assert proxy.wado[mr_sop] == 2 and sum(proxy.wado.values()) == 3  # the prior: once
     await asyncio.to_thread(checker.close)
+
+
+class HangingOn(Checker):
+    """The service's checker, in real worker processes, whose check of one SOP
+    instance never ends (as a decoder looping on a crafted file would)."""
+
+    def __init__(self, sop_uid: str, timeout: float) -> None:
+        super().__init__(processes=1, timeout=timeout)
+        self.sop_uid = sop_uid
+
+    async def run(self, check: Any, failed: Any) -> Any:
+        return await super().run(partial(_hang_on, self.sop_uid, check), failed)
+
+
+def _hang_on(sop_uid: str, check: Any) -> Any:
+    """In the worker: the real check, except for the one instance, which hangs."""
+    path = check.args[0] if isinstance(check, partial) else None
+    if (
+        path is not None
+        and pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID == sop_uid
+    ):
+        time.sleep(3600)
+    return check()
+
+
+async def test_a_hanging_check_is_stopped_and_the_case_goes_on(
+    infra: dict[str, Any],
+    db: AsyncDatabase[Doc],
+    client: httpx.AsyncClient,
+    clinic_pid: str,
+    tmp_path: Path,
+) -> None:
+    """A check that never ends costs its worker and the file, not the case."""
+    pid = seeded_patient(infra, [("MR_small.dcm", "20261001"), ("CT_small.dcm", "20240101")])
+    mr_sop = await current_sop(client, infra, pid)
+    checker = HangingOn(mr_sop, timeout=1.0)
+    await checker.start()
+    try:
+        ctx = make_ctx(db, client, infra, tmp_path, infra["dicomweb_url"], checker)
+        event = accepted(pid, clinic_pid)
+        await handlers.open_case(ctx.store, event, meta())
+        started = time.monotonic()
+        doc = await attempt(ctx, event)
+        # the series part, then the instance asked for on its own: two timeouts
+        assert time.monotonic() - started < 30
+        [incomplete] = emitted(doc, "records.incomplete")
+        images = items(incomplete, "missing")["original_images"]
+        assert f"corrupt: {mr_sop}" in images["detail"]
+        assert "prior_studies" not in items(incomplete, "missing")  # the CT got through
+        states = await ctx.store.instance_states(event.case_id)
+        assert states[mr_sop]["state"] == "corrupt"
+        assert took_too_long(1.0) in states[mr_sop]["problems"]
+        assert [d["state"] for k, d in states.items() if k != mr_sop] == ["received"]
+    finally:
+        await asyncio.to_thread(checker.close)
 
 
 async def current_sop(client: httpx.AsyncClient, infra: dict[str, Any], pid: str) -> str:

@@ -1,9 +1,9 @@
 """records_fetch's check workers (`services.records_fetch.checker`), with real
 worker processes: a check that ends its worker (as a crashing native decoder
 would, here `os._exit`) is tried once more on a fresh worker and then reported,
-the checks that died beside it are run again and pass, and the service's own
-process goes on; real DICOM files get the same verdict in a worker as in a
-thread.
+the checks queued beside it pass, and the service's own process goes on; a check
+that hangs is stopped at the timeout, its worker replaced, and the checks behind
+it run; real DICOM files get the same verdict in a worker as in a thread.
 """
 
 from __future__ import annotations
@@ -17,10 +17,17 @@ from functools import partial
 from pathlib import Path
 
 import pydicom
+import pytest
 import pytest_asyncio
 
 from services.records_fetch import dicom
-from services.records_fetch.checker import WORKER_DIED, Checker
+from services.records_fetch.checker import (
+    CHECK_TIMED_OUT,
+    DIED_TWICE,
+    WORKER_DIED,
+    Checker,
+    took_too_long,
+)
 
 TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
 
@@ -37,21 +44,26 @@ def died() -> float:
     return WORKER_DIED._value.get()
 
 
+def reason(why: str) -> str:
+    return f"failed: {why}"
+
+
 async def test_a_check_that_kills_its_worker_is_reported_and_the_others_survive(
     checker: Checker,
 ) -> None:
-    first = await checker.run(os.getpid, died=-1)
+    first = await checker.run(os.getpid, lambda why: -1)
     assert first not in (-1, os.getpid())  # a process of its own
     before = died()
-    # The killer is queued first: the innocent check is lost with its worker, then
-    # run again on the next one; the killer ends that one too and is reported.
-    killer = asyncio.ensure_future(checker.run(partial(os._exit, 70), died="died twice"))
+    # The killer is queued first, the innocent check behind it: the killer ends a
+    # worker, is tried on a fresh one, ends that one too and is reported; the
+    # innocent check runs on the next worker and passes.
+    killer = asyncio.ensure_future(checker.run(partial(os._exit, 70), reason))
     await asyncio.sleep(0)
-    innocent = asyncio.ensure_future(checker.run(partial(pow, 2, 10), died=-1))
-    assert await killer == "died twice"
+    innocent = asyncio.ensure_future(checker.run(partial(pow, 2, 10), lambda why: -1))
+    assert await killer == reason(DIED_TWICE)
     assert await innocent == 1024
-    assert died() - before == 2  # one death per worker, not per check it held
-    after = await checker.run(os.getpid, died=-1)
+    assert died() - before == 2  # two workers ended, both by the killer
+    after = await checker.run(os.getpid, lambda why: -1)
     assert after not in (-1, first, os.getpid())  # a fresh worker checks on
 
 
@@ -60,8 +72,30 @@ async def test_a_check_that_kills_its_worker_once_passes_on_the_second_try(
 ) -> None:
     marker = tmp_path / "crashed-once"
     before = died()
-    result = await checker.run(partial(_crash_once, str(marker)), died="died twice")
+    result = await checker.run(partial(_crash_once, str(marker)), reason)
     assert result == "second try" and died() - before == 1
+
+
+async def test_a_hanging_check_is_stopped_and_the_checks_behind_it_run() -> None:
+    checker = Checker(processes=1, timeout=1.0)
+    await checker.start()
+    try:
+        first = await checker.run(os.getpid, lambda why: -1)
+        before = CHECK_TIMED_OUT._value.get()
+        started = time.monotonic()
+        hanging = asyncio.ensure_future(checker.run(partial(_slow, 60), reason))
+        await asyncio.sleep(0)
+        behind = asyncio.ensure_future(checker.run(partial(pow, 3, 3), lambda why: -1))
+        assert await hanging == reason(took_too_long(1.0))
+        assert time.monotonic() - started < 30  # stopped, not slept out
+        assert await behind == 27
+        assert CHECK_TIMED_OUT._value.get() - before == 1
+        after = await checker.run(os.getpid, lambda why: -1)
+        assert after not in (-1, first)  # the hanging check's worker was killed
+        with pytest.raises(ProcessLookupError):
+            os.kill(first, 0)
+    finally:
+        await asyncio.to_thread(checker.close)
 
 
 def _crash_once(marker: str) -> str:
@@ -92,7 +126,7 @@ async def test_real_files_get_the_same_verdict_in_a_worker_as_in_a_thread(
 
 async def test_the_service_goes_on_while_a_check_runs(checker: Checker) -> None:
     """A check holds its worker, not the service's event loop."""
-    check = asyncio.ensure_future(checker.run(partial(_slow, 0.5), died="died"))
+    check = asyncio.ensure_future(checker.run(partial(_slow, 0.5), reason))
     ticks = 0
     while not check.done():
         await asyncio.sleep(0.01)
