@@ -63,3 +63,29 @@ def test_a_review_pacs_refusing_imports_for_twenty_minutes_fires() -> None:
 def test_one_failed_import_that_the_retry_cured_does_not() -> None:
     blip = {'records_fetch_review_import_failures_total{namespace="router"}': "0x5 1x55"}
     assert alerts_fired(blip, 40, IMPORT, ("namespace", "severity")) == set()
+
+
+CHECKS = ("RetrievedFilesBreakTheChecks",)
+
+
+def test_a_file_that_crashes_or_hangs_the_checks_fires() -> None:
+    died = {
+        'records_fetch_check_worker_died_total{namespace="router"}': "0x10 2x50",
+        'records_fetch_check_timed_out_total{namespace="router"}': "0x60",
+    }
+    assert alerts_fired(died, 5, CHECKS, ("namespace", "severity")) == set()
+    assert alerts_fired(died, 15, CHECKS, ("namespace", "severity")) == {
+        ("RetrievedFilesBreakTheChecks", "router", "warning")
+    }
+    hung = {'records_fetch_check_timed_out_total{namespace="router"}': "0x10 1x50"}
+    assert alerts_fired(hung, 15, CHECKS, ("namespace", "severity")) == {
+        ("RetrievedFilesBreakTheChecks", "router", "warning")
+    }
+
+
+def test_checks_that_never_fail_do_not_fire() -> None:
+    quiet = {
+        'records_fetch_check_worker_died_total{namespace="router"}': "0x60",
+        'records_fetch_check_timed_out_total{namespace="router"}': "0x60",
+    }
+    assert alerts_fired(quiet, 40, CHECKS, ("namespace", "severity")) == set()
