@@ -18,7 +18,9 @@ Parts (every one listens on 127.0.0.1 only, except Orthanc, see below):
 - ``reaper`` deploy/local/reaper.py: the broker's retention (Tansu 0.6 has
             none): deletes the batches every consumer group has committed
             past, so no partition grows deeper than what is unread (a deep
-            partition stalls Tansu's fetches); and prunes the S3 store's
+            partition stalls Tansu's fetches), cuts the partner topics
+            (read from outside, if at all) to their newest 1,000 batches per
+            partition once a minute; and prunes the S3 store's
             change log to its last ten minutes (deploy/local/filer_log.py: SeaweedFS's
             filer logs every object change, about 400 MB an hour under the
             broker, and weed mini never runs its own purge). Starts and stops

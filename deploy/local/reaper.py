@@ -25,7 +25,8 @@ lie wholly below the lowest committed offset of that partition:
   the batch holding a group's next record always stays (a batch's object name
   is its first offset only);
 * the newest ``--keep`` batches of each partition always stay;
-* a partition no group has committed on is never touched, and neither is a
+* a partition no group has committed on is never touched (partner topics
+  aside, below), and neither is a
   partition some group named in ``--required-groups`` (a JSON file
   ``{topic: [group, ...]}``, re-read on every pass; `deploy/local/stack.py`
   writes it from the services' subscriptions) has not committed on yet: a
@@ -33,7 +34,21 @@ lie wholly below the lowest committed offset of that partition:
 
 A consumer group that commits once and never comes back holds its partitions
 at that offset: what it has not read is kept (remove the group's offsets to
-release them). The layout of the objects is Tansu 0.6's; the integration test
+release them).
+
+A partner's topic (``partner.<tenant>.<topic>``, read by the partner's portal
+from outside the stack, maybe never on a local stack) is the exception: no
+service of the stack reads it, so no group may ever commit on it, and nothing
+else would bound it. Every ``--partner-every`` seconds each of its partitions is
+cut to its newest ``--partner-keep`` batches (1,000; at 2,000 a consumer at the
+end with Kafka's default 500 ms fetch wait still saw a new event within 0.8 s,
+docs/performance.md), read or not, besides what every group committed past: the
+local counterpart of the 7-day ``retention.ms`` those topics have on a real Kafka
+(deploy/k8s). A portal that connects later finds the newest 1,000 events of each
+partition. Dead-letter topics (``*.dlq``) and the services' own topics are never
+cut so.
+
+The layout of the objects is Tansu 0.6's; the integration test
 tests/integration/test_partition_depth.py runs this against the real broker.
 
 Standard library only, like infra.py: S3 requests are signed here (SigV4).
@@ -80,6 +95,7 @@ class ReaperConfig:
     topics: list[str] | None = None  # only these topics (None: all)
     required_groups: dict[str, list[str]] = field(default_factory=dict)
     filer_url: str = ""  # the S3 store's filer, whose change log is pruned ("": not pruned)
+    partner_keep: int = 1000  # a partner topic's partition keeps at most this many batches
     log_keep_seconds: float = filer_log.DEFAULT_KEEP_SECONDS
 
 
@@ -179,6 +195,22 @@ class S3:
             if not truncated or not token:
                 return keys
 
+    def list_prefixes(self, prefix: str) -> list[str]:
+        """The "folders" right under `prefix` (S3 CommonPrefixes, delimiter '/')."""
+        found: list[str] = []
+        token = ""
+        while True:
+            query = {"list-type": "2", "prefix": prefix, "delimiter": "/", "max-keys": "1000"}
+            if token:
+                query["continuation-token"] = token
+            root = ET.fromstring(self._request("GET", "", query))
+            found += [
+                e.findtext(f"{S3_NS}Prefix") or "" for e in root.iter(f"{S3_NS}CommonPrefixes")
+            ]
+            token = root.findtext(f"{S3_NS}NextContinuationToken") or ""
+            if root.findtext(f"{S3_NS}IsTruncated") != "true" or not token:
+                return found
+
     def get(self, key: str) -> bytes:
         return self._request("GET", key)
 
@@ -245,13 +277,53 @@ def reap_partition(
     return PartitionReport(topic, partition, len(bases), floor, len(doomed), slowest)
 
 
-def reap_once_sync(config: ReaperConfig) -> ReapReport:
+PARTNER_PREFIX = "partner."  # shared.events.PARTNER_PREFIX (this script imports nothing)
+
+
+def is_partner_topic(topic: str) -> bool:
+    return topic.startswith(PARTNER_PREFIX) and not topic.endswith(".dlq")
+
+
+def partner_partitions(s3: S3, cluster: str) -> list[tuple[str, int]]:
+    """Every partition of every partner topic the broker has stored."""
+    root = f"clusters/{cluster}/topics/"
+    found = []
+    for folder in s3.list_prefixes(root + PARTNER_PREFIX):
+        topic = folder[len(root) :].rstrip("/")
+        if not is_partner_topic(topic):
+            continue
+        for part in s3.list_prefixes(f"{folder}partitions/"):
+            name = part.rstrip("/").rsplit("/", 1)[-1]
+            if name.isdigit():
+                found.append((topic, int(name)))
+    return found
+
+
+def beyond_cap(bases: list[int], keep: int) -> list[int]:
+    """All but the newest `keep` batches (`bases` sorted ascending)."""
+    return bases[: max(0, len(bases) - keep)]
+
+
+def cap_partition(s3: S3, config: ReaperConfig, topic: str, partition: int) -> PartitionReport:
+    bases = batch_bases(s3, config.cluster, topic, partition)
+    doomed = beyond_cap(sorted(bases), config.partner_keep)
+    s3.delete_keys([bases[b] for b in doomed])
+    return PartitionReport(topic, partition, len(bases), None, len(doomed), "partner cap")
+
+
+def reap_once_sync(config: ReaperConfig, partners: bool = False) -> ReapReport:
+    """One pass over the committed partitions; with `partners`, the partner topics'
+    partitions are cut to their cap afterwards."""
     s3 = S3(config)
     report = ReapReport()
     for (topic, partition), groups in sorted(committed_offsets(s3, config.cluster).items()):
         if config.topics is not None and topic not in config.topics:
             continue
         report.partitions.append(reap_partition(s3, config, topic, partition, groups))
+    if partners:
+        for topic, partition in partner_partitions(s3, config.cluster):
+            if config.topics is None or topic in config.topics:
+                report.partitions.append(cap_partition(s3, config, topic, partition))
     return report
 
 
@@ -259,7 +331,7 @@ async def reap_once(config: ReaperConfig) -> ReapReport:
     """One pass, off the event loop (the S3 calls block)."""
     import asyncio
 
-    return await asyncio.to_thread(reap_once_sync, config)
+    return await asyncio.to_thread(reap_once_sync, config, True)
 
 
 def config_from_endpoints(
@@ -267,6 +339,7 @@ def config_from_endpoints(
     keep: int,
     required: Path | None,
     log_keep_seconds: float = filer_log.DEFAULT_KEEP_SECONDS,
+    partner_keep: int = ReaperConfig.partner_keep,
 ) -> ReaperConfig:
     endpoints = json.loads(path.read_text())
     filer_port = endpoints.get("ports", {}).get("weed_filer")
@@ -283,6 +356,7 @@ def config_from_endpoints(
         required_groups=groups,
         filer_url=f"http://127.0.0.1:{filer_port}" if filer_port else "",
         log_keep_seconds=log_keep_seconds,
+        partner_keep=partner_keep,
     )
 
 
@@ -304,16 +378,36 @@ def main(argv: list[str] | None = None) -> int:
         default=filer_log.DEFAULT_KEEP_SECONDS,
         help="how long the S3 store's change log is kept",
     )
+    parser.add_argument(
+        "--partner-keep",
+        type=int,
+        default=ReaperConfig.partner_keep,
+        help="batches a partner topic's partition keeps at most, read or not",
+    )
+    parser.add_argument(
+        "--partner-every",
+        type=float,
+        default=60.0,
+        help="how often the partner topics are cut to --partner-keep (seconds)",
+    )
     parser.add_argument("--once", action="store_true")
     args = parser.parse_args(argv)
     last_line = ""
+    partners_cut_at = -float("inf")
     while True:
         started = time.monotonic()
         try:
             config = config_from_endpoints(
-                args.endpoints, args.keep, args.required_groups, args.log_keep_seconds
+                args.endpoints,
+                args.keep,
+                args.required_groups,
+                args.log_keep_seconds,
+                args.partner_keep,
             )
-            report = reap_once_sync(config)
+            partners = args.once or started - partners_cut_at >= args.partner_every
+            report = reap_once_sync(config, partners)
+            if partners:
+                partners_cut_at = started
             line = report.summary()
             pruned = prune_change_log(config, dt.datetime.now(dt.UTC))
             stamp = dt.datetime.now().isoformat(timespec="seconds")

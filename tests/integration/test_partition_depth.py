@@ -79,15 +79,36 @@ async def commit(bootstrap: str, group: str, topic: str, offset: int) -> None:
         await consumer.stop()
 
 
-def stored_batches(infra: dict[str, Any], topic: str) -> int:
-    config = reaper.ReaperConfig(
+def reaper_config(infra: dict[str, Any], **settings: Any) -> reaper.ReaperConfig:
+    return reaper.ReaperConfig(
         s3_url=infra["s3_url"],
         bucket=infra["s3_bucket"],
         region=infra["s3_region"],
         access_key=infra["s3_access_key_id"],
         secret_key=infra["s3_secret_access_key"],
+        **settings,
     )
-    return len(reaper.batch_bases(reaper.S3(config), config.cluster, topic, 0))
+
+
+def stored(infra: dict[str, Any], topic: str) -> list[int]:
+    """The first offsets of the partition's stored batches, ascending."""
+    config = reaper_config(infra)
+    return sorted(reaper.batch_bases(reaper.S3(config), config.cluster, topic, 0))
+
+
+def stored_batches(infra: dict[str, Any], topic: str) -> int:
+    return len(stored(infra, topic))
+
+
+async def one_partition_topics(bootstrap: str, *topics: str) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics(
+            [NewTopic(t, num_partitions=1, replication_factor=1) for t in topics]
+        )
+    finally:
+        await admin.close()
 
 
 @pytest.mark.asyncio(loop_scope="session")
@@ -161,3 +182,59 @@ async def test_caught_up_consumer_gets_a_new_event_on_a_partition_filled_past_th
     finally:
         await producer.stop()
         await broker.stop()
+
+
+PARTNER_FILL = 130
+PARTNER_KEEP = 100
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_a_partner_topic_nobody_reads_is_cut_and_a_late_portal_reads_what_is_left(
+    infra: dict[str, Any],
+) -> None:
+    """No service reads `partner.<tenant>.*`: nothing would bound it but the cap. A
+    services' topic nobody has read yet is not cut; a portal that connects after
+    the cut reads the newest batches and then the new events."""
+    bootstrap = infra["kafka_bootstrap"]
+    tag = uuid.uuid4().hex[:8]
+    partner, own = f"partner.it{tag}.report.ready", f"it.unread.{tag}"
+    await one_partition_topics(bootstrap, partner, own)
+    end = await fill(bootstrap, probe_model(partner), PARTNER_FILL)
+    await fill(bootstrap, probe_model(own), PARTNER_FILL)
+    before = stored(infra, partner)
+    own_before = stored_batches(infra, own)
+    assert len(before) > PARTNER_KEEP
+
+    config = reaper_config(infra, partner_keep=PARTNER_KEEP, topics=[partner, own])
+    report = reaper.reap_once_sync(config, partners=True)
+    assert [(p.topic, p.deleted) for p in report.partitions] == [
+        (partner, len(before) - PARTNER_KEEP)
+    ]
+    kept = stored(infra, partner)
+    assert kept == before[-PARTNER_KEEP:]  # the newest, in order
+    assert stored_batches(infra, own) == own_before  # unread, but the services' own
+
+    portal = AIOKafkaConsumer(
+        partner,
+        bootstrap_servers=bootstrap,
+        group_id=f"partner.it{tag}.portal",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await portal.start()
+    await producer.start()
+    try:
+        value, headers = message(probe_model(partner), PARTNER_FILL)
+        await producer.send_and_wait(partner, value, partition=0, headers=headers)
+        offsets: list[int] = []
+        deadline = time.monotonic() + 30
+        while end not in offsets:
+            assert time.monotonic() < deadline, f"the portal read only {offsets[-3:]}"
+            batch = await portal.getmany(timeout_ms=1000)
+            offsets += [m.offset for msgs in batch.values() for m in msgs]
+        # From the oldest batch kept to the new event, each once, nothing cut read.
+        assert offsets == list(range(kept[0], end + 1))
+    finally:
+        await producer.stop()
+        await portal.stop()
