@@ -146,6 +146,9 @@ class ProgressSampler:
 
     def _bucket(self) -> dict[str, Any]:
         committed = reaper.committed_offsets(self.s3, reaper.CLUSTER)
+        # The partner topics too: no group of the stack commits on them.
+        for part in reaper.partner_partitions(self.s3, reaper.CLUSTER):
+            committed.setdefault(part, {})
         out: dict[str, Any] = {}
         for (topic, partition), groups in committed.items():
             bases = reaper.batch_bases(self.s3, reaper.CLUSTER, topic, partition)
@@ -407,6 +410,9 @@ def report(r: dict[str, Any]) -> str:
         )
     bucket = r["bucket"]
     deepest = max(bucket["max_batches"].values(), default=0)
+    partner = {
+        k: n for k, n in bucket["max_batches"].items() if k.startswith(reaper.PARTNER_PREFIX)
+    }
     committed = bucket["groups"]
     worst = max(committed, key=lambda g: committed[g]["max_behind"], default="")
     flagged = [k for k, c in progress["consumers"].items() if c["reported_stalled_partitions"]]
@@ -414,7 +420,13 @@ def report(r: dict[str, Any]) -> str:
         "",
         f"broker's bucket: {len(bucket['max_batches'])} partitions, at most {deepest} batches "
         "stored in one at once (the reaper keeps the newest 100 and deletes what every "
-        "required group committed past)",
+        "required group committed past)"
+        + (
+            f"; partner topics' partitions at most {max(partner.values())} (cut to the newest "
+            f"{reaper.ReaperConfig.partner_keep} once a minute)"
+            if partner
+            else ""
+        ),
         f"committed offsets (bucket) of {len(committed)} groups: largest distance behind the "
         f"newest batch {committed[worst]['max_behind'] if worst else 0} ({worst}); at the end "
         f"{sum(c['final_behind'] for c in committed.values())} in all",
