@@ -84,7 +84,12 @@ def transient_errors() -> tuple[type[Exception], ...]:
     """The driver errors of a dependency that is briefly away (database, broker,
     an HTTP peer), as opposed to anything wrong with the data."""
     # Imported lazily so the domain layer never pulls in driver packages.
+    # botocore's: an S3 store briefly away (records_fetch's archive; its own classes,
+    # not the builtin ConnectionError): a restart of the store must not end a
+    # service's start-up or fail a message for good.
     from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError
+    from botocore.exceptions import ConnectionError as S3ConnectionError
+    from botocore.exceptions import HTTPClientError as S3HTTPClientError
     from httpx import TransportError
     from pymongo.errors import AutoReconnect, ConnectionFailure, ServerSelectionTimeoutError
 
@@ -97,4 +102,6 @@ def transient_errors() -> tuple[type[Exception], ...]:
         TransportError,
         ConnectionError,
         TimeoutError,
+        S3ConnectionError,
+        S3HTTPClientError,
     )

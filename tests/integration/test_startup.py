@@ -3,12 +3,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -68,3 +72,94 @@ def test_service_started_before_the_broker_becomes_ready_once_it_is_up(
     finally:
         stop_pid(proc.pid)
         infra_cmd(stack_root / "infra", "start", "--only", "kafka")
+
+
+class LateForwarder:
+    """A loopback port that refuses connections until `open()`, then forwards them
+    to `target` (the S3 store away for a while, then back)."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target, self.port = target, free_port()
+        self._server: socket.socket | None = None
+
+    def open(self) -> None:
+        self._server = socket.create_server(("127.0.0.1", self.port))
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        assert self._server is not None
+        while True:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(a: socket.socket, b: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := a.recv(65536):
+                b.sendall(data)
+        with contextlib.suppress(OSError):
+            b.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+
+def test_records_fetch_started_while_the_s3_store_is_away_waits_for_it(
+    infra: dict[str, Any], tmp_path: Path
+) -> None:
+    """The S3 store restarts with the broker on the local stack (a fault test hit
+    records_fetch's start-up in that window, and it exited for good)."""
+    s3 = urlsplit(infra["s3_url"])
+    store = LateForwarder((s3.hostname or "127.0.0.1", s3.port or 80))
+    port = free_port()
+    providers = tmp_path / "providers.json"
+    providers.write_text("{}")
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP": infra["kafka_bootstrap"],
+        "MONGO_URI": infra["mongo_uri"],
+        "TRACE_DIR": str(tmp_path),
+        "RECORDS_FETCH_HTTP_PORT": str(port),
+        "RECORDS_FETCH_MONGO_DATABASE": f"startup{port}",
+        "RECORDS_FETCH_PROVIDERS_FILE": str(providers),
+        "RECORDS_FETCH_ARCHIVE": "s3",
+        "RECORDS_FETCH_S3_ENDPOINT": f"http://127.0.0.1:{store.port}",
+        "RECORDS_FETCH_S3_BUCKET": f"startup-{port}",
+        "RECORDS_FETCH_S3_REGION": infra["s3_region"],
+        "RECORDS_FETCH_S3_ACCESS_KEY_ID": infra["s3_access_key_id"],
+        "RECORDS_FETCH_S3_SECRET_ACCESS_KEY": infra["s3_secret_access_key"],
+        "RECORDS_FETCH_SPOOL_DIR": str(tmp_path / "spool"),
+        "RECORDS_FETCH_CHECK_PROCESSES": "0",
+    }
+    log = (tmp_path / "records_fetch.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.records_fetch"],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 8
+        while time.monotonic() < deadline:  # the store stays away for a while
+            assert proc.poll() is None, "records_fetch exited instead of waiting for S3"
+            time.sleep(0.5)
+        assert status(f"http://127.0.0.1:{port}/readyz") != 200
+        store.open()
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and status(f"http://127.0.0.1:{port}/readyz") != 200:
+            assert proc.poll() is None
+            time.sleep(0.5)
+        assert status(f"http://127.0.0.1:{port}/readyz") == 200
+        text = (tmp_path / "records_fetch.log").read_bytes()
+        assert b"start-up waits: EndpointConnectionError" in text
+    finally:
+        stop_pid(proc.pid)
+        store.close()
