@@ -315,7 +315,9 @@ def map_records(patient: Any, res: Resources) -> list[dict[str, Any]]:
     for i, consent in enumerate(res.of_type("Consent")):
         org_ref = (consent.organization or [None])[0]
         org = res.get(org_ref) if org_ref else None
-        if org is None or not org.identifier:
+        # The reference may resolve to a resource of another type (an entry that is
+        # not an Organization, or one without a resourceType): refused, not followed.
+        if org is None or org.get_resource_type() != "Organization" or not org.identifier:
             raise _error(f"Consent[{i}].organization", "must reference the providing Organization")
         provision = consent.provision
         classes = [c.code for c in (provision.class_fhir or [] if provision else [])]
@@ -499,7 +501,7 @@ def read_case(payload: Any) -> Reading:
     for consent in consents:
         org_ref = (consent.organization or [None])[0]
         org = res.get(org_ref) if org_ref else None
-        if org is None or not org.identifier:
+        if org is None or org.get_resource_type() != "Organization" or not org.identifier:
             issues.append(
                 FieldError(
                     loc=f"{res.path(consent)}.organization",

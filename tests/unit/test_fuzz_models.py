@@ -208,6 +208,22 @@ def test_an_entry_emptied_under_the_reason_reference_is_invalid_input() -> None:
         no_phi(exc.detail, exc.errors)
 
 
+def test_an_entry_emptied_under_a_consents_organization_is_invalid_input() -> None:
+    """Found by the fuzz test above: the providing Organization's entry replaced
+    with `{}` escaped as an AttributeError (a bare Resource has no `identifier`)."""
+    bundle = phi_bundle()
+    consent = next(
+        e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Consent"
+    )
+    org = consent["organization"][0]["reference"]
+    (entry,) = [e for e in bundle["entry"] if e.get("fullUrl", "").endswith(org)]
+    entry["resource"] = {}
+    with pytest.raises(InvalidInput) as raised:
+        intake_handlers.validate_fhir(bundle)
+    assert any(str(e["loc"]).endswith(".organization") for e in raised.value.errors)
+    no_phi(raised.value.detail, raised.value.errors)
+
+
 # ---------------------------------------------------------------- the opinion
 
 
