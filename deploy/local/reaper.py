@@ -68,6 +68,7 @@ import urllib.parse
 import urllib.request
 import xml.etree.ElementTree as ET
 from base64 import b64encode
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -181,35 +182,29 @@ class S3:
         with HTTP.open(request, timeout=30) as response:
             return response.read()
 
-    def list_keys(self, prefix: str) -> list[str]:
-        keys: list[str] = []
+    def _listing(self, prefix: str, **extra: str) -> Iterator[ET.Element]:
+        """The pages of a ListObjectsV2 answer, one parsed XML document each."""
         token = ""
         while True:
-            query = {"list-type": "2", "prefix": prefix, "max-keys": "1000"}
+            query = {"list-type": "2", "prefix": prefix, "max-keys": "1000", **extra}
             if token:
                 query["continuation-token"] = token
             root = ET.fromstring(self._request("GET", "", query))
-            keys += [e.text or "" for e in root.iter(f"{S3_NS}Key")]
-            truncated = root.findtext(f"{S3_NS}IsTruncated") == "true"
+            yield root
             token = root.findtext(f"{S3_NS}NextContinuationToken") or ""
-            if not truncated or not token:
-                return keys
+            if root.findtext(f"{S3_NS}IsTruncated") != "true" or not token:
+                return
+
+    def list_keys(self, prefix: str) -> list[str]:
+        return [e.text or "" for page in self._listing(prefix) for e in page.iter(f"{S3_NS}Key")]
 
     def list_prefixes(self, prefix: str) -> list[str]:
         """The "folders" right under `prefix` (S3 CommonPrefixes, delimiter '/')."""
-        found: list[str] = []
-        token = ""
-        while True:
-            query = {"list-type": "2", "prefix": prefix, "delimiter": "/", "max-keys": "1000"}
-            if token:
-                query["continuation-token"] = token
-            root = ET.fromstring(self._request("GET", "", query))
-            found += [
-                e.findtext(f"{S3_NS}Prefix") or "" for e in root.iter(f"{S3_NS}CommonPrefixes")
-            ]
-            token = root.findtext(f"{S3_NS}NextContinuationToken") or ""
-            if root.findtext(f"{S3_NS}IsTruncated") != "true" or not token:
-                return found
+        return [
+            e.findtext(f"{S3_NS}Prefix") or ""
+            for page in self._listing(prefix, delimiter="/")
+            for e in page.iter(f"{S3_NS}CommonPrefixes")
+        ]
 
     def get(self, key: str) -> bytes:
         return self._request("GET", key)
