@@ -34,6 +34,35 @@ def status(url: str) -> int | None:
         return None
 
 
+def launch(module: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            [sys.executable, "-m", module],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def waits_unready(proc: subprocess.Popen[bytes], port: int, away: str) -> None:
+    """For 8 s, while `away` stays down: alive, not ready."""
+    deadline = time.monotonic() + 8
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"the service exited instead of waiting for {away}"
+        time.sleep(0.5)
+    assert status(f"http://127.0.0.1:{port}/readyz") != 200
+
+
+def becomes_ready(proc: subprocess.Popen[bytes], port: int) -> None:
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and status(f"http://127.0.0.1:{port}/readyz") != 200:
+        assert proc.poll() is None
+        time.sleep(0.5)
+    assert status(f"http://127.0.0.1:{port}/readyz") == 200
+
+
 def test_service_started_before_the_broker_becomes_ready_once_it_is_up(
     infra: dict[str, Any], stack_root: Path, tmp_path: Path
 ) -> None:
@@ -47,27 +76,11 @@ def test_service_started_before_the_broker_becomes_ready_once_it_is_up(
         "ASSIGNMENT_MONGO_DATABASE": f"startup{port}",
     }
     infra_cmd(stack_root / "infra", "stop", "--only", "kafka")
-    log = (tmp_path / "assignment.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "services.assignment"],
-        cwd=REPO,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    proc = launch("services.assignment", env, tmp_path / "assignment.log")
     try:
-        deadline = time.monotonic() + 8
-        while time.monotonic() < deadline:  # the broker stays down for a while
-            assert proc.poll() is None, "the service exited instead of waiting for the broker"
-            time.sleep(0.5)
-        assert status(f"http://127.0.0.1:{port}/readyz") != 200
+        waits_unready(proc, port, "the broker")
         infra_cmd(stack_root / "infra", "start", "--only", "kafka")
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and status(f"http://127.0.0.1:{port}/readyz") != 200:
-            assert proc.poll() is None
-            time.sleep(0.5)
-        assert status(f"http://127.0.0.1:{port}/readyz") == 200
+        becomes_ready(proc, port)
         assert b"start-up waits" in (tmp_path / "assignment.log").read_bytes()
     finally:
         stop_pid(proc.pid)
@@ -137,27 +150,11 @@ def test_records_fetch_started_while_the_s3_store_is_away_waits_for_it(
         "RECORDS_FETCH_SPOOL_DIR": str(tmp_path / "spool"),
         "RECORDS_FETCH_CHECK_PROCESSES": "0",
     }
-    log = (tmp_path / "records_fetch.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "services.records_fetch"],
-        cwd=REPO,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    proc = launch("services.records_fetch", env, tmp_path / "records_fetch.log")
     try:
-        deadline = time.monotonic() + 8
-        while time.monotonic() < deadline:  # the store stays away for a while
-            assert proc.poll() is None, "records_fetch exited instead of waiting for S3"
-            time.sleep(0.5)
-        assert status(f"http://127.0.0.1:{port}/readyz") != 200
+        waits_unready(proc, port, "S3")
         store.open()
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and status(f"http://127.0.0.1:{port}/readyz") != 200:
-            assert proc.poll() is None
-            time.sleep(0.5)
-        assert status(f"http://127.0.0.1:{port}/readyz") == 200
+        becomes_ready(proc, port)
         text = (tmp_path / "records_fetch.log").read_bytes()
         assert b"start-up waits: EndpointConnectionError" in text
     finally:
